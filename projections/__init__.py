@@ -1,0 +1,1 @@
+"""Projections: fold the tasklog event log into queryable TaskRecords."""

@@ -1,0 +1,68 @@
+"""tasklog: an append-only LMDB event log of task lifecycles, folded into TaskRecords."""
+
+from __future__ import annotations
+
+from .codec import SCHEMA_VERSION
+from .errors import (
+    CommitError,
+    CorruptEventError,
+    EncodeError,
+    EventError,
+    InterfaceError,
+    LogBusyError,
+    LogClosedError,
+    NotATaskLogError,
+    ProjectionError,
+    QueryError,
+    SchemaVersionError,
+    StorageError,
+    StorageFullError,
+    TaskLogError,
+)
+from .events import (
+    Annotate,
+    Complete,
+    Drop,
+    Event,
+    Output,
+    Resubmit,
+    Start,
+    Submit,
+    make,
+    validate,
+)
+from .log import DURABILITY, Receipt, TaskLog
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TaskLog",
+    "Receipt",
+    "DURABILITY",
+    "SCHEMA_VERSION",
+    "Event",
+    "Submit",
+    "Start",
+    "Output",
+    "Complete",
+    "Resubmit",
+    "Drop",
+    "Annotate",
+    "make",
+    "validate",
+    "TaskLogError",
+    "InterfaceError",
+    "EventError",
+    "EncodeError",
+    "LogClosedError",
+    "StorageError",
+    "NotATaskLogError",
+    "SchemaVersionError",
+    "CorruptEventError",
+    "LogBusyError",
+    "StorageFullError",
+    "CommitError",
+    "QueryError",
+    "ProjectionError",
+    "__version__",
+]

@@ -1,0 +1,122 @@
+"""Bytes on disk: keys are big-endian 64-bit sequence numbers, values carry a
+schema version and a CRC-32 so a flipped bit is detected, never decoded.
+
+Value layout: ``version (1 byte) | crc32 of the payload (4 bytes, big-endian) |
+msgpack([type code, *fields])``. Datetimes travel as msgpack Timestamps (UTC).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from datetime import datetime
+from typing import Any
+
+import msgpack
+
+from .errors import CorruptEventError, EncodeError, SchemaVersionError
+from .events import EVENT_TYPES, Event, utc
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TYPE_CODES",
+    "encode",
+    "decode",
+    "pack_key",
+    "unpack_key",
+    "pack_value",
+    "unpack_value",
+]
+
+SCHEMA_VERSION = 1
+TYPE_CODES: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES, start=1)}
+_CLASSES = {code: EVENT_TYPES[name] for name, code in TYPE_CODES.items()}
+_HEAD = struct.Struct(">BI")
+_KEY = struct.Struct(">Q")
+pack_key = _KEY.pack
+
+
+def unpack_key(key: bytes) -> int:
+    """The sequence number stored in an LMDB key."""
+    return int(_KEY.unpack(key)[0])
+
+
+def _default(obj: Any) -> Any:
+    # Nested naive datetimes (ipyparallel headers carry them) are local time.
+    if isinstance(obj, datetime):
+        return utc(obj)
+    if isinstance(obj, (set, frozenset)):
+        raise TypeError(f"cannot encode a {type(obj).__name__}; use a list")
+    raise TypeError(f"cannot encode {type(obj).__name__} {obj!r:.60}")
+
+
+# A Packer keeps state between calls, so each appending thread needs its own.
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    p = getattr(_local, "packer", None)
+    if p is None:
+        p = _local.packer = msgpack.Packer(datetime=True, default=_default)
+    return p
+
+
+def pack_value(obj: Any) -> bytes:
+    """msgpack ``obj`` behind the version byte and checksum."""
+    payload = _packer().pack(obj)
+    return _HEAD.pack(SCHEMA_VERSION, zlib.crc32(payload)) + payload
+
+
+def unpack_value(value: bytes, seq: int = 0) -> Any:
+    """Check and unpack a stored value; raise on a bad checksum or a newer schema."""
+    if len(value) < _HEAD.size:
+        raise CorruptEventError(seq, f"value of {len(value)} bytes is too short")
+    version, crc = _HEAD.unpack_from(value)
+    payload = bytes(value[_HEAD.size:])
+    if zlib.crc32(payload) != crc:
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(f"event {seq} has schema version {version}; this tasklog reads {SCHEMA_VERSION}")
+        raise CorruptEventError(seq, "checksum mismatch")
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(f"event {seq} has schema version {version}; this tasklog reads {SCHEMA_VERSION}")
+    if version < 1:
+        raise CorruptEventError(seq, f"unknown schema version {version}")
+    try:
+        return msgpack.unpackb(payload, timestamp=3, strict_map_key=False)
+    except Exception as exc:  # a checksum collision on garbage: still never decode silently
+        raise CorruptEventError(seq, f"undecodable payload ({exc})") from None
+
+
+def encode(event: Event) -> bytes:
+    """The stored bytes of a validated event; EncodeError names the field msgpack refused."""
+    name = event.type
+    try:
+        return pack_value((TYPE_CODES[name], *event))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _local.packer = None  # a failed pack may leave a half-written buffer behind
+        raise EncodeError(name, _bad_field(event), str(exc)) from None
+
+
+def _bad_field(event: Event) -> str | None:
+    for field, value in zip(event._fields, event):
+        try:
+            _packer().pack(value)
+        except (TypeError, ValueError, OverflowError):
+            _local.packer = None
+            return field
+    return None
+
+
+def decode(value: bytes, seq: int = 0) -> Event:
+    """Rebuild the event stored in ``value`` (the value of key ``seq``)."""
+    obj = unpack_value(value, seq)
+    if not isinstance(obj, list) or not obj:
+        raise CorruptEventError(seq, "payload is not an event")
+    cls = _CLASSES.get(obj[0])
+    if cls is None:
+        raise CorruptEventError(seq, f"unknown event type code {obj[0]!r}")
+    if len(obj) - 1 != len(cls._fields):
+        raise CorruptEventError(seq, f"{cls.__name__.lower()} has {len(obj) - 1} fields, expected {len(cls._fields)}")
+    ev: Event = cls._make(obj[1:])
+    return ev

@@ -1,0 +1,102 @@
+"""One exception hierarchy for tasklog, rooted at :class:`TaskLogError`.
+
+Modelled on PEP 249: callers catch the root, or one branch, and each leaf
+carries a hint saying what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TaskLogError",
+    "InterfaceError",
+    "EventError",
+    "EncodeError",
+    "LogClosedError",
+    "StorageError",
+    "NotATaskLogError",
+    "SchemaVersionError",
+    "CorruptEventError",
+    "LogBusyError",
+    "StorageFullError",
+    "CommitError",
+    "QueryError",
+    "ProjectionError",
+]
+
+
+class TaskLogError(Exception):
+    """Root of every error tasklog raises on purpose."""
+
+    hint = ""
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{msg} ({self.hint})" if self.hint and self.hint not in msg else msg
+
+
+class InterfaceError(TaskLogError):
+    """The caller used the API wrongly: bad arguments, closed objects."""
+
+
+class EventError(InterfaceError, ValueError):
+    """An event is malformed: missing or mistyped field, unknown type."""
+
+    def __init__(self, event_type: str, field: str | None, problem: str) -> None:
+        self.event_type = event_type
+        self.field = field
+        where = f"{event_type}.{field}" if field else event_type
+        super().__init__(f"invalid {where}: {problem}")
+
+
+class EncodeError(EventError):
+    """An event holds a value msgpack cannot encode."""
+
+
+class LogClosedError(InterfaceError):
+    """The log was used after close()."""
+
+    hint = "open the log again with TaskLog.open()"
+
+
+class StorageError(TaskLogError):
+    """The storage under the log is not what it should be."""
+
+
+class NotATaskLogError(StorageError):
+    """The path exists but is not a tasklog directory; it was left untouched."""
+
+
+class SchemaVersionError(StorageError):
+    """The log (or one event) was written by a newer tasklog."""
+
+    hint = "upgrade tasklog to read this log"
+
+
+class CorruptEventError(StorageError):
+    """An event failed its checksum or could not be decoded."""
+
+    def __init__(self, seq: int, problem: str) -> None:
+        self.seq = seq
+        super().__init__(f"event {seq} is corrupt: {problem}")
+
+
+class LogBusyError(StorageError):
+    """Another process holds the log in a mode that excludes this one."""
+
+
+class StorageFullError(StorageError):
+    """The disk (or the map) is full; nothing of the failed batch was written."""
+
+    hint = "free disk space; the log keeps working once space returns"
+
+
+class CommitError(StorageError):
+    """A commit failed; the events of that batch were not written."""
+
+
+class QueryError(InterfaceError, ValueError):
+    """A query is malformed or uses an unknown operator."""
+
+
+class ProjectionError(TaskLogError):
+    """A projection could not be opened, reached or kept in step with its log."""

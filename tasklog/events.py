@@ -1,0 +1,371 @@
+"""The seven task events: small immutable values, validated once on the way in.
+
+Each event is a ``NamedTuple`` so the codec can pack it as a plain msgpack
+array and rebuild it with ``_make`` -- no per-field dict on the hot path.
+Validation is a table of ``(field, check)`` pairs per type rather than a
+branch per field, so adding a field is one row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, NamedTuple, Union
+
+from .errors import EventError
+
+__all__ = [
+    "Submit",
+    "Start",
+    "Output",
+    "Complete",
+    "Resubmit",
+    "Drop",
+    "Annotate",
+    "Event",
+    "EVENT_TYPES",
+    "QUEUES",
+    "STREAMS",
+    "OUTPUT_NAMES",
+    "validate",
+    "make",
+    "construct",
+    "utc",
+    "utcnow",
+]
+
+QUEUES = frozenset({"mux", "task", "broadcast"})
+STREAMS = frozenset({"stdout", "stderr"})
+OUTPUT_NAMES = STREAMS | {"error", "execute_input", "execute_result", "display_data"}
+
+
+class Submit(NamedTuple):
+    """A client's request reached the hub."""
+
+    msg_id: str
+    header: dict[str, Any] | None = None
+    content: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    buffers: list[bytes] | None = None
+    client_uuid: str | None = None
+    queue: str = "task"
+    submitted: datetime | None = None
+    label: str | None = None
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "submit"
+
+
+class Start(NamedTuple):
+    """The task reached an engine."""
+
+    msg_id: str
+    engine_uuid: str | None = None
+    started: datetime | None = None
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "start"
+
+
+class Output(NamedTuple):
+    """An IOPub output: a stream chunk (text) or a rich output (content)."""
+
+    msg_id: str
+    name: str = "stdout"
+    text: str | None = None
+    content: Any = None
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "output"
+
+
+class Complete(NamedTuple):
+    """The engine's reply arrived."""
+
+    msg_id: str
+    result_header: dict[str, Any] | None = None
+    result_content: dict[str, Any] | None = None
+    result_metadata: dict[str, Any] | None = None
+    result_buffers: list[bytes] | None = None
+    started: datetime | None = None
+    completed: datetime | None = None
+    received: datetime | None = None
+    engine_uuid: str | None = None
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "complete"
+
+
+class Resubmit(NamedTuple):
+    """The task runs again under ``new_msg_id`` with the original request."""
+
+    msg_id: str
+    new_msg_id: str | None = None
+    submitted: datetime | None = None
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "resubmit"
+
+
+class Drop(NamedTuple):
+    """Records purged by msg_id; kept as a tombstone so replay purges too."""
+
+    msg_ids: list[str]
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "drop"
+
+
+class Annotate(NamedTuple):
+    """Other fields a hub sets on a record (label, user keys)."""
+
+    msg_id: str
+    fields: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        """The event type name."""
+        return "annotate"
+
+
+Event = Union[Submit, Start, Output, Complete, Resubmit, Drop, Annotate]
+EVENT_TYPES: dict[str, type[Any]] = {
+    "submit": Submit,
+    "start": Start,
+    "output": Output,
+    "complete": Complete,
+    "resubmit": Resubmit,
+    "drop": Drop,
+    "annotate": Annotate,
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def utc(value: datetime) -> datetime:
+    """Return ``value`` in UTC; a naive datetime is read as local time, as ipyparallel does."""
+    if value.tzinfo is None:
+        value = value.astimezone()
+    return value.astimezone(timezone.utc)
+
+
+# -- field checks: each returns the normalised value or raises ValueError(problem)
+
+
+def _msg_id(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"must be a non-empty str, got {v!r:.60}")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"must be a str or None, got {type(v).__name__}")
+    return v
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ValueError(f"must be a dict, got {type(v).__name__}")
+    return dict(v)
+
+
+def _opt_dict(v: Any) -> dict[str, Any] | None:
+    return None if v is None else _dict(v)
+
+
+def _buffers(v: Any) -> list[bytes]:
+    if v is None:
+        return []
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"must be a list of bytes, got {type(v).__name__}")
+    out = []
+    for i, b in enumerate(v):
+        if isinstance(b, bytes):
+            out.append(b)
+        elif isinstance(b, (bytearray, memoryview)):
+            out.append(bytes(b))
+        else:
+            raise ValueError(f"item {i} must be bytes, got {type(b).__name__}")
+    return out
+
+
+def _opt_buffers(v: Any) -> list[bytes] | None:
+    return None if v is None else _buffers(v)
+
+
+def _opt_dt(v: Any) -> datetime | None:
+    if v is None:
+        return None
+    if not isinstance(v, datetime):
+        raise ValueError(f"must be a datetime, got {type(v).__name__}")
+    # Milliseconds: what MongoDB and Extended JSON keep, so every projection compares alike.
+    v = utc(v)
+    return v.replace(microsecond=v.microsecond - v.microsecond % 1000)
+
+
+def _dt_now(v: Any) -> datetime:
+    return _opt_dt(utcnow() if v is None else v)  # type: ignore[return-value]
+
+
+def _queue(v: Any) -> str:
+    if v not in QUEUES:
+        raise ValueError(f"must be one of {sorted(QUEUES)}, got {v!r:.60}")
+    return str(v)
+
+
+def _output_name(v: Any) -> str:
+    if v not in OUTPUT_NAMES:
+        raise ValueError(f"must be one of {sorted(OUTPUT_NAMES)}, got {v!r:.60}")
+    return str(v)
+
+
+def _any(v: Any) -> Any:
+    return v
+
+
+def _new_id(v: Any) -> str:
+    return str(uuid.uuid4()) if v is None else _msg_id(v)
+
+
+def _msg_ids(v: Any) -> list[str]:
+    if not isinstance(v, (list, tuple, set, frozenset)) or not v:
+        raise ValueError("must be a non-empty list of msg_ids")
+    return [_msg_id(m) for m in v]
+
+
+def _fields(v: Any) -> dict[str, Any]:
+    d = _dict(v)
+    for k in d:
+        if not isinstance(k, str) or not k or k == "msg_id" or k.startswith("$") or "." in k:
+            raise ValueError(f"key {k!r} cannot be annotated")
+    return d
+
+
+Check = Callable[[Any], Any]
+CHECKS: dict[str, tuple[Check, ...]] = {
+    "submit": (_msg_id, _dict, _dict, _dict, _buffers, _opt_str, _queue, _dt_now, _opt_str),
+    "start": (_msg_id, _opt_str, _opt_dt),
+    "output": (_msg_id, _output_name, _opt_str, _any),
+    "complete": (_msg_id, _opt_dict, _opt_dict, _opt_dict, _opt_buffers,
+                 _opt_dt, _opt_dt, _opt_dt, _opt_str),
+    "resubmit": (_msg_id, _new_id, _dt_now),
+    "drop": (_msg_ids,),
+    "annotate": (_msg_id, _fields),
+}
+
+
+def _check_output(ev: Output) -> None:
+    if ev.name in STREAMS:
+        if ev.text is None or ev.content is not None:
+            raise EventError("output", "text", f"a {ev.name} chunk needs text (str) and no content")
+    elif ev.text is not None or ev.content is None:
+        raise EventError("output", "content", f"{ev.name} output needs content and no text")
+
+
+# An expression per check that is true when the value is already normal, so the
+# common case costs one inlined test per field instead of a function call.
+_ALREADY_NORMAL: dict[Check, str] = {
+    _msg_id: "{x}.__class__ is str and {x}",
+    _opt_str: "{x} is None or {x}.__class__ is str",
+    _dict: "{x}.__class__ is dict",
+    _opt_dict: "{x} is None or {x}.__class__ is dict",
+    _buffers: "{x}.__class__ is list and _all_bytes({x})",
+    _opt_buffers: "{x} is None or ({x}.__class__ is list and _all_bytes({x}))",
+    _opt_dt: "{x} is None",
+    _queue: "{x} in QUEUES",
+    _output_name: "{x} in OUTPUT_NAMES",
+    _any: "True",
+}
+
+
+def _all_bytes(items: list[Any]) -> bool:
+    for b in items:
+        if b.__class__ is not bytes:
+            return False
+    return True
+
+
+def _compile_fast(name: str, checks: tuple[Check, ...]) -> Callable[[Any], Any]:
+    """Generate a validator for one event type from its row in CHECKS."""
+    env: dict[str, Any] = {"QUEUES": QUEUES, "OUTPUT_NAMES": OUTPUT_NAMES, "_all_bytes": _all_bytes,
+                           "cls": EVENT_TYPES[name]}
+    args = [f"a{i}" for i in range(len(checks))]
+    lines = [f"def fast(event):", f"    {', '.join(args)}, = event", "    changed = False"]
+    for i, check in enumerate(checks):
+        env[f"c{i}"] = check
+        test = _ALREADY_NORMAL.get(check)
+        if test is None:
+            lines.append(f"    a{i} = c{i}(a{i}); changed = True")
+        else:
+            lines.append(f"    if not ({test.format(x=f'a{i}')}): a{i} = c{i}(a{i}); changed = True")
+    lines.append(f"    return cls({', '.join(args)}) if changed else event")
+    exec("\n".join(lines), env)
+    fast: Callable[[Any], Any] = env["fast"]
+    return fast
+
+
+_FAST = {name: _compile_fast(name, checks) for name, checks in CHECKS.items()}
+
+
+def validate(event: Any) -> Event:
+    """Return a normalised copy of ``event``, or raise :class:`EventError` naming the field."""
+    cls = type(event)
+    name = getattr(cls, "__name__", "?").lower()
+    if EVENT_TYPES.get(name) is not cls:
+        raise EventError(str(getattr(event, "type", type(event).__name__)), None,
+                         f"unknown event type; expected one of {sorted(EVENT_TYPES)}")
+    try:
+        ev: Event = _FAST[name](event)
+    except ValueError:
+        _name_bad_field(name, event)
+        raise
+    if name == "output":
+        _check_output(ev)  # type: ignore[arg-type]
+    return ev
+
+
+def _name_bad_field(name: str, event: Any) -> None:
+    for field, check, value in zip(event._fields, CHECKS[name], event):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise EventError(name, field, str(exc)) from None
+
+
+def make(event_type: str, **fields: Any) -> Event:
+    """Build and validate an event of ``event_type`` from keyword fields."""
+    return validate(construct(event_type, **fields))
+
+
+def construct(event_type: str, **fields: Any) -> Event:
+    """Build an event of ``event_type`` from keyword fields, naming unknown or missing ones."""
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise EventError(str(event_type), None, f"unknown event type; expected one of {sorted(EVENT_TYPES)}")
+    unknown = set(fields) - set(cls._fields)
+    if unknown:
+        raise EventError(event_type, sorted(unknown)[0], "unknown field")
+    missing = [f for f in cls._fields if f not in fields and f not in cls._field_defaults]
+    if missing:
+        raise EventError(event_type, missing[0], "missing")
+    ev: Event = cls(**fields)
+    return ev

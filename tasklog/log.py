@@ -1,0 +1,749 @@
+"""The append-only event log: one LMDB key per event, group commit, three durability modes.
+
+Writers in ``sync`` and ``process`` mode commit as a group: the first caller to
+find no commit in flight becomes the leader and writes everything queued so far
+in one transaction and one sync, while the others wait for it. In ``async``
+mode a background thread commits every ``commit_interval`` seconds; the caller
+gets its sequence number at once, which is only possible because an async log
+holds an exclusive writer lock on the directory (no other process can take a
+number in between).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from . import codec
+from .errors import (
+    CommitError,
+    InterfaceError,
+    LogBusyError,
+    LogClosedError,
+    NotATaskLogError,
+    SchemaVersionError,
+    StorageError,
+    StorageFullError,
+)
+from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
+
+__all__ = ["TaskLog", "Receipt", "DURABILITY", "MARKER", "Listener"]
+
+MARKER = "TASKLOG"
+_LMDB_FILES = ("data.mdb", "lock.mdb")
+_OWN_FILES = frozenset({MARKER, "writer.lock", *_LMDB_FILES})
+_MIB = 1 << 20
+_READ_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class _Mode:
+    sync: bool
+    metasync: bool
+    background: bool
+    lock: int
+    promise: str
+
+
+# What each mode costs and what it promises, as data rather than branches.
+DURABILITY: dict[str, _Mode] = {
+    "sync": _Mode(True, True, False, fcntl.LOCK_SH,
+                  "a returned append survives power loss"),
+    "process": _Mode(False, False, False, fcntl.LOCK_SH,
+                     "a returned append survives a killed process, not a power loss"),
+    "async": _Mode(True, True, True, fcntl.LOCK_EX,
+                   "an append survives power loss once its receipt or flush() returns; "
+                   "a crash loses at most the last commit interval"),
+}
+
+Listener = Callable[[Sequence[tuple[int, Event]]], None]
+
+
+class Receipt(int):
+    """The sequence number of an async append, with a handle to wait until it is durable."""
+
+    _log: TaskLog
+    _epoch: int
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until this event is committed and synced; raise if its commit failed."""
+        self._log._wait_durable(int(self), self._epoch, timeout)
+        return int(self)
+
+    @property
+    def done(self) -> bool:
+        """True once the event is committed (or its commit failed)."""
+        return self._log._settled(int(self), self._epoch)
+
+
+class _Batch:
+    __slots__ = ("items", "seqs", "error", "done")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes | None, Event]] = []
+        self.seqs: list[int] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _SharedEnv:
+    __slots__ = ("env", "gate", "flags", "users")
+
+    def __init__(self, env: lmdb.Environment, flags: tuple[bool, bool, bool]) -> None:
+        self.env = env
+        self.gate = _Gate()
+        self.flags = flags
+        self.users = 1
+
+
+_ENVS: dict[str, _SharedEnv] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+class _Gate:
+    """Many short read transactions, or one map resize: LMDB forbids both at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing or self._readers:
+                self._cond.wait()
+            self._resizing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+def _check_path(path: str) -> bool:
+    """Return True if ``path`` is an existing tasklog; raise if it is something else."""
+    if not os.path.exists(path):
+        return False
+    if not os.path.isdir(path):
+        raise NotATaskLogError(f"{path} is not a tasklog: it is a file, not a directory")
+    names = set(os.listdir(path))
+    if MARKER in names:
+        try:
+            with open(os.path.join(path, MARKER)) as f:
+                meta = json.load(f)
+            version = int(meta["schema"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise NotATaskLogError(f"{path} has an unreadable {MARKER} file ({exc})") from None
+        if version > codec.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{path} was written with schema version {version}; this tasklog reads {codec.SCHEMA_VERSION}")
+        return True
+    if "data.mdb" in names:
+        raise NotATaskLogError(f"{path} is not a tasklog: it holds another LMDB environment")
+    if names - _OWN_FILES:
+        raise NotATaskLogError(f"{path} is not a tasklog: the directory is not empty")
+    return False
+
+
+def _storage_error(exc: lmdb.Error, doing: str) -> StorageError:
+    if isinstance(exc, lmdb.MapFullError) or getattr(exc, "errno", None) == errno.ENOSPC \
+            or "No space left" in str(exc):
+        return StorageFullError(f"{doing} failed: no space left ({exc})")
+    return CommitError(f"{doing} failed: {exc}")
+
+
+class TaskLog:
+    """An append-only log of task events in an LMDB directory."""
+
+    def __init__(self, path: str, durability: str = "sync", *, commit_interval: float = 0.002,
+                 queue_size: int = 100_000, map_size: int = 64 * _MIB, readonly: bool = False) -> None:
+        if durability not in DURABILITY:
+            raise InterfaceError(f"unknown durability {durability!r}; choose one of {sorted(DURABILITY)}")
+        if commit_interval <= 0 or queue_size < 1:
+            raise InterfaceError("commit_interval must be > 0 and queue_size >= 1")
+        self.path = os.path.abspath(path)
+        self.durability = durability
+        self.readonly = readonly
+        self.commit_interval = commit_interval
+        self.queue_size = queue_size
+        self._mode = DURABILITY[durability]
+        existed = _check_path(self.path)
+        if readonly and not existed:
+            raise NotATaskLogError(f"{self.path} is not a tasklog: it does not exist")
+        os.makedirs(self.path, exist_ok=True)
+        self._lockfile: int | None = None
+        if not readonly:
+            self._take_writer_lock()
+        self._shared = self._open_env(map_size)
+        self._env = self._shared.env
+        self._gate = self._shared.gate
+        self._events = self._env.open_db(b"events", create=not readonly)
+        self._keys = self._env.open_db(b"keys", create=not readonly)
+        self._meta = self._env.open_db(b"meta", create=not readonly)
+        self._check_schema(existed)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._listeners: list[Listener] = []
+        self.listener_errors: list[BaseException] = []
+        # group commit (sync/process): the batch being filled, and whether a leader is writing
+        self._filling = _Batch()
+        self._committing = False
+        # async: numbers are handed out at call time; durable_seq trails them
+        self._pending: list[tuple[int, bytes, bytes | None, Event]] = []
+        self._pending_keys: dict[bytes, int] = {}
+        self._durable_seq = self.last_seq
+        self._next_seq = self._durable_seq + 1
+        self._epoch = 0
+        self._failed: dict[int, tuple[BaseException, int]] = {}
+        self._flush_wanted = False
+        self._thread: threading.Thread | None = None
+        if self._mode.background and not readonly:
+            self._thread = threading.Thread(target=self._commit_loop, name="tasklog-commit", daemon=True)
+            self._thread.start()
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, durability: str = "sync", **options: Any) -> TaskLog:
+        """Create or open the log directory at ``path``."""
+        return cls(path, durability, **options)
+
+    def _take_writer_lock(self) -> None:
+        fd = os.open(os.path.join(self.path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, self._mode.lock | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = "an async writer" if self._mode.lock == fcntl.LOCK_SH else "another writer"
+            raise LogBusyError(f"{self.path} is held by {other}; an async log needs the directory "
+                               "to itself, sync/process logs can share it") from None
+        self._lockfile = fd
+
+    def _open_env(self, map_size: int) -> _SharedEnv:
+        # LMDB forbids opening one environment twice in a process: share it, counted.
+        with _ENVS_LOCK:
+            shared = _ENVS.get(self.path)
+            if shared is not None:
+                if not self.readonly and shared.flags != (self._mode.sync, self._mode.metasync, False):
+                    self._release_lock()
+                    raise LogBusyError(f"{self.path} is already open in this process read-only or with other durability "
+                                       "settings; share that TaskLog")
+                shared.users += 1
+                return shared
+            shared = _SharedEnv(self._new_env(map_size), (self._mode.sync, self._mode.metasync, self.readonly))
+            _ENVS[self.path] = shared
+            return shared
+
+    def _new_env(self, map_size: int) -> lmdb.Environment:
+        data = os.path.join(self.path, "data.mdb")
+        size = max(map_size, 2 * os.path.getsize(data)) if os.path.exists(data) else map_size
+        try:
+            env = lmdb.open(self.path, map_size=size, max_dbs=4, max_readers=512, subdir=True,
+                            sync=self._mode.sync, metasync=self._mode.metasync, writemap=False,
+                            readonly=self.readonly, lock=True, readahead=False)
+        except lmdb.Error as exc:
+            self._release_lock()
+            raise StorageError(f"cannot open {self.path}: {exc}") from None
+        # Reading a page past the end of a truncated file is a SIGBUS, not an exception.
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        have = os.path.getsize(data) if os.path.exists(data) else 0
+        if have < need:
+            env.close()
+            self._release_lock()
+            raise StorageError(f"{data} is truncated: {have} bytes, its last page ends at {need}")
+        return env
+
+    def _close_env(self) -> None:
+        with _ENVS_LOCK:
+            self._shared.users -= 1
+            if self._shared.users == 0:
+                _ENVS.pop(self.path, None)
+                self._env.close()
+
+    def _check_schema(self, existed: bool) -> None:
+        with self._env.begin() as txn:
+            stored = txn.get(b"schema", db=self._meta)
+        if stored is None and not self.readonly:
+            with self._env.begin(write=True) as txn:
+                txn.put(b"schema", str(codec.SCHEMA_VERSION).encode(), db=self._meta)
+            marker = os.path.join(self.path, MARKER)
+            tmp = f"{marker}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"format": "tasklog", "schema": codec.SCHEMA_VERSION}, f)
+            os.replace(tmp, marker)
+        elif stored is not None and int(stored) > codec.SCHEMA_VERSION:
+            self._close_env()
+            self._release_lock()
+            raise SchemaVersionError(f"{self.path} was written with schema version {int(stored)}; "
+                                     f"this tasklog reads {codec.SCHEMA_VERSION}")
+
+    def _release_lock(self) -> None:
+        if self._lockfile is not None:
+            os.close(self._lockfile)  # closing the descriptor drops the flock
+            self._lockfile = None
+
+    def __enter__(self) -> TaskLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Commit everything queued, then release the directory."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._cond:
+            # Followers still holding queued items become leaders and commit them first.
+            while self._committing or self._filling.items:
+                self._cond.wait()
+        self._close_env()
+        self._release_lock()
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.path} is closed")
+        if self.readonly:
+            raise InterfaceError(f"log {self.path} was opened read-only")
+
+    # -- listeners (live projections) -----------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with each committed batch, before its appends return."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        self._listeners.remove(listener)
+
+    def _notify(self, written: Sequence[tuple[int, Event]]) -> None:
+        # The events are durable already: a failing listener must not fail the append.
+        for listener in list(self._listeners):
+            try:
+                listener(written)
+            except Exception as exc:
+                self.listener_errors.append(exc)
+
+    # -- appending ---------------------------------------------------------
+
+    def submit(self, msg_id: str, *, header: dict[str, Any] | None = None,
+               content: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+               buffers: list[bytes] | None = None, client_uuid: str | None = None,
+               queue: str = "task", submitted: Any = None, label: str | None = None,
+               key: str | None = None) -> int:
+        """Append a submit event."""
+        return self._one(Submit(msg_id, header, content, metadata, buffers, client_uuid, queue,
+                                submitted, label), key)
+
+    def start(self, msg_id: str, engine_uuid: str | None = None, started: Any = None, *,
+              key: str | None = None) -> int:
+        """Append a start event: the task reached an engine."""
+        return self._one(Start(msg_id, engine_uuid, started), key)
+
+    def output(self, msg_id: str, name: str = "stdout", *, text: str | None = None,
+               content: Any = None, key: str | None = None) -> int:
+        """Append an output event: a stdout/stderr chunk, or a rich output's content."""
+        return self._one(Output(msg_id, name, text, content), key)
+
+    def complete(self, msg_id: str, *, result_header: dict[str, Any] | None = None,
+                 result_content: dict[str, Any] | None = None, result_metadata: dict[str, Any] | None = None,
+                 result_buffers: list[bytes] | None = None, started: Any = None, completed: Any = None,
+                 received: Any = None, engine_uuid: str | None = None, key: str | None = None) -> int:
+        """Append a complete event: the engine's reply reached the hub."""
+        return self._one(Complete(msg_id, result_header, result_content, result_metadata, result_buffers,
+                                  started, completed, received, engine_uuid), key)
+
+    def resubmit(self, msg_id: str, new_msg_id: str | None = None, submitted: Any = None, *,
+                 key: str | None = None) -> int:
+        """Append a resubmit event; the new msg_id is a fresh uuid unless given."""
+        return self._one(Resubmit(msg_id, new_msg_id, submitted), key)
+
+    def drop(self, msg_ids: Iterable[str], *, key: str | None = None) -> int:
+        """Append a drop tombstone for ``msg_ids``."""
+        ids = [msg_ids] if isinstance(msg_ids, str) else list(msg_ids)
+        return self._one(construct("drop", msg_ids=ids), key)
+
+    def annotate(self, msg_id: str, fields: dict[str, Any] | None = None, *, key: str | None = None,
+                 **more: Any) -> int:
+        """Append an annotate event setting other record fields (label, user keys)."""
+        return self._one(construct("annotate", msg_id=msg_id, fields={**(fields or {}), **more}), key)
+
+    def append(self, event: Event, *, key: str | None = None) -> int:
+        """Append one event; with ``key``, a retry returns the original sequence number."""
+        return self._one(event, key)
+
+    def append_many(self, events: Iterable[Event], *, keys: Sequence[str | None] | None = None) -> list[int]:
+        """Append events all-or-nothing in one commit; return their sequence numbers."""
+        evs = [validate(e) for e in events]
+        if keys is not None and len(keys) != len(evs):
+            raise InterfaceError(f"append_many got {len(evs)} events but {len(keys)} keys")
+        items = [(codec.encode(e), _key(keys[i] if keys else None), e) for i, e in enumerate(evs)]
+        return self._enqueue(items)
+
+    def _one(self, event: Event, key: str | None) -> int:
+        ev = validate(event)
+        return self._enqueue([(codec.encode(ev), _key(key), ev)])[0]
+
+    def _enqueue(self, items: list[tuple[bytes, bytes | None, Event]]) -> list[int]:
+        if not items:
+            return []
+        if self._mode.background:
+            return self._enqueue_async(items)
+        return self._group_commit(items)
+
+    # -- sync / process: leader-follower group commit ----------------------
+
+    def _group_commit(self, items: list[tuple[bytes, bytes | None, Event]]) -> list[int]:
+        with self._cond:
+            self._check_open()
+            batch = self._filling
+            first = len(batch.items)
+            batch.items.extend(items)
+            while not batch.done:
+                if self._committing:
+                    self._cond.wait()
+                    continue
+                self._committing = True
+                self._filling = _Batch()
+                self._cond.release()
+                try:
+                    self._commit_batch(batch)
+                finally:
+                    self._cond.acquire()
+                    self._committing = False
+                    batch.done = True
+                    self._cond.notify_all()
+        if batch.error is not None:
+            raise batch.error
+        return batch.seqs[first:first + len(items)]
+
+    def _commit_batch(self, batch: _Batch) -> None:
+        try:
+            batch.seqs, written = self._write(lambda txn: self._put_numbering(txn, batch.items))
+        except StorageError as exc:
+            batch.error = exc
+            return
+        if written and self._listeners:
+            self._notify(written)
+
+    def _put_numbering(self, txn: lmdb.Transaction, items: list[tuple[bytes, bytes | None, Event]]
+                       ) -> tuple[list[int], list[tuple[int, Event]]]:
+        cur = txn.cursor(db=self._events)
+        last = codec.unpack_key(cur.key()) if cur.last() else 0
+        seqs: list[int] = []
+        written: list[tuple[int, Event]] = []
+        seen: dict[bytes, int] = {}
+        for payload, key, event in items:
+            if key is not None:
+                hit = seen.get(key)
+                if hit is None:
+                    raw = txn.get(key, db=self._keys)
+                    hit = codec.unpack_key(raw) if raw is not None else None
+                if hit is not None:
+                    seqs.append(hit)
+                    continue
+            last += 1
+            self._put(cur, txn, last, payload, key)
+            if key is not None:
+                seen[key] = last
+            seqs.append(last)
+            written.append((last, event))
+        return seqs, written
+
+    def _put(self, cur: lmdb.Cursor, txn: lmdb.Transaction, seq: int, payload: bytes, key: bytes | None) -> None:
+        # put(append=True) reports an out-of-order key by returning False, not raising.
+        if not cur.put(codec.pack_key(seq), payload, append=True):
+            raise CommitError(f"sequence number {seq} is not past the end of the log")
+        if key is not None:
+            txn.put(key, codec.pack_key(seq), db=self._keys)
+
+    def _write(self, body: Callable[[lmdb.Transaction], Any]) -> Any:
+        """Run ``body`` in a write transaction, growing the map and retrying the whole of it."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                self._adopt_map_size()
+            except StorageError:
+                raise
+            except lmdb.Error as exc:
+                raise _storage_error(exc, "commit") from None
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            size = self._env.info()["map_size"]
+            self._env.set_mapsize(size * 2 if size < 1 << 36 else size + (1 << 36))
+
+    def _adopt_map_size(self) -> None:
+        with self._gate.exclusive():
+            self._env.set_mapsize(0)
+
+    # -- async: numbers now, commits in the background ---------------------
+
+    def _enqueue_async(self, items: list[tuple[bytes, bytes | None, Event]]) -> list[int]:
+        with self._cond:
+            self._check_open()
+            while len(self._pending) >= self.queue_size:  # back-pressure
+                self._flush_wanted = True
+                self._cond.notify_all()
+                self._cond.wait()
+                self._check_open()
+            out: list[int] = []
+            fresh: dict[bytes, int] = {}
+            for payload, key, event in items:
+                seq = self._known_key(key, fresh) if key is not None else None
+                if seq is None:
+                    seq = self._next_seq
+                    self._next_seq += 1
+                    self._pending.append((seq, payload, key, event))
+                    if key is not None:
+                        fresh[key] = seq
+                r = Receipt(seq)
+                r._log, r._epoch = self, self._epoch
+                out.append(r)
+            self._pending_keys.update(fresh)
+            if len(self._pending) == len(items):
+                self._cond.notify_all()  # wake the committer on the first item of a batch
+            return out
+
+    def _known_key(self, key: bytes, fresh: dict[bytes, int]) -> int | None:
+        hit = fresh.get(key) or self._pending_keys.get(key)
+        if hit is not None:
+            return hit
+        with self._reader() as txn:
+            raw = txn.get(key, db=self._keys)
+        return codec.unpack_key(raw) if raw is not None else None
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                deadline = time.monotonic() + self.commit_interval
+                while not (self._closed or self._flush_wanted) and len(self._pending) < self.queue_size:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch, self._pending = self._pending, []
+                self._flush_wanted = False
+                self._cond.notify_all()  # room in the queue again
+            self._commit_async(batch)
+
+    def _commit_async(self, batch: list[tuple[int, bytes, bytes | None, Event]]) -> None:
+        def body(txn: lmdb.Transaction) -> None:
+            cur = txn.cursor(db=self._events)
+            last = codec.unpack_key(cur.key()) if cur.last() else 0
+            if last + 1 != batch[0][0]:
+                raise CommitError(f"log end moved to {last} under an async writer")
+            for seq, payload, key, _ in batch:
+                self._put(cur, txn, seq, payload, key)
+        try:
+            self._write(body)
+        except StorageError as exc:
+            with self._cond:
+                # Every queued number is void now: later events reuse them under a new epoch.
+                self._failed[self._epoch] = (exc, self._durable_seq)
+                self._epoch += 1
+                self._pending = []
+                self._pending_keys.clear()
+                self._next_seq = self._durable_seq + 1
+                self._cond.notify_all()
+            return
+        if self._listeners:
+            self._notify([(seq, ev) for seq, _, _, ev in batch])
+        with self._cond:
+            self._durable_seq = batch[-1][0]
+            for _, _, key, _ in batch:
+                if key is not None:
+                    self._pending_keys.pop(key, None)
+            self._cond.notify_all()
+
+    def _settled(self, seq: int, epoch: int) -> bool:
+        with self._cond:
+            return epoch in self._failed or (epoch == self._epoch and self._durable_seq >= seq)
+
+    def _wait_durable(self, seq: int, epoch: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if epoch in self._failed:
+                    exc, durable = self._failed[epoch]
+                    if seq <= durable:
+                        return
+                    raise exc
+                if self._durable_seq >= seq:
+                    return
+                if self._closed and self._thread is not None and not self._thread.is_alive():
+                    raise LogClosedError(f"log {self.path} closed before event {seq} was committed")
+                self._flush_wanted = True
+                self._cond.notify_all()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"event {seq} not committed within {timeout} s")
+                self._cond.wait(left)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Commit and sync everything appended so far; return the last durable sequence number."""
+        if not self._mode.background:
+            return self.last_seq
+        with self._cond:
+            target, epoch = self._next_seq - 1, self._epoch
+        if target > 0:
+            self._wait_durable(target, epoch, timeout)
+        return target
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last committed event (0 when empty)."""
+        return self._last_committed()
+
+    def _last_committed(self) -> int:
+        with self._reader() as txn:
+            cur = txn.cursor(db=self._events)
+            return codec.unpack_key(cur.key()) if cur.last() else 0
+
+    @property
+    def start_seq(self) -> int:
+        """The sequence number the log's events start from (1 unless a prune removed older ones)."""
+        with self._reader() as txn:
+            raw = txn.get(b"start_seq", db=self._meta)
+        return int(raw) if raw is not None else 1
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the first event still in the log (0 when empty)."""
+        with self._reader() as txn:
+            cur = txn.cursor(db=self._events)
+            return codec.unpack_key(cur.key()) if cur.first() else 0
+
+    @contextmanager
+    def _reader(self) -> Iterator[lmdb.Transaction]:
+        if self._closed:
+            raise LogClosedError(f"log {self.path} is closed")
+        while True:
+            with self._gate.reading():
+                try:
+                    txn = self._env.begin()
+                except lmdb.MapResizedError:
+                    txn = None
+                if txn is not None:
+                    try:
+                        yield txn
+                    finally:
+                        txn.abort()
+                    return
+            self._adopt_map_size()  # another process grew the map
+
+    def read_raw(self, start: int = 1, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(seq, stored bytes)`` for start <= seq < stop, in short read transactions."""
+        nxt = max(start, 1)
+        while stop is None or nxt < stop:
+            chunk: list[tuple[int, bytes]] = []
+            with self._reader() as txn:
+                cur = txn.cursor(db=self._events)
+                if not cur.set_range(codec.pack_key(nxt)):
+                    return
+                for k, v in cur:
+                    seq = codec.unpack_key(k)
+                    if (stop is not None and seq >= stop) or len(chunk) >= _READ_CHUNK:
+                        break
+                    chunk.append((seq, v))
+            if not chunk:
+                return
+            yield from chunk
+            nxt = chunk[-1][0] + 1
+
+    def read(self, start: int = 1, stop: int | None = None) -> Iterator[tuple[int, Event]]:
+        """Yield ``(seq, event)`` in order for start <= seq < stop, never blocking writers."""
+        for seq, raw in self.read_raw(start, stop):
+            yield seq, codec.decode(raw, seq)
+
+    def follow(self, start: int | None = None, poll: float = 0.05,
+               idle_timeout: float | None = None) -> Iterator[tuple[int, Event]]:
+        """Yield events from ``start`` (default: the next one) as they are committed, forever."""
+        nxt = self.last_seq + 1 if start is None else start
+        idle_since = time.monotonic()
+        while True:
+            got = False
+            for seq, event in self.read(nxt):
+                got = True
+                nxt = seq + 1
+                yield seq, event
+            if got:
+                idle_since = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                return
+            with self._cond:
+                # Other processes commit too, so wake on our own commits or after ``poll``.
+                self._cond.wait(poll)
+
+    def __iter__(self) -> Iterator[tuple[int, Event]]:
+        return self.read()
+
+    def __len__(self) -> int:
+        with self._reader() as txn:
+            return int(txn.stat(self._events)["entries"])
+
+    def disk_bytes(self) -> int:
+        """Bytes the log directory takes on disk."""
+        total = 0
+        for name in os.listdir(self.path):
+            st = os.stat(os.path.join(self.path, name))
+            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        return total
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self.durability
+        return f"<TaskLog {self.path} {state}>"
+
+
+def _key(key: str | bytes | None) -> bytes | None:
+    if key is None:
+        return None
+    if isinstance(key, bytes):
+        return key
+    if not isinstance(key, str) or not key:
+        raise InterfaceError(f"an idempotency key must be a non-empty str, got {key!r:.60}")
+    return key.encode()

@@ -1,0 +1,42 @@
+"""Shared fixtures: log directories, a real MongoDB wire-protocol server, helper processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> str:
+    """A path where a new log may be created."""
+    return str(tmp_path / "log")
+
+
+def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tasklog`` command in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "tasklog.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tasklog {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB wire-protocol server: TASKLOG_TEST_MONGO_URI, or SecantusDB on a random loopback port."""
+    from mongo_server import start_server
+
+    uri = os.environ.get("TASKLOG_TEST_MONGO_URI")
+    if uri:
+        yield uri.rstrip("/")
+        return
+    with start_server(tmp_path_factory.mktemp("secantus")) as uri:
+        yield uri

@@ -1,0 +1,65 @@
+"""Start SecantusDB (a MongoDB wire-protocol server) on 127.0.0.1, a random port, a temp directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pymongo
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_command() -> list[str]:
+    exe = shutil.which("secantusd-py", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "secantus"]
+
+
+@contextmanager
+def start_server(directory: Path, attempts: int = 3) -> Iterator[str]:
+    """Run a server until the block ends; yield its URI."""
+    for _ in range(attempts):
+        port = _free_port()
+        logf = open(directory / f"server-{port}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen([*_server_command(), "--host", "127.0.0.1", "--port", str(port),
+                                 "--storage-path", str(directory / f"data-{port}"), "--log-level", "WARNING"],
+                                stdout=logf, stderr=subprocess.STDOUT)
+        uri = f"mongodb://127.0.0.1:{port}"
+        if _wait_ready(uri, proc):
+            try:
+                yield uri
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                logf.close()
+            return
+        proc.kill()
+        logf.close()
+    raise RuntimeError(f"SecantusDB did not start; see {directory}")
+
+
+def _wait_ready(uri: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            pymongo.MongoClient(uri, serverSelectionTimeoutMS=500).admin.command("ping")
+            return True
+        except pymongo.errors.PyMongoError:
+            time.sleep(0.2)
+    return False

@@ -1,0 +1,261 @@
+"""The log: order, density, group commit under threads and processes, retries, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import lmdb
+import pytest
+
+import tasklog
+from tasklog import Receipt, TaskLog
+from tasklog.errors import (
+    EventError,
+    InterfaceError,
+    LogBusyError,
+    LogClosedError,
+    NotATaskLogError,
+    SchemaVersionError,
+)
+from tasklog.inspect import verify
+
+HERE = Path(__file__).parent
+MODES = ["sync", "process", "async"]
+
+
+def _lifecycle(log: TaskLog, msg_id: str) -> list[int]:
+    return [int(log.submit(msg_id, header={"msg_id": msg_id}, buffers=[b"req"], client_uuid="c")),
+            int(log.start(msg_id, "engine-1")),
+            int(log.output(msg_id, "stdout", text="hello\n")),
+            int(log.output(msg_id, "error", content={"ename": "E"})),
+            int(log.complete(msg_id, result_content={"status": "ok"}, result_buffers=[b"res"]))]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_order_density_and_reopen(log_dir: str, mode: str) -> None:
+    with TaskLog.open(log_dir, mode) as log:
+        seqs = [s for i in range(50) for s in _lifecycle(log, f"t{i}")]
+        seqs += [int(s) for s in log.append_many([tasklog.Resubmit("t1", "t1b"), tasklog.Drop(["t2"]),
+                                                  tasklog.Annotate("t3", {"label": "x"})])]
+        log.flush()
+    assert seqs == list(range(1, 254))
+    with TaskLog.open(log_dir, mode) as log:
+        events = list(log.read())
+        assert [s for s, _ in events] == seqs
+        assert events[0][1] == tasklog.validate(tasklog.Submit("t0", {"msg_id": "t0"}, {}, {}, [b"req"], "c",
+                                                               "task", events[0][1].submitted))
+        assert events[-1][1] == tasklog.Annotate("t3", {"label": "x"})
+        assert log.last_seq == 253 and len(log) == 253 and log.first_seq == 1
+        assert [s for s, _ in log.read(10, 13)] == [10, 11, 12]
+        assert int(log.start("t9")) == 254
+        assert verify(log) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eight_threads_every_seq_exactly_once(log_dir: str, mode: str) -> None:
+    got: list[list[int]] = [[] for _ in range(8)]
+    with TaskLog.open(log_dir, mode) as log:
+        def work(t: int) -> None:
+            for i in range(300):
+                got[t].append(int(log.output(f"t{t}", "stdout", text=f"{t}:{i}\n")))
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        log.flush()
+        stored = {seq: ev for seq, ev in log.read()}
+    flat = [s for g in got for s in g]
+    assert sorted(flat) == list(range(1, 2401))
+    for t, seqs in enumerate(got):
+        assert seqs == sorted(seqs)  # one thread's events keep its order
+        assert [stored[s].text for s in seqs] == [f"{t}:{i}\n" for i in range(300)]
+
+
+def test_two_processes_append_dense_and_unique(log_dir: str, tmp_path: Path) -> None:
+    TaskLog.open(log_dir).close()
+    procs = []
+    for seed in (1, 2):
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "writer_proc.py"), log_dir, "sync", "300",
+                                       str(seed), str(tmp_path / f"acks{seed}")]))
+    for p in procs:
+        assert p.wait(120) == 0
+    acked = [line.split() for seed in (1, 2) for line in (tmp_path / f"acks{seed}").read_text().splitlines()]
+    seqs = sorted(int(s) for s, _ in acked)
+    with TaskLog.open(log_dir, readonly=True) as log:
+        stored = {seq: ev for seq, ev in log.read()}
+        assert verify(log) == []
+    assert seqs == list(range(1, len(seqs) + 1)) == sorted(stored)
+    for s, msg_id in acked:
+        assert stored[int(s)].msg_id == msg_id
+
+
+def test_async_receipts_flush_and_close(log_dir: str) -> None:
+    with TaskLog.open(log_dir, "async", commit_interval=0.05, queue_size=16) as log:
+        receipts = [log.output("a", "stdout", text=str(i)) for i in range(100)]  # back-pressure at 16
+        assert all(isinstance(r, Receipt) for r in receipts)
+        assert [int(r) for r in receipts] == list(range(1, 101))
+        assert receipts[-1].wait(10) == 100 and receipts[-1].done
+        last = log.output("a", "stdout", text="tail")
+        assert log.flush() == 101 and last.done
+        unflushed = [log.start(f"u{i}") for i in range(10)]
+    with TaskLog.open(log_dir) as log:  # close() committed everything
+        assert log.last_seq == 111
+        assert [ev.msg_id for _, ev in log.read(102)] == [f"u{i}" for i in range(10)]
+    assert unflushed[-1] == 111
+
+
+def test_async_excludes_other_writers_but_not_readers(log_dir: str) -> None:
+    with TaskLog.open(log_dir, "async") as log:
+        log.start("a").wait()
+        with pytest.raises(LogBusyError):
+            TaskLog.open(log_dir, "sync")
+        code = ("import sys; from tasklog import TaskLog\n"
+                "try:\n    TaskLog.open(sys.argv[1], 'sync')\nexcept Exception as e:\n    print(type(e).__name__)\n")
+        out = subprocess.run([sys.executable, "-c", code, log_dir], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "LogBusyError"
+        with TaskLog.open(log_dir, readonly=True) as reader:
+            assert reader.last_seq == 1
+    with TaskLog.open(log_dir, "sync") as log:  # the lock went with the writer
+        assert log.start("b") == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_idempotency_keys_across_restarts(log_dir: str, mode: str) -> None:
+    with TaskLog.open(log_dir, mode) as log:
+        first = int(log.output("a", "stdout", text="once\n", key="a/out/1"))
+        again = int(log.output("a", "stdout", text="once\n", key="a/out/1"))
+        both = [int(s) for s in log.append_many([tasklog.Start("b"), tasklog.Start("b")], keys=["k-b", "k-b"])]
+    assert first == again == 1 and both == [2, 2]
+    with TaskLog.open(log_dir, mode) as log:
+        assert int(log.output("a", "stdout", text="once\n", key="a/out/1")) == 1
+        assert int(log.start("c", key="k-c")) == 3
+        log.flush()
+        assert [ev.type for _, ev in log.read()] == ["output", "start", "start"]
+        with pytest.raises(InterfaceError):
+            log.start("d", key="")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_input_writes_nothing(log_dir: str, mode: str) -> None:
+    with TaskLog.open(log_dir, mode) as log:
+        log.start("ok")
+        with pytest.raises(EventError, match=r"submit\.msg_id"):
+            log.submit("")
+        with pytest.raises(EventError, match=r"submit\.buffers"):
+            log.submit("a", buffers=["not bytes"])  # type: ignore[list-item]
+        with pytest.raises(EventError, match=r"start\.started"):
+            log.start("a", started="12:00")
+        with pytest.raises(EventError, match=r"complete\.received"):
+            log.complete("a", received=12.0)
+        with pytest.raises(EventError, match=r"unknown event type"):
+            log.append({"type": "submit", "msg_id": "a"})  # type: ignore[arg-type]
+        with pytest.raises(tasklog.EncodeError, match=r"annotate\.fields"):
+            log.annotate("a", blob=object())
+        with pytest.raises(EventError, match=r"output\.name"):
+            log.output("a", "stdin", text="x")
+        with pytest.raises(EventError):  # all-or-nothing: one bad event spoils the batch
+            log.append_many([tasklog.Start("x"), tasklog.Start("y"), tasklog.Start("")])
+        with pytest.raises(tasklog.EncodeError):
+            log.append_many([tasklog.Start("x"), tasklog.Annotate("y", {"s": {1}})])
+        with pytest.raises(InterfaceError):
+            log.append_many([tasklog.Start("x")], keys=["a", "b"])
+        assert log.append_many([]) == []
+        log.flush()
+        assert [(s, ev.msg_id) for s, ev in log.read()] == [(1, "ok")]
+    with pytest.raises(LogClosedError):
+        log.start("late")
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
+        if path.is_dir() else {"": path.read_bytes()}
+
+
+def test_not_a_tasklog_is_left_untouched(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hello")
+    other = tmp_path / "other-lmdb"
+    env = lmdb.open(str(other), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    notempty = tmp_path / "notempty"
+    notempty.mkdir()
+    (notempty / "x").write_text("y")
+    for path, match in [(plain, "not a directory"), (other, "another LMDB"), (notempty, "not empty")]:
+        before = _snapshot(path)
+        with pytest.raises(NotATaskLogError, match=match):
+            TaskLog.open(str(path))
+        assert _snapshot(path) == before
+    with pytest.raises(NotATaskLogError, match="does not exist"):
+        TaskLog.open(str(tmp_path / "missing"), readonly=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_newer_schema_is_refused(log_dir: str) -> None:
+    with TaskLog.open(log_dir) as log:
+        log.start("a")
+    marker = Path(log_dir) / "TASKLOG"
+    marker.write_text('{"format": "tasklog", "schema": 99}')
+    before = _snapshot(Path(log_dir))
+    with pytest.raises(SchemaVersionError, match="99"):
+        TaskLog.open(log_dir)
+    assert _snapshot(Path(log_dir)) == before
+
+
+def test_map_grows_without_the_user_choosing_a_size(log_dir: str) -> None:
+    with TaskLog.open(log_dir, map_size=1 << 20) as log:
+        for i in range(40):
+            log.append_many([tasklog.Output(f"t{i}", "stdout", "x" * 2000, None)] * 50)
+        assert log.last_seq == 2000
+        assert log._env.info()["map_size"] > 1 << 20
+    with TaskLog.open(log_dir) as log:
+        assert sum(len(ev.text) for _, ev in log.read()) == 2000 * 2000
+
+
+def test_follow_sees_new_events(log_dir: str) -> None:
+    with TaskLog.open(log_dir) as log:
+        log.start("a")
+        seen: list[int] = []
+
+        def consume() -> None:
+            for seq, _ in log.follow(1, poll=0.01, idle_timeout=2):
+                seen.append(seq)
+                if seq == 3:
+                    return
+        th = threading.Thread(target=consume)
+        th.start()
+        log.start("b")
+        log.start("c")
+        th.join(10)
+        assert seen == [1, 2, 3]
+
+
+def test_listeners_see_each_commit_before_append_returns(log_dir: str) -> None:
+    batches: list[list[int]] = []
+    with TaskLog.open(log_dir) as log:
+        log.add_listener(lambda written: batches.append([s for s, _ in written]))
+        s = log.start("a")
+        assert batches == [[s]]
+        log.start("a", key="k")
+        log.start("a", key="k")  # a retried append is not an event twice
+        assert batches == [[1], [2]]
+
+        def boom(_: object) -> None:
+            raise RuntimeError("listener bug")
+        log.add_listener(boom)
+        assert log.start("b") == 3  # a failing listener does not fail the append
+        assert isinstance(log.listener_errors[0], RuntimeError)
+
+
+def test_bad_options(log_dir: str) -> None:
+    with pytest.raises(InterfaceError, match="durability"):
+        TaskLog.open(log_dir, "fast")
+    with pytest.raises(InterfaceError):
+        TaskLog.open(log_dir, "async", commit_interval=0)
+    assert not os.path.exists(log_dir)
