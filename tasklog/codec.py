@@ -37,7 +37,7 @@ _KEY = struct.Struct(">Q")
 pack_key = _KEY.pack
 
 
-def unpack_key(key: bytes) -> int:
+def unpack_key(key: bytes | memoryview) -> int:
     """The sequence number stored in an LMDB key."""
     return int(_KEY.unpack(key)[0])
 
@@ -64,7 +64,7 @@ def _packer() -> msgpack.Packer:
 
 def pack_value(obj: Any) -> bytes:
     """msgpack ``obj`` behind the version byte and checksum."""
-    payload = _packer().pack(obj)
+    payload: bytes = _packer().pack(obj)
     return _HEAD.pack(SCHEMA_VERSION, zlib.crc32(payload)) + payload
 
 
@@ -88,14 +88,20 @@ def unpack_value(value: bytes, seq: int = 0) -> Any:
         raise CorruptEventError(seq, f"undecodable payload ({exc})") from None
 
 
+_CODE_BY_CLASS = {cls: TYPE_CODES[name] for name, cls in EVENT_TYPES.items()}
+_crc32 = zlib.crc32
+_head = _HEAD.pack
+
+
 def encode(event: Event) -> bytes:
     """The stored bytes of a validated event; EncodeError names the field msgpack refused."""
-    name = event.type
+    # pack_value inlined: this runs once per appended event.
     try:
-        return pack_value((TYPE_CODES[name], *event))
+        payload: bytes = (getattr(_local, "packer", None) or _packer()).pack((_CODE_BY_CLASS[event.__class__], *event))
     except (TypeError, ValueError, OverflowError) as exc:
         _local.packer = None  # a failed pack may leave a half-written buffer behind
-        raise EncodeError(name, _bad_field(event), str(exc)) from None
+        raise EncodeError(event.type, _bad_field(event), str(exc)) from None
+    return _head(SCHEMA_VERSION, _crc32(payload)) + payload
 
 
 def _bad_field(event: Event) -> str | None:

@@ -18,10 +18,10 @@ opt_text = st.none() | st.text(max_size=20)
 dts = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
                    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))]))
 opt_dts = st.none() | dts
-scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=10) \
-    | st.binary(max_size=10) | dts
-json_like = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                         max_leaves=8)
+scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+           | st.text(max_size=10) | st.binary(max_size=10) | dts)
+json_like = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c,
+                                                                                      max_size=3), max_leaves=8)
 dicts = st.dictionaries(st.text(max_size=8), json_like, max_size=4)
 bufs = st.lists(st.binary(max_size=30), max_size=3)
 
@@ -63,11 +63,11 @@ def test_round_trip_every_type(kind: str, data: st.DataObject) -> None:
     assert _same_instant(list(ev), list(back)), (ev, back)
 
 
-def test_datetimes_become_utc_milliseconds_and_naive_means_local() -> None:
+def test_datetimes_become_utc_and_naive_means_local() -> None:
     naive = datetime(2026, 11, 25, 14, 2, 3, 456789)
     ev = tasklog.validate(tasklog.Start("a", "e", naive))
     assert ev.started is not None and ev.started.tzinfo == timezone.utc
-    assert ev.started == naive.astimezone().replace(microsecond=456000)
+    assert ev.started == naive.astimezone() and ev.started.microsecond == 456789
     nested = codec.decode(codec.encode(tasklog.validate(tasklog.Submit("a", header={"date": naive}))), 1)
     assert isinstance(nested, tasklog.Submit) and nested.header is not None
     assert nested.header["date"] == naive.astimezone()

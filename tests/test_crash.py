@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from tasklog import TaskLog
 from tasklog.inspect import verify
 

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from tasklog import TaskLog  # noqa: E402
+from tasklog import TaskLog
 
 
 def main() -> None:

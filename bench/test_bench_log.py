@@ -1,0 +1,122 @@
+"""Write throughput: the raw LMDB ceiling against tasklog's append paths (issue 2 targets)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+import msgpack
+import pytest
+from conftest import KEY, record, sizes
+
+from tasklog import TaskLog
+from tasklog.codec import TYPE_CODES
+from tasklog.demo import simulate
+from tasklog.events import Complete, Output, Resubmit, Start, Submit
+
+ROUNDS = 3
+
+
+def _raw_lmdb(path: str, evs: list[Any], batch: int) -> None:
+    """The ceiling: the same events as plain msgpack arrays, no validation, no checksum."""
+    env = lmdb.open(path, map_size=8 << 30, sync=True, metasync=True, writemap=False)
+    pack = msgpack.Packer(datetime=True).pack
+    seq = 0
+    for s in range(0, len(evs), batch):
+        with env.begin(write=True) as txn:
+            cur = txn.cursor()
+            for e in evs[s:s + batch]:
+                seq += 1
+                cur.put(KEY(seq), pack((TYPE_CODES[e.type], *e)), append=True)
+    env.close()
+
+
+def workload(n: int) -> list[Any]:
+    """n events of the simulated hub (4-6 per task, 5% resubmits), built before the clock starts."""
+    return list(simulate(n // 4 + 1, seed=1))[:n]
+
+
+@pytest.mark.parametrize("n", sizes("events"))
+def test_ceiling_batched(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
+    evs = workload(n)
+    record(benchmark, n, "sync", "write", role="ceiling", batch=1000)
+    benchmark.pedantic(_raw_lmdb, setup=lambda: ((fresh_dir(), evs, 1000), {}), rounds=ROUNDS)
+
+
+@pytest.mark.parametrize("n", sizes("one_sync"))
+def test_ceiling_one_sync_per_event(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
+    evs = workload(n)
+    record(benchmark, n, "sync", "write", role="one_sync_per_event", batch=1)
+    benchmark.pedantic(_raw_lmdb, setup=lambda: ((fresh_dir(), evs, 1), {}), rounds=ROUNDS)
+
+
+def _append_many(path: str, evs: list[Any], durability: str) -> None:
+    with TaskLog.open(path, durability) as log:
+        for s in range(0, len(evs), 1000):
+            log.append_many(evs[s:s + 1000])
+        log.flush()
+
+
+@pytest.mark.parametrize("durability", ["sync", "process", "async"])
+@pytest.mark.parametrize("n", sizes("events"))
+def test_append_many(benchmark: Any, fresh_dir: Callable[[], str], n: int, durability: str) -> None:
+    evs = workload(n)
+    record(benchmark, len(evs), durability, "write", role=f"append_many_{durability}", batch=1000,
+           baseline="ceiling")
+    benchmark.pedantic(_append_many, setup=lambda: ((fresh_dir(), evs, durability), {}), rounds=ROUNDS)
+
+
+def hub_calls(n: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """The simulated hub's events as (method, args, kwargs) calls of the hub-facing API."""
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+    for ev in simulate(n // 4, seed=2):
+        if isinstance(ev, Submit):
+            calls.append(("submit", (ev.msg_id,), {"header": ev.header, "buffers": ev.buffers,
+                                                   "client_uuid": ev.client_uuid, "queue": ev.queue,
+                                                   "submitted": ev.submitted, "label": ev.label}))
+        elif isinstance(ev, Start):
+            calls.append(("start", (ev.msg_id, ev.engine_uuid, ev.started), {}))
+        elif isinstance(ev, Output):
+            calls.append(("output", (ev.msg_id, ev.name), {"text": ev.text, "content": ev.content}))
+        elif isinstance(ev, Complete):
+            calls.append(("complete", (ev.msg_id,), {k: getattr(ev, k) for k in ev._fields[1:]}))
+        elif isinstance(ev, Resubmit):
+            calls.append(("resubmit", (ev.msg_id, ev.new_msg_id, ev.submitted), {}))
+    return calls[:n]
+
+
+def _hub(path: str, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], interval: float) -> None:
+    with TaskLog.open(path, "async", commit_interval=interval) as log:
+        methods = {name: getattr(log, name) for name in ("submit", "start", "output", "complete", "resubmit")}
+        for name, args, kwargs in calls:
+            methods[name](*args, **kwargs)
+        log.flush()
+
+
+@pytest.mark.parametrize("n", sizes("events"))
+def test_hub_pattern_async(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
+    calls = hub_calls(n)
+    record(benchmark, len(calls), "async (5 ms commit interval, flushed at the end)", "hub", role="hub_pattern")
+    benchmark.pedantic(_hub, setup=lambda: ((fresh_dir(), calls, 0.005), {}), rounds=ROUNDS)
+
+
+def _threads(path: str, per_thread: int, threads: int) -> None:
+    with TaskLog.open(path, "sync") as log:
+        def work(t: int) -> None:
+            for i in range(per_thread):
+                log.output(f"task-{t}-{i // 4}", "stdout", text="hello\n")
+        ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+
+
+@pytest.mark.parametrize("n", sizes("one_sync"))
+def test_threads8_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
+    per = max(n * 4 // 8, 1)
+    record(benchmark, per * 8, "sync", "write", role="threads8_sync", baseline="one_sync_per_event",
+           baseline_events=n)
+    benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, 8), {}), rounds=ROUNDS)
