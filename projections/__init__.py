@@ -1,1 +1,76 @@
-"""Projections: fold the tasklog event log into queryable TaskRecords."""
+"""Projections: fold the tasklog event log into TaskRecords and answer MongoDB-style queries.
+
+``projections.open(spec)`` with ``dict``, ``sqlite:///path/tasks.db``,
+``mongodb://host:port/dbname`` or ``none``. Given a log, a persistent
+projection catches up from its checkpoint on open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from tasklog.errors import ProjectionError, QueryError
+from tasklog.log import TaskLog
+
+from .base import Projection
+from .fold import RECORD_KEYS, fold
+from .memory import DictProjection
+from .nothing import NoProjection
+from .query import parse
+
+__all__ = ["open", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold", "parse",
+           "QueryError", "ProjectionError", "SPEC_HELP"]
+
+SPEC_HELP = "dict[?record_limit=N&size_limit=BYTES&cull_fraction=F], sqlite:///path/tasks.db, " \
+            "mongodb://host:port/dbname, or none"
+_DICT_OPTIONS = {"record_limit": int, "size_limit": int, "cull_fraction": float}
+
+
+def _dict_options(query: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+        conv = _DICT_OPTIONS.get(key)
+        if conv is None:
+            raise ProjectionError(f"unknown dict option {key!r}; known: {sorted(_DICT_OPTIONS)}")
+        try:
+            opts[key] = conv(value)
+        except ValueError:
+            raise ProjectionError(f"dict option {key} needs a {conv.__name__}, got {value!r}") from None
+    return opts
+
+
+def _build(spec: str, options: dict[str, Any]) -> Projection:
+    if not isinstance(spec, str) or not spec:
+        raise ProjectionError(f"a projection spec must be a non-empty string: {SPEC_HELP}")
+    if spec == "none":
+        return NoProjection()
+    if spec == "dict" or spec.startswith("dict?"):
+        return DictProjection(**{**_dict_options(spec[5:]), **options})
+    if spec.startswith("sqlite://"):
+        from .sqlite import SQLiteProjection
+
+        path = spec[len("sqlite://"):]
+        if not path.startswith("/") or path == "/":
+            raise ProjectionError(f"bad SQLite spec {spec!r}: use sqlite:///relative/path.db or "
+                                  "sqlite:////absolute/path.db")
+        return SQLiteProjection(path[1:] or ":memory:", **options)
+    if spec.startswith(("mongodb://", "mongodb+srv://")):
+        from .mongo import MongoProjection
+
+        if not urlsplit(spec).hostname:
+            raise ProjectionError(f"bad MongoDB spec {spec!r}: no host")
+        return MongoProjection(spec, **options)
+    raise ProjectionError(f"unknown projection spec {spec!r}: use {SPEC_HELP}")
+
+
+def open(spec: str, log: TaskLog | None = None, **options: Any) -> Projection:
+    """Open the projection named by ``spec``; with ``log``, catch it up from its checkpoint."""
+    projection = _build(spec, options)
+    if log is not None:
+        try:
+            projection.catch_up(log.read(projection.last_seq + 1))
+        except BaseException:
+            projection.close()
+            raise
+    return projection

@@ -196,6 +196,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tasklog {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -253,7 +253,7 @@ def _msg_ids(v: Any) -> list[str]:
 def _fields(v: Any) -> dict[str, Any]:
     d = _dict(v)
     for k in d:
-        if not isinstance(k, str) or not k or k == "msg_id" or k.startswith("$") or "." in k:
+        if not isinstance(k, str) or not k or k == "msg_id" or k[0] in "$_" or "." in k:
             raise ValueError(f"key {k!r} cannot be annotated")
     return d
 

@@ -22,7 +22,7 @@ def log_dir(tmp_path: Path) -> str:
 
 def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real ``tasklog`` command in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "tasklog.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tasklog", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     if check and proc.returncode != 0:
         raise AssertionError(f"tasklog {args} failed ({proc.returncode}): {proc.stderr}")

@@ -1,0 +1,160 @@
+"""The projection contract: apply batches of events, answer ipyparallel-style queries.
+
+A backend implements five storage methods (load, store, find, history, close);
+everything that gives events and queries their meaning lives here and in
+``fold``/``query``, so backends cannot disagree about it.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from tasklog.errors import ProjectionError
+from tasklog.events import Event
+
+from .fold import Anomalies, apply_event, is_tombstone, touched
+from .query import Logical, clone, parse, parse_keys
+
+__all__ = ["Projection", "Records"]
+
+Records = dict[str, "dict[str, Any] | None"]
+
+
+class Projection(ABC):
+    """Folds events into TaskRecords and answers queries; subclasses store them."""
+
+    spec = ""
+    #: Whether records survive a restart (and a checkpoint is kept with them).
+    persistent = False
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.anomalies: Anomalies = {}
+        self.applied = 0
+        self._lock = threading.RLock()
+        self._before_read: Callable[[], None] | None = None
+
+    # -- storage, per backend ------------------------------------------------
+
+    @abstractmethod
+    def _load(self, msg_ids: set[str]) -> Records:
+        """The stored records (or tombstones) for ``msg_ids``; absent ids may be left out."""
+
+    @abstractmethod
+    def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
+        """Persist the ``changed`` records and the checkpoint ``last_seq`` together."""
+
+    @abstractmethod
+    def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
+        """The public records matching ``node``, limited to ``keys``; fresh dicts the caller may keep."""
+
+    @abstractmethod
+    def _history(self) -> list[str]:
+        """msg_ids of live records ordered by (submitted, msg_id), never-submitted first."""
+
+    def _count(self, node: Logical) -> int:
+        return len(self._find(node, ["msg_id"]))
+
+    def close(self) -> None:  # noqa: B027 (a no-op default: only some backends hold resources)
+        """Release the storage."""
+
+    # -- applying ---------------------------------------------------------------
+
+    def apply(self, batch: Sequence[tuple[int, Event]]) -> int:
+        """Fold a batch of (seq, event) into the records; events at or below last_seq are skipped."""
+        with self._lock:
+            fresh = [item for item in batch if item[0] > self.last_seq]
+            if not fresh:
+                return 0
+            records = self._load(touched(fresh))
+            changed: set[str] = set()
+            for seq, event in fresh:
+                changed.update(apply_event(records, seq, event, self.anomalies))
+            self._store(records, changed, fresh[-1][0])
+            self.last_seq = fresh[-1][0]
+            self.applied += len(fresh)
+            return len(fresh)
+
+    def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
+        done = 0
+        batch: list[tuple[int, Event]] = []
+        for item in events:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                done += self.apply(batch)
+                if progress:
+                    progress(len(batch))
+                batch = []
+        if batch:
+            done += self.apply(batch)
+            if progress:
+                progress(len(batch))
+        return done
+
+    # -- reading ----------------------------------------------------------------
+
+    def _reading(self) -> None:
+        if self._before_read is not None:
+            self._before_read()
+
+    def get_record(self, msg_id: str) -> dict[str, Any]:
+        """The record of ``msg_id`` (a copy); KeyError if there is none."""
+        self._reading()
+        with self._lock:
+            if not isinstance(msg_id, str):
+                raise KeyError(f"msg_id must be a str, got {msg_id!r:.60}")
+            rec = self._load({msg_id}).get(msg_id)
+            if rec is None or is_tombstone(rec):
+                raise KeyError(self._missing_reason(msg_id, rec))
+            return {k: clone(v) for k, v in rec.items() if not k.startswith("_")}
+
+    def _missing_reason(self, msg_id: str, record: dict[str, Any] | None) -> str:
+        if is_tombstone(record):
+            return f"task {msg_id!r} was dropped (purged)"
+        return f"no task {msg_id!r}"
+
+    def find_records(self, query: Any = None, keys: Any = None) -> list[dict[str, Any]]:
+        """Records matching a MongoDB-style query (copies; msg_id always included)."""
+        node = parse(query)
+        selected = parse_keys(keys)
+        self._reading()
+        with self._lock:
+            return self._find(node, selected)
+
+    def count(self, query: Any = None) -> int:
+        """How many records match ``query``."""
+        node = parse(query)
+        self._reading()
+        with self._lock:
+            return self._count(node)
+
+    def get_history(self) -> list[str]:
+        """msg_ids of all records, ordered by submission time."""
+        self._reading()
+        with self._lock:
+            return self._history()
+
+    def stats(self) -> dict[str, Any]:
+        """Applied events, the checkpoint, and the anomalies met (events about unknown or dropped tasks)."""
+        return {"spec": self.spec, "last_seq": self.last_seq, "applied": self.applied,
+                "records": self.count({}), "anomalies": dict(self.anomalies)}
+
+    def __enter__(self) -> Projection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec} at seq {self.last_seq}>"
+
+
+def check_open(closed: bool, spec: str) -> None:
+    """Raise if a projection is used after close()."""
+    if closed:
+        raise ProjectionError(f"projection {spec} is closed")

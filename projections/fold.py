@@ -1,0 +1,204 @@
+"""The one fold: (record, event) -> record, shared by every projection.
+
+A record is a plain dict with the TaskRecord keys of ipyparallel's Hub plus two
+hidden keys: ``_seq`` (the last sequence number applied to it, which makes
+re-applying an event a no-op) and ``_dropped`` (a tombstone left by a purge, so
+a late or replayed event cannot bring a purged task back).
+
+Records keep datetimes at millisecond precision, the precision MongoDB stores,
+so every projection returns and compares the same values; the log keeps the
+exact ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit
+
+__all__ = [
+    "RECORD_KEYS",
+    "REQUEST_KEYS",
+    "TIME_KEYS",
+    "HIDDEN",
+    "new_record",
+    "fold",
+    "targets",
+    "apply_event",
+    "public",
+    "is_tombstone",
+    "ms",
+    "Anomalies",
+]
+
+RECORD_KEYS: tuple[str, ...] = (
+    "msg_id", "header", "metadata", "content", "buffers", "submitted", "client_uuid", "engine_uuid",
+    "started", "completed", "resubmitted", "received", "result_header", "result_metadata",
+    "result_content", "result_buffers", "queue", "execute_input", "execute_result", "display_data",
+    "error", "stdout", "stderr", "label", "resubmitted_from",
+)
+# What a resubmitted task inherits from the original request.
+REQUEST_KEYS = ("header", "content", "metadata", "buffers", "queue", "client_uuid", "label")
+TIME_KEYS = frozenset({"submitted", "started", "completed", "received"})
+HIDDEN = frozenset({"_seq", "_dropped"})
+_DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
+_NESTED_TIMES = ("header", "metadata", "result_header", "result_metadata")
+
+Anomalies = dict[str, int]
+
+
+def ms(value: Any) -> Any:
+    """A datetime cut to milliseconds (what MongoDB keeps); anything else unchanged."""
+    if value.__class__ is datetime and value.microsecond % 1000:
+        return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+    return value
+
+
+def _ms_dict(d: Any) -> Any:
+    if d.__class__ is not dict:
+        return d
+    for v in d.values():
+        if v.__class__ is datetime and v.microsecond % 1000:
+            return {k2: ms(v2) for k2, v2 in d.items()}
+    return d
+
+
+def new_record(msg_id: str) -> dict[str, Any]:
+    """An empty TaskRecord with the Hub's defaults ('' for the streams, None for the rest)."""
+    rec = dict(_DEFAULTS)
+    rec["msg_id"] = msg_id
+    rec["_seq"] = 0
+    return rec
+
+
+def is_tombstone(record: dict[str, Any] | None) -> bool:
+    """True for what a drop leaves behind."""
+    return record is not None and bool(record.get("_dropped"))
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without its hidden keys (not a deep copy)."""
+    return {k: v for k, v in record.items() if k not in HIDDEN}
+
+
+def _fill(rec: dict[str, Any], key: str, value: Any) -> None:
+    # Order tolerance: a late submit fills what an early output's stub lacks, never clobbers it.
+    current = rec.get(key)
+    if current is None or (current in ("", {}, []) and value not in (None, {}, [])):
+        rec[key] = value
+
+
+def _submit(rec: dict[str, Any], ev: Submit) -> None:
+    for key, value in (("header", _ms_dict(ev.header)), ("content", ev.content),
+                       ("metadata", _ms_dict(ev.metadata)), ("buffers", ev.buffers),
+                       ("client_uuid", ev.client_uuid), ("queue", ev.queue),
+                       ("submitted", ms(ev.submitted)), ("label", ev.label)):
+        _fill(rec, key, value)
+
+
+def _start(rec: dict[str, Any], ev: Start) -> None:
+    # The reply's engine_uuid and started are the engine's own account: a start that arrives
+    # after the complete only fills what is missing, so both orders give the same record.
+    _fill(rec, "engine_uuid", ev.engine_uuid)
+    _fill(rec, "started", ms(ev.started))
+
+
+def _output(rec: dict[str, Any], ev: Output) -> None:
+    if ev.text is not None:
+        rec[ev.name] = (rec.get(ev.name) or "") + ev.text
+    else:
+        rec[ev.name] = ev.content
+
+
+def _complete(rec: dict[str, Any], ev: Complete) -> None:
+    for key, value in zip(Complete._fields[1:], ev[1:]):
+        if value is not None:
+            rec[key] = ms(value) if key in TIME_KEYS else _ms_dict(value)
+
+
+def _annotate(rec: dict[str, Any], ev: Annotate) -> None:
+    for key, value in ev.fields.items():
+        rec[key] = ms(value) if key in TIME_KEYS else value
+
+
+_APPLY = {Submit: _submit, Start: _start, Output: _output, Complete: _complete, Annotate: _annotate}
+
+
+def fold(record: dict[str, Any] | None, event: Event, seq: int, *, msg_id: str | None = None,
+         source: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Return the record after ``event`` (number ``seq``); never mutates ``record``.
+
+    ``msg_id`` names the record being folded when an event touches several
+    (a resubmit changes the original and creates the new task, whose fold
+    reads the original as ``source``). A tombstone or an already-applied
+    sequence number leaves the record as it is; None means "no record".
+    """
+    if record is not None and (record["_seq"] >= seq or record.get("_dropped")):
+        return record
+    target = msg_id or getattr(event, "msg_id", None)
+    if isinstance(event, Drop):
+        return {"msg_id": target, "_seq": seq, "_dropped": True}
+    rec = dict(record) if record is not None else new_record(str(target))
+    rec["_seq"] = seq
+    if isinstance(event, Resubmit):
+        if target == event.msg_id:
+            rec["resubmitted"] = event.new_msg_id
+        else:
+            for key in REQUEST_KEYS:
+                if source is not None and not is_tombstone(source):
+                    _fill(rec, key, source.get(key))
+            rec["submitted"] = ms(event.submitted)
+            rec["resubmitted_from"] = event.msg_id
+        return rec
+    _APPLY[type(event)](rec, event)  # type: ignore[operator]
+    return rec
+
+
+def targets(event: Event) -> list[str]:
+    """The msg_ids of the records ``event`` changes."""
+    if isinstance(event, Drop):
+        return list(event.msg_ids)
+    if isinstance(event, Resubmit):
+        return [event.msg_id, str(event.new_msg_id)]
+    return [event.msg_id]
+
+
+def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Event,
+                anomalies: Anomalies) -> list[str]:
+    """Fold ``event`` into the loaded ``records`` (msg_id -> record or None); return the ids it changed."""
+    changed = []
+    for msg_id in targets(event):
+        before = records.get(msg_id)
+        if before is None and not isinstance(event, (Submit, Drop)) and not (
+                isinstance(event, Resubmit) and msg_id == event.new_msg_id):
+            anomalies["stub_created"] = anomalies.get("stub_created", 0) + 1
+        elif is_tombstone(before):
+            anomalies["after_drop"] = anomalies.get("after_drop", 0) + 1
+        elif before is None and isinstance(event, Drop):
+            anomalies["drop_unknown"] = anomalies.get("drop_unknown", 0) + 1
+        source = records.get(event.msg_id) if isinstance(event, Resubmit) and msg_id != event.msg_id else None
+        after = fold(before, event, seq, msg_id=msg_id, source=source)
+        if after is not before:
+            records[msg_id] = after
+            changed.append(msg_id)
+    return changed
+
+
+def touched(batch: Iterable[tuple[int, Event]]) -> set[str]:
+    """Every msg_id a batch of events reads or changes."""
+    ids: set[str] = set()
+    for _, event in batch:
+        ids.update(targets(event))
+    return ids
+
+
+def fold_all(batch: Sequence[tuple[int, Event]], records: dict[str, dict[str, Any] | None] | None = None,
+             anomalies: Anomalies | None = None) -> dict[str, dict[str, Any] | None]:
+    """Fold a whole batch into a dict of records (a fresh one by default): replay in one call."""
+    records = {} if records is None else records
+    anomalies = {} if anomalies is None else anomalies
+    for seq, event in batch:
+        apply_event(records, seq, event, anomalies)
+    return records

@@ -1,0 +1,124 @@
+"""The dict projection: records in memory, with DictDB-style limits that never lose a running task.
+
+ipyparallel's DictDB culls its oldest records when over a limit, running or
+not; the Hub then cannot store their results and clients wait forever
+(ipyparallel issue 203). Here only completed tasks are culled, and before
+culling any, the buffers of completed tasks are dropped and their metadata kept.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .base import Projection, Records
+from .fold import is_tombstone
+from .query import Logical, clone, compile_predicate, msg_id_lookup
+
+__all__ = ["DictProjection"]
+
+
+def _buffer_bytes(rec: dict[str, Any]) -> int:
+    return sum(len(b) for key in ("buffers", "result_buffers") for b in (rec.get(key) or ()))
+
+
+def _completed(rec: dict[str, Any]) -> bool:
+    # Any field only a reply sets: the task is done and the Hub will not write to it again.
+    return any(rec.get(k) is not None for k in ("completed", "result_header", "result_content"))
+
+
+class DictProjection(Projection):
+    """Records in a dict; optional record_limit, size_limit (buffer bytes) and cull_fraction."""
+
+    def __init__(self, record_limit: int | None = None, size_limit: int | None = None,
+                 cull_fraction: float = 0.1) -> None:
+        super().__init__()
+        self.spec = "dict"
+        self.record_limit = record_limit
+        self.size_limit = size_limit
+        self.cull_fraction = cull_fraction
+        self._records: dict[str, dict[str, Any]] = {}
+        self._tombs: dict[str, dict[str, Any]] = {}
+        self._culled: set[str] = set()
+        self._size = 0
+        self.culled_count = 0
+        self.buffers_dropped = 0
+
+    def _load(self, msg_ids: set[str]) -> Records:
+        out: Records = {}
+        for m in msg_ids:
+            rec = self._records.get(m) or self._tombs.get(m)
+            if rec is not None:
+                out[m] = rec
+            elif m in self._culled:  # a late event about a culled task must not resurrect it
+                out[m] = {"msg_id": m, "_seq": 1 << 62, "_dropped": True}
+        return out
+
+    def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
+        sized = self.size_limit is not None
+        for m in changed:
+            rec = records[m]
+            old = self._records.get(m)
+            if sized and old is not None:
+                self._size -= _buffer_bytes(old)
+            if rec is None or is_tombstone(rec):
+                self._records.pop(m, None)
+                if rec is not None:
+                    self._tombs[m] = rec
+                continue
+            self._records[m] = rec  # an existing key keeps its place: culling goes by first seen
+            if sized:
+                self._size += _buffer_bytes(rec)
+        self._cull()
+
+    def _cull(self) -> None:
+        if self.size_limit is not None and self._size > self.size_limit:
+            for rec in list(self._records.values()):
+                if self._size <= self.size_limit:
+                    break
+                size = _buffer_bytes(rec)
+                if size and _completed(rec):
+                    rec["buffers"], rec["result_buffers"] = [], []
+                    self._size -= size
+                    self.buffers_dropped += 1
+        over_count = self.record_limit is not None and len(self._records) > self.record_limit
+        if not over_count:
+            return
+        assert self.record_limit is not None
+        target = self.record_limit - int(self.cull_fraction * self.record_limit)
+        for m, rec in list(self._records.items()):
+            if len(self._records) <= target:
+                break
+            if _completed(rec):
+                del self._records[m]
+                self._culled.add(m)
+                self.culled_count += 1
+
+    def _missing_reason(self, msg_id: str, record: dict[str, Any] | None) -> str:
+        if msg_id in self._culled:
+            return (f"task {msg_id!r} was culled from the dict projection (record_limit="
+                    f"{self.record_limit}, size_limit={self.size_limit}); replay the log to see it")
+        return super()._missing_reason(msg_id, record)
+
+    def _candidates(self, node: Logical) -> Any:
+        ids = msg_id_lookup(node)
+        if ids is None:
+            return self._records.values()
+        return [r for r in map(self._records.get, ids) if r is not None]
+
+    def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
+        match = compile_predicate(node)
+        hits = [r for r in self._candidates(node) if match(r)]
+        if keys is None:
+            return [{k: clone(v) for k, v in r.items() if k[0] != "_"} for r in hits]
+        return [{k: clone(r[k]) for k in keys if k in r} for r in hits]
+
+    def _count(self, node: Logical) -> int:
+        match = compile_predicate(node)
+        return sum(1 for r in self._candidates(node) if match(r))
+
+    def _history(self) -> list[str]:
+        def order(rec: dict[str, Any]) -> tuple[Any, ...]:
+            sub = rec.get("submitted")
+            return (1, sub, rec["msg_id"]) if isinstance(sub, datetime) else (0, rec["msg_id"])
+        return [r["msg_id"] for r in sorted(self._records.values(), key=order)]

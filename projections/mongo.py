@@ -1,0 +1,161 @@
+"""The MongoDB projection: pymongo, bulk writes per batch, queries relayed to the server.
+
+Documents use the msg_id as ``_id``. Each carries ``_seq``, the last sequence
+number folded into it, so replaying an event after a crash between the bulk
+write and the checkpoint is a no-op. Operators MongoDB lacks are translated
+before the query is relayed: ``$glob`` becomes an anchored ``$regex`` and the
+seed's ``$ge``/``$le`` were already mapped to ``$gt``/``$lt`` by the parser.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import pymongo
+from bson.codec_options import CodecOptions
+from bson.regex import Regex
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from tasklog.errors import ProjectionError
+
+from .base import Projection, Records
+from .query import Cond, Logical, Node, Not, glob_to_regex
+
+__all__ = ["MongoProjection", "translate"]
+
+_LIVE = {"_dropped": {"$ne": True}}
+_HIDE = {"_id": 0, "_seq": 0, "_dropped": 0}
+_FLAG_LETTERS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
+
+
+class MongoProjection(Projection):
+    """Records in a MongoDB database: ``mongodb://host:port/dbname``."""
+
+    persistent = True
+
+    def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
+        super().__init__()
+        self.spec = uri
+        parts = urlsplit(uri)
+        dbname = parts.path.lstrip("/") or "tasklog"
+        if "/" in dbname or "." in dbname or " " in dbname:
+            raise ProjectionError(f"bad database name {dbname!r} in {uri}")
+        try:
+            self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+                uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                socketTimeoutMS=max(timeout_ms * 10, 30000), tz_aware=True, tzinfo=timezone.utc)
+            self._client.admin.command("ping")
+        except PyMongoError as exc:
+            reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+            raise ProjectionError(f"cannot reach MongoDB at {uri}: {reason}"[:300]) from None
+        except Exception as exc:  # pymongo raises ValueError/ConfigurationError on a malformed URI
+            raise ProjectionError(f"bad MongoDB URI {uri}: {exc}") from None
+        opts: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+        self._db = self._client.get_database(dbname, codec_options=opts)
+        self._records = self._db["records"]
+        self._meta = self._db["meta"]
+        self._guard(self._setup)
+
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BulkWriteError as exc:
+            first = (exc.details.get("writeErrors") or [{}])[0]
+            raise ProjectionError(f"MongoDB refused a record: {first.get('errmsg', exc)}"[:400]) from None
+        except PyMongoError as exc:
+            raise ProjectionError(f"MongoDB at {self.spec} failed: {exc}"[:400]) from None
+
+    def _setup(self) -> None:
+        # _id is the msg_id, so it is the unique msg_id index; msg_id is also kept as a field.
+        self._records.create_index("msg_id", unique=True)
+        for field in ("submitted", "started", "completed", "engine_uuid", "client_uuid", "label"):
+            self._records.create_index(field)
+        doc = self._meta.find_one({"_id": "checkpoint"})
+        self.last_seq = int(doc["seq"]) if doc else 0
+
+    def _load(self, msg_ids: set[str]) -> Records:
+        def fetch() -> Records:
+            out: Records = {}
+            for doc in self._records.find({"_id": {"$in": list(msg_ids)}}):
+                doc.pop("_id")
+                out[doc["msg_id"]] = doc
+            return out
+        result: Records = self._guard(fetch)
+        return result
+
+    def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
+        ops = [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True)
+               for m in changed if (rec := records[m]) is not None]
+
+        def write() -> None:
+            if ops:
+                self._records.bulk_write(ops, ordered=False)
+            # The checkpoint comes after the records: a crash in between replays events that
+            # each record's _seq then ignores.
+            self._meta.update_one({"_id": "checkpoint"}, {"$set": {"seq": last_seq}}, upsert=True)
+        self._guard(write)
+
+    def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
+        filt = {"$and": [_LIVE, translate(node)]}
+        proj = _HIDE if keys is None else {"_id": 0, **{k: 1 for k in keys}}
+        found: list[dict[str, Any]] = self._guard(lambda: list(self._records.find(filt, proj)))
+        return found
+
+    def _count(self, node: Logical) -> int:
+        n: int = self._guard(self._records.count_documents, {"$and": [_LIVE, translate(node)]})
+        return n
+
+    def _history(self) -> list[str]:
+        cursor = self._records.find(_LIVE, {"_id": 1}).sort([("submitted", 1), ("_id", 1)])
+        ids: list[str] = self._guard(lambda: [d["_id"] for d in cursor])
+        return ids
+
+    def drop_all(self) -> None:
+        """Delete the records and the checkpoint (for tests and rebuilds)."""
+        self._guard(self._client.drop_database, self._db.name)
+        self.last_seq = 0
+
+    def close(self) -> None:
+        """Close the client."""
+        self._client.close()
+
+
+def _regex(pattern: re.Pattern[str]) -> Regex[str]:
+    flags = "".join(letter for flag, letter in _FLAG_LETTERS if pattern.flags & flag)
+    return Regex(pattern.pattern, flags)
+
+
+def _operand(op: str, arg: Any) -> Any:
+    if op == "$regex":
+        return _regex(arg)
+    if op == "$glob":
+        return Regex(glob_to_regex(arg, r"\z"), "s")
+    if op in ("$in", "$nin", "$all"):
+        return [_regex(a) if isinstance(a, re.Pattern) else a for a in arg]
+    return arg
+
+
+def _cond(c: Cond) -> dict[str, Any]:
+    if c.op in ("$regex", "$glob"):
+        return {c.path: {"$regex": _operand(c.op, c.arg)}}
+    return {c.path: {c.op: _operand(c.op, c.arg)}}
+
+
+def translate(node: Node) -> dict[str, Any]:
+    """The MongoDB filter for a parsed query."""
+    if isinstance(node, Cond):
+        return _cond(node)
+    if isinstance(node, Not):
+        inner: dict[str, Any] = {}
+        for c in node.inner:
+            if c.op in ("$regex", "$glob"):
+                return {node.path: {"$not": _operand(c.op, c.arg)}} if len(node.inner) == 1 else \
+                    {"$nor": [{"$and": [_cond(x) for x in node.inner]}]}
+            inner[c.op] = _operand(c.op, c.arg)
+        return {node.path: {"$not": inner}}
+    if not node.children:
+        return {}
+    return {node.op: [translate(c) for c in node.children]}

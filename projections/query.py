@@ -1,0 +1,441 @@
+"""The query language: MongoDB's operators, parsed and validated once, then evaluated,
+compiled (SQL) or translated (MongoDB) by each projection.
+
+MongoDB is the reference for every semantic question: equality with None
+matches a missing field, comparisons only match values of the same type
+bracket (numbers with numbers, strings with strings, dates with dates), a
+condition on an array matches if any element does, dotted paths reach into
+embedded documents and arrays. Two additions: ipyparallel's ``$glob``
+(fnmatch, whole string) and the seed document's ``$ge``/``$le``, which its
+table defines as ``>`` and ``<``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from tasklog.errors import QueryError
+
+from .fold import ms
+
+__all__ = [
+    "MISSING",
+    "Cond",
+    "Not",
+    "Logical",
+    "Node",
+    "parse",
+    "compile_predicate",
+    "glob_to_regex",
+    "parse_keys",
+    "clone",
+    "OPERATORS",
+    "ALIASES",
+]
+
+
+class _Missing:
+    """A field that is absent, distinct from a field that holds None."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+# The seed document's table: '$ge' is '>' and '$le' is '<' (not >= and <=).
+ALIASES = {"$ge": "$gt", "$le": "$lt"}
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One operator applied to the values at a dotted path."""
+
+    path: str
+    op: str
+    arg: Any
+
+
+@dataclass(frozen=True)
+class Not:
+    """``{path: {'$not': {...}}}``: true where the inner conditions are not all true."""
+
+    path: str
+    inner: tuple[Cond, ...]
+
+
+@dataclass(frozen=True)
+class Logical:
+    """``$and``, ``$or`` or ``$nor`` over sub-queries (a whole query is an ``$and``)."""
+
+    op: str
+    children: tuple[Node, ...] = field(default_factory=tuple)
+
+
+Node = Cond | Not | Logical
+
+
+def _list_arg(op: str, arg: Any) -> list[Any]:
+    if not isinstance(arg, (list, tuple, set, frozenset)):
+        raise QueryError(f"{op} needs a list, got {type(arg).__name__}")
+    return [_normalise(a) for a in arg]
+
+
+def _check_mod(op: str, arg: Any) -> list[Any]:
+    if not isinstance(arg, (list, tuple)) or len(arg) != 2 or not all(_is_number(a) for a in arg):
+        raise QueryError("$mod needs [divisor, remainder], two numbers")
+    divisor, remainder = (int(a) for a in arg)
+    if divisor == 0:
+        raise QueryError("$mod divisor must not be 0")
+    return [divisor, remainder]
+
+
+def _check_exists(op: str, arg: Any) -> bool:
+    if not isinstance(arg, (bool, int)):
+        raise QueryError(f"$exists needs true or false, got {arg!r:.40}")
+    return bool(arg)
+
+
+def _check_str(op: str, arg: Any) -> Any:
+    if isinstance(arg, re.Pattern) and op == "$regex":
+        return arg
+    if not isinstance(arg, str):
+        raise QueryError(f"{op} needs a string, got {type(arg).__name__}")
+    return arg
+
+
+def _check_any(op: str, arg: Any) -> Any:
+    return _normalise(arg)
+
+
+# Operator table: name -> argument check (and normaliser).
+OPERATORS: dict[str, Callable[[str, Any], Any]] = {
+    "$eq": _check_any, "$ne": _check_any, "$gt": _check_any, "$gte": _check_any, "$lt": _check_any,
+    "$lte": _check_any, "$in": _list_arg, "$nin": _list_arg, "$all": _list_arg, "$exists": _check_exists,
+    "$mod": _check_mod, "$regex": _check_str, "$glob": _check_str,
+}
+_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+
+
+def _normalise(value: Any) -> Any:
+    """Operands compare as records do: aware UTC datetimes at millisecond precision."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()
+        return ms(value.astimezone(timezone.utc))
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value
+
+
+def parse(query: Any) -> Logical:
+    """Validate ``query`` and return its tree; raise QueryError naming what is wrong."""
+    if query is None:
+        query = {}
+    if not isinstance(query, Mapping):
+        raise QueryError(f"a query must be a dict, got {type(query).__name__}")
+    return Logical("$and", tuple(_parse_key(k, v) for k, v in query.items()))
+
+
+def _parse_key(key: Any, value: Any) -> Node:
+    if not isinstance(key, str) or not key:
+        raise QueryError(f"query keys must be non-empty strings, got {key!r:.40}")
+    if key in ("$and", "$or", "$nor"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise QueryError(f"{key} needs a non-empty list of queries")
+        return Logical(key, tuple(parse(q) for q in value))
+    if key.startswith("$"):
+        raise QueryError(f"unknown operator {key} at the top level of the query")
+    if isinstance(value, re.Pattern):
+        return Cond(key, "$regex", value)
+    if isinstance(value, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in value):
+        if not all(isinstance(k, str) and k.startswith("$") for k in value):
+            raise QueryError(f"{key}: cannot mix operators and fields in {dict(value)!r:.80}")
+        return _parse_ops(key, value)
+    return Cond(key, "$eq", _normalise(value))
+
+
+def _parse_ops(path: str, ops: Mapping[str, Any]) -> Node:
+    conds: list[Node] = []
+    for op, arg in ops.items():
+        if op == "$options":
+            if "$regex" not in ops:
+                raise QueryError(f"{path}: $options needs $regex")
+            continue
+        if op == "$not":
+            conds.append(_parse_not(path, arg))
+            continue
+        op = ALIASES.get(op, op)
+        check = OPERATORS.get(op)
+        if check is None:
+            raise QueryError(f"unknown operator {op} on field {path}")
+        arg = check(op, arg)
+        if op == "$regex":
+            arg = _compile_regex(path, arg, ops.get("$options", ""))
+        conds.append(Cond(path, op, arg))
+    return conds[0] if len(conds) == 1 else Logical("$and", tuple(conds))
+
+
+def _parse_not(path: str, arg: Any) -> Not:
+    if isinstance(arg, re.Pattern):
+        return Not(path, (Cond(path, "$regex", arg),))
+    if not isinstance(arg, Mapping) or not arg:
+        raise QueryError(f"{path}: $not needs an operator document or a regex")
+    inner = _parse_ops(path, arg)
+    conds = inner.children if isinstance(inner, Logical) else (inner,)
+    return Not(path, tuple(c for c in conds if isinstance(c, Cond)))
+
+
+def _compile_regex(path: str, arg: Any, options: Any) -> re.Pattern[str]:
+    if isinstance(arg, re.Pattern):
+        return arg
+    if not isinstance(options, str) or set(options) - set(_REGEX_FLAGS):
+        raise QueryError(f"{path}: $options must be letters from 'imsx', got {options!r:.20}")
+    flags = 0
+    for letter in options:
+        flags |= _REGEX_FLAGS[letter]
+    try:
+        return re.compile(arg, flags)
+    except re.error as exc:
+        raise QueryError(f"{path}: bad $regex {arg!r:.40}: {exc}") from None
+
+
+def glob_to_regex(pattern: str, end: str = r"\Z") -> str:
+    """An anchored regex for an fnmatch pattern; ``end`` is ``\\Z`` for Python, ``\\z`` for PCRE."""
+    out, i, n = ["^"], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = pattern.find("]", i + 1 if i < n and pattern[i] in "!]" else i)
+            if j < 0:
+                out.append(r"\[")
+                continue
+            body = pattern[i:j].replace("\\", "\\\\")
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+        else:
+            out.append(re.escape(c))
+    out.append(end)
+    return "".join(out)
+
+
+# -- evaluation over Python dicts ----------------------------------------------
+
+_NUMBER = (int, float)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, _NUMBER) and not isinstance(v, bool)
+
+
+def _bracket(v: Any) -> int:
+    """MongoDB's comparison brackets: values compare only within one."""
+    if v is None or v is MISSING:
+        return 0
+    if _is_number(v):
+        return 1
+    if isinstance(v, str):
+        return 2
+    if isinstance(v, dict):
+        return 3
+    if isinstance(v, list):
+        return 4
+    if isinstance(v, bytes):
+        return 5
+    if isinstance(v, bool):
+        return 6
+    if isinstance(v, datetime):
+        return 7
+    if isinstance(v, re.Pattern):
+        return 8
+    return 9
+
+
+def resolve(doc: Any, parts: list[str]) -> list[Any]:
+    """The values at a dotted path, fanning out over arrays; MISSING where there is none."""
+    current = [doc]
+    for part in parts:
+        nxt: list[Any] = []
+        for value in current:
+            if isinstance(value, dict):
+                nxt.append(value.get(part, MISSING))
+            elif isinstance(value, list):
+                if part.isdigit():
+                    idx = int(part)
+                    nxt.append(value[idx] if idx < len(value) else MISSING)
+                nxt.extend(e.get(part, MISSING) for e in value if isinstance(e, dict))
+            else:
+                nxt.append(MISSING)
+        current = nxt
+    return current or [MISSING]
+
+
+def _eq(value: Any, arg: Any) -> bool:
+    if arg is None:
+        return value is None or value is MISSING
+    if isinstance(arg, re.Pattern):  # a regex inside $in
+        return isinstance(value, str) and arg.search(value) is not None
+    if _bracket(value) != _bracket(arg):
+        return False
+    return bool(value == arg)
+
+
+def _eq_any(value: Any, arg: Any) -> bool:
+    if _eq(value, arg):
+        return True
+    return isinstance(value, list) and any(_eq(e, arg) for e in value)
+
+
+def _cmp(op: str) -> Callable[[Any, Any], bool]:
+    def compare(value: Any, arg: Any) -> bool:
+        if arg is None:  # {$gte: null} matches null and missing, as $eq does; $gt/$lt match nothing
+            return op in ("$gte", "$lte") and (value is None or value is MISSING)
+        if value is MISSING or value is None or _bracket(value) != _bracket(arg):
+            return False
+        try:
+            return bool(_PY_CMP[op](value, arg))
+        except TypeError:
+            return False
+    return compare
+
+
+_PY_CMP: dict[str, Callable[[Any, Any], Any]] = {
+    "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
+    "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b,
+}
+
+
+def _elementwise(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def run(value: Any, arg: Any) -> bool:
+        if test(value, arg):
+            return True
+        return isinstance(value, list) and any(test(e, arg) for e in value)
+    return run
+
+
+def _mod(value: Any, arg: list[int]) -> bool:
+    if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return False
+    return int(math.fmod(int(value), arg[0])) == arg[1]  # truncated, as MongoDB does
+
+
+def _regex(value: Any, arg: re.Pattern[str]) -> bool:
+    return isinstance(value, str) and arg.search(value) is not None
+
+
+def _glob(value: Any, arg: str) -> bool:
+    return isinstance(value, str) and _glob_re(arg).match(value) is not None
+
+
+_GLOBS: dict[str, re.Pattern[str]] = {}
+
+
+def _glob_re(pattern: str) -> re.Pattern[str]:
+    compiled = _GLOBS.get(pattern)
+    if compiled is None:
+        compiled = _GLOBS[pattern] = re.compile(glob_to_regex(pattern), re.DOTALL)
+    return compiled
+
+
+def _all(value: Any, args: list[Any]) -> bool:
+    if not args:
+        return False
+    return all(_eq_any(value, a) for a in args)
+
+
+# Per-value tests; the candidate list (fan-out over paths) is handled by _leaf.
+_TESTS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": _eq_any,
+    "$gt": _elementwise(_cmp("$gt")), "$gte": _elementwise(_cmp("$gte")),
+    "$lt": _elementwise(_cmp("$lt")), "$lte": _elementwise(_cmp("$lte")),
+    "$in": lambda v, args: any(_eq_any(v, a) for a in args),
+    "$all": _all,
+    "$mod": _elementwise(_mod),
+    "$regex": _elementwise(_regex),
+    "$glob": _elementwise(_glob),
+}
+_NEGATED = {"$ne": "$eq", "$nin": "$in"}
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def _leaf(cond: Cond) -> Predicate:
+    parts = cond.path.split(".")
+    arg = cond.arg
+    if cond.op == "$exists":
+        want = bool(arg)
+        return lambda doc: any(v is not MISSING for v in resolve(doc, parts)) == want
+    if cond.op in _NEGATED:
+        positive = _leaf(Cond(cond.path, _NEGATED[cond.op], arg))
+        return lambda doc: not positive(doc)
+    test = _TESTS[cond.op]
+    if len(parts) == 1:  # the common case: a top-level field, no fan-out
+        key = parts[0]
+        return lambda doc: test(doc.get(key, MISSING), arg)
+    return lambda doc: any(test(v, arg) for v in resolve(doc, parts))
+
+
+def compile_predicate(node: Node) -> Predicate:
+    """A Python function that tells whether a record matches ``node``."""
+    if isinstance(node, Cond):
+        return _leaf(node)
+    if isinstance(node, Not):
+        inner = [_leaf(c) for c in node.inner]
+        return lambda doc: not all(p(doc) for p in inner)
+    preds = [compile_predicate(c) for c in node.children]
+    if node.op == "$and":
+        if len(preds) == 1:
+            return preds[0]
+        return lambda doc: all(p(doc) for p in preds)
+    if node.op == "$or":
+        return lambda doc: any(p(doc) for p in preds)
+    return lambda doc: not any(p(doc) for p in preds)
+
+
+def parse_keys(keys: Any) -> list[str] | None:
+    """Validate a ``keys`` selection (a list of field names, or one name); msg_id always comes first."""
+    if keys is None:
+        return None
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
+        raise QueryError(f"keys must be a list of field names, got {keys!r:.60}")
+    bad = [k for k in keys if "." in k or k.startswith("$") or k.startswith("_")]
+    if bad:
+        raise QueryError(f"keys must be top-level field names, got {bad[0]!r}")
+    return ["msg_id", *[k for k in dict.fromkeys(keys) if k != "msg_id"]]
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of dicts and lists (the immutable leaves are shared): faster than copy.deepcopy."""
+    cls = value.__class__
+    if cls is dict:
+        return {k: clone(v) for k, v in value.items()}
+    if cls is list:
+        return [clone(v) for v in value]
+    return value
+
+
+def msg_id_lookup(node: Logical) -> list[str] | None:
+    """The msg_ids a query is restricted to by a top-level ``msg_id`` $eq/$in, if it is."""
+    for child in node.children:
+        if isinstance(child, Cond) and child.path == "msg_id":
+            if child.op == "$eq" and isinstance(child.arg, str):
+                return [child.arg]
+            if child.op == "$in" and all(isinstance(a, str) for a in child.arg):
+                return list(dict.fromkeys(child.arg))
+    return None

@@ -1,0 +1,231 @@
+"""The SQLite projection: one file, WAL, one transaction per applied batch.
+
+Each record is a msgpack document plus indexed columns for the fields people
+filter on. A query is compiled to SQL where SQL can say exactly the same thing
+(typed comparisons on those columns); the whole query is then checked on the
+decoded documents by the same evaluator as the dict projection, so SQL only
+ever narrows the candidates and never changes an answer.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime, timezone
+from typing import Any
+
+import msgpack
+
+from tasklog.errors import ProjectionError
+
+from .base import Projection, Records
+from .fold import is_tombstone
+from .query import Cond, Logical, Node, compile_predicate
+
+__all__ = ["SQLiteProjection", "COLUMNS"]
+
+SCHEMA_VERSION = 1
+# Indexed columns and the Python type their values must have to be stored there.
+COLUMNS: dict[str, type] = {
+    "submitted": datetime, "started": datetime, "completed": datetime, "received": datetime,
+    "engine_uuid": str, "client_uuid": str, "label": str, "queue": str, "resubmitted": str,
+}
+INDEXED = ("submitted", "started", "completed", "engine_uuid", "client_uuid", "label")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_CHUNK = 500
+
+
+def _ms(value: datetime) -> int:
+    return (value - _EPOCH) // _ms_unit
+
+
+_ms_unit = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc) - _EPOCH
+
+
+def _column_value(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if COLUMNS[name] is datetime:
+        return _ms(value) if isinstance(value, datetime) else _IRREGULAR
+    return value if isinstance(value, str) else _IRREGULAR
+
+
+_IRREGULAR = object()
+_pack = msgpack.Packer(datetime=True).pack
+
+
+def _unpack(blob: bytes) -> dict[str, Any]:
+    doc: dict[str, Any] = msgpack.unpackb(blob, timestamp=3, strict_map_key=False)
+    return doc
+
+
+class SQLiteProjection(Projection):
+    """Records in one SQLite file; ``path`` may be ':memory:'."""
+
+    persistent = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.spec = f"sqlite:///{path}"
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ProjectionError(f"cannot create {path}: directory {parent} does not exist")
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            raise ProjectionError(f"{path} is not a usable SQLite projection: {exc}") from None
+
+    def _setup(self) -> None:
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # the log is the durable copy; a lost tail is replayed
+        cols = ", ".join(f"{c} {'INTEGER' if t is datetime else 'TEXT'}" for c, t in COLUMNS.items())
+        db.execute("BEGIN")
+        db.execute(f"CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+                   f"dropped INTEGER NOT NULL DEFAULT 0, irregular INTEGER NOT NULL DEFAULT 0, {cols}, "
+                   "doc BLOB NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+        for c in INDEXED:
+            db.execute(f"CREATE INDEX IF NOT EXISTS records_{c} ON records ({c})")
+        db.execute("CREATE INDEX IF NOT EXISTS records_irregular ON records (irregular) WHERE irregular = 1")
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('last_seq', 0)", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
+        schema = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+        if int(schema) > SCHEMA_VERSION:
+            raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
+        self.last_seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+
+    def _load(self, msg_ids: set[str]) -> Records:
+        out: Records = {}
+        ids = list(msg_ids)
+        for i in range(0, len(ids), _CHUNK):
+            part = ids[i:i + _CHUNK]
+            rows = self._db.execute(f"SELECT msg_id, doc FROM records WHERE msg_id IN ({','.join('?' * len(part))})",
+                                    part)
+            for msg_id, blob in rows:
+                out[msg_id] = _unpack(blob)
+        return out
+
+    def _row(self, rec: dict[str, Any]) -> tuple[Any, ...]:
+        irregular = 0
+        values = []
+        for name in COLUMNS:
+            v = _column_value(name, rec.get(name))
+            if v is _IRREGULAR:
+                irregular, v = 1, None
+            values.append(v)
+        return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, irregular, *values, _pack(rec))
+
+    def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
+        rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
+        marks = ",".join("?" * (4 + len(COLUMNS) + 1))
+        db = self._db
+        # Records and checkpoint in one transaction: a crash leaves both old or both new.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(f"INSERT OR REPLACE INTO records VALUES ({marks})", rows)
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last_seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _where(self, node: Logical) -> tuple[str, list[Any], bool]:
+        compiled = _compile(node)
+        if compiled is None:
+            return "dropped = 0", [], False
+        sql, params, exact = compiled
+        return f"dropped = 0 AND (({sql}) OR irregular = 1)", params, exact and not self._has_irregular()
+
+    def _has_irregular(self) -> bool:
+        return self._db.execute("SELECT 1 FROM records WHERE irregular = 1 LIMIT 1").fetchone() is not None
+
+    def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
+        where, params, exact = self._where(node)
+        rows = self._db.execute(f"SELECT doc FROM records WHERE {where}", params)
+        docs = [_unpack(blob) for (blob,) in rows]
+        if not exact:
+            match = compile_predicate(node)
+            docs = [d for d in docs if match(d)]
+        if keys is None:
+            return [{k: v for k, v in d.items() if k[0] != "_"} for d in docs]
+        return [{k: d[k] for k in keys if k in d} for d in docs]
+
+    def _count(self, node: Logical) -> int:
+        where, params, exact = self._where(node)
+        if exact:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0])
+        return len(self._find(node, ["msg_id"]))
+
+    def _history(self) -> list[str]:
+        # Irregular rows have a NULL column whatever the field holds: sort them by the document.
+        rows = self._db.execute("SELECT msg_id FROM records WHERE dropped = 0 "
+                                "ORDER BY submitted IS NOT NULL, submitted, msg_id")
+        return [m for (m,) in rows]
+
+    def close(self) -> None:
+        """Close the database file."""
+        self._db.close()
+
+
+# -- compiling the parsed query to a SQL prefilter -------------------------------
+
+def _typed(name: str, value: Any) -> Any:
+    """The column value for an operand, or _IRREGULAR when SQL cannot compare it exactly."""
+    if value is None:
+        return _IRREGULAR
+    want = COLUMNS[name]
+    if want is datetime:
+        return _ms(value) if isinstance(value, datetime) else _IRREGULAR
+    return value if isinstance(value, str) else _IRREGULAR
+
+
+def _compile_cond(c: Cond) -> tuple[str, list[Any], bool] | None:
+    if c.path != "msg_id" and c.path not in COLUMNS:
+        return None
+    name = c.path
+
+    def typed(v: Any) -> Any:
+        if name == "msg_id":
+            return v if isinstance(v, str) else _IRREGULAR
+        return _typed(name, v)
+    if c.op == "$eq" and c.arg is None and name != "msg_id":
+        return f"{name} IS NULL", [], True
+    if c.op in _SQL_OPS:
+        v = typed(c.arg)
+        return None if v is _IRREGULAR else (f"{name} {_SQL_OPS[c.op]} ?", [v], True)
+    if c.op == "$in":
+        vals = [typed(a) for a in c.arg if a is not None]
+        if any(v is _IRREGULAR for v in vals):
+            return None
+        parts = [f"{name} IN ({','.join('?' * len(vals))})"] if vals else []
+        if len(vals) < len(c.arg) and name != "msg_id":
+            parts.append(f"{name} IS NULL")
+        return (" OR ".join(parts), vals, True) if parts else ("0", [], True)
+    if c.op == "$glob" and name != "msg_id" and COLUMNS.get(name) is str and "[" not in c.arg:
+        return f"{name} GLOB ?", [c.arg], True  # '*' and '?' mean the same to GLOB and fnmatch
+    return None
+
+
+def _compile(node: Node) -> tuple[str, list[Any], bool] | None:
+    """SQL that selects a superset of the matches (exact=True when it selects exactly them)."""
+    if isinstance(node, Cond):
+        return _compile_cond(node)
+    if not isinstance(node, Logical) or node.op == "$nor":
+        return None
+    parts = [_compile(c) for c in node.children]
+    if node.op == "$or":
+        if not parts or any(p is None for p in parts):
+            return None
+        done = [p for p in parts if p is not None]
+        return (" OR ".join(f"({s})" for s, _, _ in done), [x for _, ps, _ in done for x in ps],
+                all(e for _, _, e in done))
+    kept = [p for p in parts if p is not None]
+    if not kept:
+        return ("1", [], True) if not parts else None
+    exact = len(kept) == len(parts) and all(e for _, _, e in kept)
+    return " AND ".join(f"({s})" for s, _, _ in kept), [x for _, ps, _ in kept for x in ps], exact

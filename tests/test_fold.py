@@ -1,0 +1,74 @@
+"""The fold as a pure function: order tolerance and idempotency, as properties."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projections.fold import fold, fold_all, new_record, public
+from tasklog import Annotate, Complete, Output, Start, Submit
+
+T = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+def task_events(chunks: int, with_error: bool) -> list[Any]:
+    """One task's events; the output chunks must keep their relative order."""
+    evs: list[Any] = [Submit("t", {"msg_id": "t"}, {}, {}, [b"req"], "c", "task", T, "L"),
+                      Start("t", "e1", T + timedelta(seconds=1))]
+    evs += [Output("t", "stdout" if i % 3 else "stderr", f"chunk{i};", None) for i in range(chunks)]
+    if with_error:
+        evs.append(Output("t", "error", None, {"ename": "E"}))
+    evs.append(Complete("t", {"msg_id": "r"}, {"status": "ok"}, {}, [b"res"], T, T + timedelta(seconds=2),
+                        T + timedelta(seconds=3), "e1"))
+    evs.append(Annotate("t", {"note": "x"}))
+    return evs
+
+
+@st.composite
+def interleavings(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    evs = task_events(draw(st.integers(0, 6)), draw(st.booleans()))
+    outputs = [e for e in evs if isinstance(e, Output) and e.text is not None]
+    others = [e for e in evs if e not in outputs]
+    order = draw(st.permutations(others))
+    # Merge the (ordered) stream chunks into a random permutation of the other events.
+    merged = list(order)
+    for chunk in outputs:
+        lo = 0 if not merged or chunk is outputs[0] else merged.index(outputs[outputs.index(chunk) - 1]) + 1
+        merged.insert(draw(st.integers(lo, len(merged))), chunk)
+    return evs, merged
+
+
+def _record(events: list[Any]) -> dict[str, Any]:
+    recs = fold_all(list(enumerate(events, start=1)))
+    rec = recs["t"]
+    assert rec is not None
+    return public(rec)
+
+
+@settings(max_examples=300, deadline=None)
+@given(interleavings())
+def test_any_interleaving_gives_the_same_record(case: tuple[list[Any], list[Any]]) -> None:
+    canonical, shuffled = case
+    assert _record(shuffled) == _record(canonical)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 5), st.booleans(), st.integers(1, 5))
+def test_replaying_twice_equals_once(chunks: int, with_error: bool, split: int) -> None:
+    batch = list(enumerate(task_events(chunks, with_error), start=1))
+    once = fold_all(batch)
+    twice = fold_all(batch, fold_all(batch[:split]))
+    again = fold_all(batch, dict(once))
+    assert twice == once == again
+
+
+def test_fold_is_pure() -> None:
+    rec = new_record("t")
+    before = dict(rec)
+    out = fold(rec, Output("t", "stdout", "x", None), 5)
+    assert rec == before and out is not rec and out is not None and out["stdout"] == "x"
+    assert fold(out, Output("t", "stdout", "x", None), 5) is out  # same seq: no-op
+    assert fold(out, Output("t", "stdout", "y", None), 4) is out  # older seq: no-op

@@ -1,0 +1,128 @@
+"""Projections kept in step with a log: live on every commit, checkpoints, catch-up, culling."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+import projections
+from projections.live import attach, detach
+from tasklog import TaskLog
+from tasklog.demo import simulate
+
+
+def _spec(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'tasks.db'}"
+    if kind == "mongo":
+        return f"{request.getfixturevalue('mongo_uri')}/live{uuid.uuid4().hex[:10]}"
+    return kind
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["dict", "sqlite", "mongo"])
+def test_live_projection_sees_every_returned_append(tmp_path: Path, request: pytest.FixtureRequest,
+                                                    kind: str, mode: str) -> None:
+    spec = _spec(kind, tmp_path, request)
+    with TaskLog.open(str(tmp_path / "log"), mode) as log:
+        log.submit("before", client_uuid="c")  # committed before the projection exists
+        proj = attach(log, spec)
+        assert proj.get_record("before")["client_uuid"] == "c"
+        for i in range(30):
+            log.output("before", "stdout", text=f"{i},")
+            assert proj.get_record("before")["stdout"].endswith(f"{i},")  # no flush by the caller
+        log.append_many(list(simulate(50, seed=3)))
+        live = sorted(proj.find_records({}), key=lambda r: r["msg_id"])
+        detach(proj)
+        log.start("after-detach")
+        log.flush()
+        assert proj.count({"msg_id": "after-detach"}) == 0
+        rebuilt = projections.open("dict", log=log)
+        rebuilt_records = [r for r in sorted(rebuilt.find_records({}), key=lambda r: r["msg_id"])
+                           if r["msg_id"] != "after-detach"]
+        assert live == rebuilt_records  # live equals a replay, record for record
+        if kind == "mongo":
+            proj.drop_all()  # type: ignore[attr-defined]
+        proj.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+def test_checkpoint_and_catch_up_on_open(tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
+    spec = _spec(kind, tmp_path, request)
+    events = list(simulate(200, seed=4))
+    with TaskLog.open(str(tmp_path / "log")) as log:
+        log.append_many(events[:300])
+        with projections.open(spec, log=log) as p:
+            assert p.last_seq == 300
+        log.append_many(events[300:])
+        with projections.open(spec) as p:  # without the log: the checkpoint, not caught up
+            assert p.last_seq == 300
+        with projections.open(spec, log=log) as p:
+            assert p.last_seq == len(events)
+            reference = projections.open("dict", log=log)
+            assert p.count({}) == reference.count({})
+            for r in reference.find_records({"completed": None}):
+                assert p.get_record(r["msg_id"]) == reference.get_record(r["msg_id"])
+            if kind == "mongo":
+                p.drop_all()  # type: ignore[attr-defined]
+
+
+def _completed(msg_id: str) -> list[Any]:
+    from tasklog import Complete, Submit
+    return [Submit(msg_id, buffers=[b"x" * 100]), Complete(msg_id, result_buffers=[b"y" * 100],
+                                                          result_content={"status": "ok"})]
+
+
+def test_dict_culls_only_completed_tasks(tmp_path: Path) -> None:
+    from tasklog import Submit
+    p = projections.open("dict?record_limit=10&cull_fraction=0.5")
+    events: list[Any] = [Submit(f"running-{i}") for i in range(8)]
+    for i in range(20):
+        events += _completed(f"done-{i}")
+    p.apply(list(enumerate(events, start=1)))
+    ids = set(p.get_history())
+    assert {f"running-{i}" for i in range(8)} <= ids  # ipyparallel issue 203: never lose a running task
+    assert len(ids) <= 10
+    culled = next(f"done-{i}" for i in range(20) if f"done-{i}" not in ids)
+    with pytest.raises(KeyError, match="culled"):
+        p.get_record(culled)
+    from tasklog import Output
+    p.apply([(len(events) + 1, Output(culled, "stdout", "late", None))])
+    with pytest.raises(KeyError, match="culled"):  # a late event does not resurrect it
+        p.get_record(culled)
+
+
+def test_dict_size_limit_drops_buffers_of_completed_first(tmp_path: Path) -> None:
+    from tasklog import Submit
+    p = projections.open("dict", size_limit=1000)
+    events: list[Any] = [Submit(f"running-{i}", buffers=[b"r" * 100]) for i in range(3)]
+    for i in range(5):
+        events += _completed(f"done-{i}")
+    p.apply(list(enumerate(events, start=1)))
+    assert p.count({}) == 8  # nothing culled: dropping buffers was enough
+    assert all(p.get_record(f"running-{i}")["buffers"] == [b"r" * 100] for i in range(3))
+    stripped = [i for i in range(5) if p.get_record(f"done-{i}")["buffers"] == []]
+    assert stripped and p.get_record(f"done-{stripped[0]}")["result_content"] == {"status": "ok"}
+
+
+def test_cli_query(tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    run_cli("demo", "--log", log, "--tasks", "300", check=True)
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    q = '{"completed": {"$gte": {"$date": "2000-01-01T00:00:00Z"}}, "label": {"$glob": "job-1*"}}'
+    out = run_cli("query", "--log", log, "--projection", db, q, "--keys", "label,completed,buffers", check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows and all(r["label"].startswith("job-1") for r in rows)
+    assert all(set(r) == {"msg_id", "label", "completed", "buffers"} for r in rows)
+    assert "$date" in rows[0]["completed"] and "$binary" in rows[0]["buffers"][0]
+    again = run_cli("query", "--log", log, q, "--keys", "label,completed,buffers", check=True)  # dict
+    assert sorted(again.stdout.splitlines()) == sorted(out.stdout.splitlines())
+    bad = run_cli("query", "--log", log, '{"label": {"$nope": 1}}')
+    assert bad.returncode != 0 and "$nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    demo = run_cli("demo", "--log", str(tmp_path / "log2"), "--tasks", "200", "--projection", db, check=True)
+    assert "incomplete tasks" in demo.stdout and "records" in demo.stdout
