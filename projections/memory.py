@@ -13,9 +13,14 @@ from typing import Any
 
 from .base import Projection, Records
 from .fold import is_tombstone
-from .query import Logical, clone, compile_predicate, msg_id_lookup
+from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup
 
 __all__ = ["DictProjection"]
+
+
+# Hash indexes on the fields hubs filter on by value. Only str values are indexed; a record
+# holding anything else there (an annotate may set a list) is "irregular" and always a candidate.
+INDEXED = ("engine_uuid", "client_uuid", "label", "queue")
 
 
 def _buffer_bytes(rec: dict[str, Any]) -> int:
@@ -40,6 +45,8 @@ class DictProjection(Projection):
         self._records: dict[str, dict[str, Any]] = {}
         self._tombs: dict[str, dict[str, Any]] = {}
         self._culled: set[str] = set()
+        self._index: dict[str, dict[str, set[str]]] = {f: {} for f in INDEXED}
+        self._irregular: dict[str, set[str]] = {f: set() for f in INDEXED}
         self._size = 0
         self.culled_count = 0
         self.buffers_dropped = 0
@@ -62,14 +69,44 @@ class DictProjection(Projection):
             if sized and old is not None:
                 self._size -= _buffer_bytes(old)
             if rec is None or is_tombstone(rec):
-                self._records.pop(m, None)
+                if self._records.pop(m, None) is not None:
+                    self._reindex(m, old, None)
                 if rec is not None:
                     self._tombs[m] = rec
                 continue
             self._records[m] = rec  # an existing key keeps its place: culling goes by first seen
+            self._reindex(m, old, rec)
             if sized:
                 self._size += _buffer_bytes(rec)
         self._cull()
+
+    def _reindex(self, m: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        for f in INDEXED:
+            ov = old.get(f) if old is not None else None
+            nv = new.get(f) if new is not None else None
+            if ov == nv and ov.__class__ is nv.__class__:
+                continue
+            if ov.__class__ is str:
+                self._index[f][ov].discard(m)
+            elif ov is not None:
+                self._irregular[f].discard(m)
+            if nv.__class__ is str:
+                self._index[f].setdefault(nv, set()).add(m)
+            elif nv is not None:
+                self._irregular[f].add(m)
+
+    def _indexed_ids(self, node: Logical) -> set[str] | None:
+        for c in node.children:
+            if not isinstance(c, Cond) or c.path not in self._index:
+                continue
+            values = [c.arg] if c.op == "$eq" else c.arg if c.op == "$in" else None
+            if values and all(v.__class__ is str for v in values):
+                index = self._index[c.path]
+                ids = set(self._irregular[c.path])
+                for v in values:
+                    ids |= index.get(v, set())
+                return ids
+        return None
 
     def _cull(self) -> None:
         if self.size_limit is not None and self._size > self.size_limit:
@@ -91,6 +128,7 @@ class DictProjection(Projection):
                 break
             if _completed(rec):
                 del self._records[m]
+                self._reindex(m, rec, None)
                 self._culled.add(m)
                 self.culled_count += 1
 
@@ -103,7 +141,10 @@ class DictProjection(Projection):
     def _candidates(self, node: Logical) -> Any:
         ids = msg_id_lookup(node)
         if ids is None:
-            return self._records.values()
+            indexed = self._indexed_ids(node)
+            if indexed is None:
+                return self._records.values()
+            ids = list(indexed)
         return [r for r in map(self._records.get, ids) if r is not None]
 
     def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:

@@ -383,10 +383,50 @@ def _leaf(cond: Cond) -> Predicate:
         positive = _leaf(Cond(cond.path, _NEGATED[cond.op], arg))
         return lambda doc: not positive(doc)
     test = _TESTS[cond.op]
-    if len(parts) == 1:  # the common case: a top-level field, no fan-out
-        key = parts[0]
-        return lambda doc: test(doc.get(key, MISSING), arg)
-    return lambda doc: any(test(v, arg) for v in resolve(doc, parts))
+    if len(parts) > 1:
+        return lambda doc: any(test(v, arg) for v in resolve(doc, parts))
+    key = parts[0]
+    fast = _fast_leaf(cond.op, key, arg, test)
+    if fast is not None:
+        return fast
+    return lambda doc: test(doc.get(key, MISSING), arg)
+
+
+_SCALARS = (str, datetime)
+
+
+def _fast_leaf(op: str, key: str, arg: Any, test: Callable[[Any, Any], bool]) -> Predicate | None:
+    """Shortcuts for a top-level field holding a str or datetime, the fields hubs filter on.
+
+    Each answers exactly as ``test`` would for such a value and defers to it for anything else.
+    """
+    if op == "$eq" and arg.__class__ in _SCALARS:
+        cls = arg.__class__
+
+        def eq(doc: dict[str, Any]) -> bool:
+            v = doc.get(key, MISSING)
+            return v == arg if v.__class__ is cls else test(v, arg)
+        return eq
+    if op == "$eq" and arg is None:
+        def is_none(doc: dict[str, Any]) -> bool:
+            v = doc.get(key, MISSING)
+            return True if v is None or v is MISSING else test(v, arg)
+        return is_none
+    if op == "$in" and arg and all(a.__class__ is str for a in arg):
+        members = frozenset(arg)
+
+        def isin(doc: dict[str, Any]) -> bool:
+            v = doc.get(key, MISSING)
+            return v in members if v.__class__ is str else test(v, arg)
+        return isin
+    if op in _PY_CMP and arg.__class__ in _SCALARS:
+        cls, cmp = arg.__class__, _PY_CMP[op]
+
+        def compare(doc: dict[str, Any]) -> bool:
+            v = doc.get(key, MISSING)
+            return bool(cmp(v, arg)) if v.__class__ is cls else test(v, arg)
+        return compare
+    return None
 
 
 def compile_predicate(node: Node) -> Predicate:

@@ -54,6 +54,7 @@ def build_events() -> list[Any]:
     ev.append(Annotate("task-02", {"tags": ["b", "c"], "score": 10, "n": None, "extra": {"k": [1, 2]}}))
     ev.append(Annotate("task-04", {"tags": "a", "score": -4, "flag": True}))
     ev.append(Annotate("task-05", {"score": "high", "n": 2.0}))
+    ev.append(Annotate("task-08", {"label": ["job-8", "extra"]}))  # an indexed field holding a list
     ev.append(Resubmit("task-05", "task-05b", _t(20)))
     ev.append(Start("task-05b", "engine-1", _t(20.5)))
     ev.append(Resubmit("task-05b", "task-05c", _t(30)))
@@ -85,6 +86,8 @@ QUERIES: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
     ("gt-string-bracket", {"score": {"$gt": "a"}}, None),
     ("gte-int-float", {"n": {"$gte": 2}}, None),
     ("in", {"engine_uuid": {"$in": ["engine-1", "engine-2"]}}, None),
+    ("eq-indexed-array", {"label": "extra"}, None),
+    ("in-indexed-array", {"label": {"$in": ["extra", "job-2"]}}, None),
     ("in-with-none", {"label": {"$in": ["job-1", None]}}, None),
     ("in-array-field", {"tags": {"$in": ["c"]}}, None),
     ("in-regex", {"label": {"$in": [re.compile(r"^job-[12]$")]}}, None),
