@@ -7,6 +7,7 @@ projection catches up from its checkpoint on open.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -19,7 +20,7 @@ from .memory import DictProjection
 from .nothing import NoProjection
 from .query import parse
 
-__all__ = ["open", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold", "parse",
+__all__ = ["open", "replay", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold", "parse",
            "QueryError", "ProjectionError", "SPEC_HELP"]
 
 SPEC_HELP = "dict[?record_limit=N&size_limit=BYTES&cull_fraction=F], sqlite:///path/tasks.db, " \
@@ -62,6 +63,28 @@ def _build(spec: str, options: dict[str, Any]) -> Projection:
             raise ProjectionError(f"bad MongoDB spec {spec!r}: no host")
         return MongoProjection(spec, **options)
     raise ProjectionError(f"unknown projection spec {spec!r}: use {SPEC_HELP}")
+
+
+def replay(log: TaskLog, spec: str | Projection, *, start: int | None = None, stop: int | None = None,
+           rebuild: bool = False, progress: Callable[[int], None] | None = None) -> Projection:
+    """Rebuild (or catch up) a projection from ``log``, optionally only up to seq ``stop`` (inclusive).
+
+    With ``stop`` a projection shows the state as of that point in the log (time travel); a
+    persistent projection already past it must be rebuilt, which ``rebuild=True`` does.
+    """
+    proj = _build(spec, {}) if isinstance(spec, str) else spec
+    try:
+        if rebuild:
+            proj.clear()
+        if stop is not None and proj.last_seq > stop:
+            raise ProjectionError(f"{proj.spec} is already at event {proj.last_seq}, past {stop}; "
+                                  "replay with rebuild to see an earlier state")
+        first = max(proj.last_seq + 1, start or 1)
+        proj.catch_up(log.read(first, None if stop is None else stop + 1), progress=progress)
+    except BaseException:
+        proj.close()
+        raise
+    return proj
 
 
 def open(spec: str, log: TaskLog | None = None, **options: Any) -> Projection:

@@ -7,6 +7,7 @@ everything that gives events and queries their meaning lives here and in
 
 from __future__ import annotations
 
+import gc
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +56,10 @@ class Projection(ABC):
     def _history(self) -> list[str]:
         """msg_ids of live records ordered by (submitted, msg_id), never-submitted first."""
 
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every record and the checkpoint (before a rebuild)."""
+
     def _count(self, node: Logical) -> int:
         return len(self._find(node, ["msg_id"]))
 
@@ -81,6 +86,18 @@ class Projection(ABC):
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:
         """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
+        # A replay allocates millions of small dicts and tuples and no reference cycles; the cyclic
+        # collector rescanning the growing set of records cost a quarter of replay time.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._catch_up(events, batch_size, progress)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int,
+                  progress: Callable[[int], None] | None) -> int:
         done = 0
         batch: list[tuple[int, Event]] = []
         for item in events:

@@ -51,6 +51,11 @@ class DictProjection(Projection):
         self.culled_count = 0
         self.buffers_dropped = 0
 
+    def clear(self) -> None:
+        """Forget every record."""
+        limits = (self.record_limit, self.size_limit, self.cull_fraction)
+        self.__init__(*limits)  # type: ignore[misc]
+
     def _load(self, msg_ids: set[str]) -> Records:
         out: Records = {}
         for m in msg_ids:

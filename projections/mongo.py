@@ -114,9 +114,16 @@ class MongoProjection(Projection):
         return ids
 
     def drop_all(self) -> None:
-        """Delete the records and the checkpoint (for tests and rebuilds)."""
+        """Drop the whole database (records, checkpoint, indexes)."""
         self._guard(self._client.drop_database, self._db.name)
         self.last_seq = 0
+
+    def clear(self) -> None:
+        """Delete every record and the checkpoint."""
+        self._guard(self._records.delete_many, {})
+        self._guard(self._meta.delete_many, {})
+        self.last_seq = 0
+        self.anomalies.clear()
 
     def close(self) -> None:
         """Close the client."""

@@ -30,6 +30,10 @@ class NoProjection(Projection):
             self.applied += len(fresh)
         return len(fresh)
 
+    def clear(self) -> None:
+        """Nothing to forget but the checkpoint."""
+        self.last_seq = 0
+
     def _refuse(self) -> NoReturn:
         raise KeyError(_WHY)
 

@@ -99,6 +99,15 @@ class SQLiteProjection(Projection):
             raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
         self.last_seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
 
+    def clear(self) -> None:
+        """Delete every record and reset the checkpoint, in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM records")
+        self._db.execute("UPDATE meta SET value=0 WHERE key='last_seq'")
+        self._db.execute("COMMIT")
+        self.last_seq = 0
+        self.anomalies.clear()
+
     def _load(self, msg_ids: set[str]) -> Records:
         out: Records = {}
         ids = list(msg_ids)

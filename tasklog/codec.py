@@ -73,7 +73,7 @@ def unpack_value(value: bytes, seq: int = 0) -> Any:
     if len(value) < _HEAD.size:
         raise CorruptEventError(seq, f"value of {len(value)} bytes is too short")
     version, crc = _HEAD.unpack_from(value)
-    payload = bytes(value[_HEAD.size:])
+    payload = memoryview(value)[_HEAD.size:]
     if zlib.crc32(payload) != crc:
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(f"event {seq} has schema version {version}; this tasklog reads {SCHEMA_VERSION}")
@@ -124,5 +124,8 @@ def decode(value: bytes, seq: int = 0) -> Event:
         raise CorruptEventError(seq, f"unknown event type code {obj[0]!r}")
     if len(obj) - 1 != len(cls._fields):
         raise CorruptEventError(seq, f"{cls.__name__.lower()} has {len(obj) - 1} fields, expected {len(cls._fields)}")
-    ev: Event = cls._make(obj[1:])
+    ev: Event = _new_tuple(cls, obj[1:])  # _make without its length check, done above
     return ev
+
+
+_new_tuple = tuple.__new__

@@ -15,11 +15,13 @@ import errno
 import fcntl
 import json
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import lmdb
@@ -35,7 +37,7 @@ from .errors import (
     StorageError,
     StorageFullError,
 )
-from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
+from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, utc, validate
 
 __all__ = ["TaskLog", "Receipt", "DURABILITY", "MARKER", "Listener"]
 
@@ -47,6 +49,7 @@ _READ_CHUNK = 2048
 # Past a few thousand events a transaction stops getting cheaper per event and LMDB starts
 # spilling dirty pages: a 95k-event async batch took 3x longer per event than 8k batches.
 _MAX_BATCH = 8192
+_TIME = struct.Struct(">d")
 _LINGER = 0.0002  # seconds a group-commit leader waits for the last batch's callers: half a sync
 
 
@@ -207,9 +210,16 @@ class TaskLog:
         self._shared = self._open_env(map_size)
         self._env = self._shared.env
         self._gate = self._shared.gate
-        self._events = self._env.open_db(b"events", create=not readonly)
-        self._keys = self._env.open_db(b"keys", create=not readonly)
-        self._meta = self._env.open_db(b"meta", create=not readonly)
+        try:
+            self._events = self._env.open_db(b"events", create=not readonly)
+            self._keys = self._env.open_db(b"keys", create=not readonly)
+            self._meta = self._env.open_db(b"meta", create=not readonly)
+            # Commit times, keyed by each commit's first sequence number: "what did the hub know at T".
+            self._times = self._env.open_db(b"times", create=not readonly)
+        except lmdb.Error as exc:
+            self._close_env()
+            self._release_lock()
+            raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
         self._check_schema(existed)
         self._cond = threading.Condition()
         self._closed = False
@@ -485,12 +495,18 @@ class TaskLog:
 
     def _commit_batch(self, batch: _Batch) -> None:
         try:
-            batch.seqs, written = self._write(lambda txn: self._put_numbering(txn, batch.items))
+            batch.seqs, written = self._write(lambda txn: self._stamped(txn, self._put_numbering(txn, batch.items)))
         except StorageError as exc:
             batch.error = exc
             return
         if written and self._listeners:
             self._notify(written)
+
+    def _stamped(self, txn: lmdb.Transaction, result: tuple[list[int], list[tuple[int, Event]]]
+                 ) -> tuple[list[int], list[tuple[int, Event]]]:
+        if result[1]:
+            txn.put(codec.pack_key(result[1][0][0]), _TIME.pack(time.time()), db=self._times)
+        return result
 
     def _put_numbering(self, txn: lmdb.Transaction, items: list[tuple[bytes, bytes | None, Event]]
                        ) -> tuple[list[int], list[tuple[int, Event]]]:
@@ -627,6 +643,7 @@ class TaskLog:
                 if last + 1 != batch[0][0]:
                     raise CommitError(f"log end moved to {last} under an async writer")
                 self._put_run(cur, pairs)
+                txn.put(pairs[0][0], _TIME.pack(time.time()), db=self._times)
                 for seq, _, key, _ in batch:
                     if key is not None:
                         txn.put(key, codec.pack_key(seq), db=self._keys)
@@ -694,6 +711,16 @@ class TaskLog:
 
     def _last_committed(self) -> int:
         with self._reader() as txn:
+            cur = txn.cursor(db=self._events)
+            return codec.unpack_key(cur.key()) if cur.last() else 0
+
+    def seq_at(self, when: datetime) -> int:
+        """The last sequence number committed at or before ``when`` (0 if none was)."""
+        limit = utc(when).timestamp()
+        with self._reader() as txn:
+            for key, raw in txn.cursor(db=self._times):
+                if _TIME.unpack(raw)[0] > limit:
+                    return codec.unpack_key(key) - 1
             cur = txn.cursor(db=self._events)
             return codec.unpack_key(cur.key()) if cur.last() else 0
 

@@ -11,7 +11,7 @@ from conftest import run_cli
 from tasklog import TaskLog
 
 
-@pytest.mark.parametrize("command", ["demo", "stats", "tail", "verify", "query"])
+@pytest.mark.parametrize("command", ["demo", "stats", "tail", "verify", "query", "replay"])
 def test_help(command: str) -> None:
     proc = run_cli(command, "--help")
     assert proc.returncode == 0 and "--log" in proc.stdout

@@ -38,7 +38,7 @@ EVENTS: dict[str, Any] = {
     "resubmit": st.builds(tasklog.Resubmit, ids, ids, dts),
     "drop": st.builds(tasklog.Drop, st.lists(ids, min_size=1, max_size=4)),
     "annotate": st.builds(tasklog.Annotate, ids, st.dictionaries(
-        st.text(min_size=1, max_size=8).filter(lambda k: k != "msg_id" and "." not in k and not k.startswith("$")),
+        st.text(min_size=1, max_size=8).filter(lambda k: k != "msg_id" and "." not in k and k[0] not in "$_"),
         json_like, max_size=3)),
 }
 

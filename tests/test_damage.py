@@ -1,0 +1,76 @@
+"""Damaged logs: a clear error naming the problem, never a wrong answer."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from tasklog import CorruptEventError, SchemaVersionError, StorageError, TaskLog
+from tasklog.codec import SCHEMA_VERSION, pack_key
+
+
+def _log(path: str, n: int = 50) -> None:
+    with TaskLog.open(path) as log:
+        for i in range(n):
+            log.output(f"t{i}", "stdout", text=f"line {i} " * 20)
+
+
+def _flip_in_file(path: str, needle: bytes) -> None:
+    data = bytearray(Path(path, "data.mdb").read_bytes())
+    at = data.find(needle)
+    assert at > 0
+    while at >= 0:  # copy-on-write leaves stale copies in free pages: damage every copy
+        data[at] ^= 0x01
+        at = data.find(needle, at + 1)
+    Path(path, "data.mdb").write_bytes(bytes(data))
+
+
+def test_flipped_bit_inside_an_event_names_its_seq(log_dir: str) -> None:
+    _log(log_dir)
+    _flip_in_file(log_dir, b"line 17 line 17")
+    with TaskLog.open(log_dir, readonly=True) as log:
+        with pytest.raises(CorruptEventError, match="event 18 is corrupt: checksum"):
+            list(log.read())
+        assert [s for s, _ in log.read(1, 18)] == list(range(1, 18))  # the rest stays readable
+    out = run_cli("verify", "--log", log_dir)
+    assert out.returncode == 1 and "event 18 is corrupt" in out.stdout
+
+
+def test_truncated_data_file_is_refused(log_dir: str) -> None:
+    _log(log_dir, 400)
+    data = Path(log_dir, "data.mdb")
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(StorageError, match="truncated"):
+        TaskLog.open(log_dir, readonly=True)
+    out = run_cli("verify", "--log", log_dir)
+    assert out.returncode == 1 and "truncated" in out.stdout
+    assert data.stat().st_size == size // 2  # left as it was
+
+
+def test_event_from_a_newer_schema(log_dir: str) -> None:
+    _log(log_dir, 3)
+    with TaskLog.open(log_dir) as log, log._env.begin(write=True) as txn:
+        raw = bytearray(txn.get(pack_key(2), db=log._events))
+        raw[0] = SCHEMA_VERSION + 1
+        raw[1:5] = zlib.crc32(bytes(raw[5:])).to_bytes(4, "big")
+        txn.put(pack_key(2), bytes(raw), db=log._events)
+    with TaskLog.open(log_dir, readonly=True) as log, pytest.raises(SchemaVersionError, match="event 2"):
+        list(log.read())
+    out = run_cli("verify", "--log", log_dir)
+    assert out.returncode == 1 and "event 2 has schema version" in out.stdout
+
+
+def test_stale_lock_file_does_not_stop_a_writer(log_dir: str) -> None:
+    _log(log_dir, 3)
+    # What a dead writer leaves: the lock files stay on disk, their locks went with the process.
+    assert os.path.exists(os.path.join(log_dir, "lock.mdb"))
+    assert os.path.exists(os.path.join(log_dir, "writer.lock"))
+    with TaskLog.open(log_dir, "async") as log:
+        assert log.start("after") == 4
+    assert run_cli("verify", "--log", log_dir).returncode == 0
