@@ -242,26 +242,20 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, _NUMBER) and not isinstance(v, bool)
 
 
+# MongoDB's comparison brackets, in its cross-type order: values compare only within one.
+# bool precedes the numbers here because bool is an int subclass in Python but not in BSON.
+_BRACKETS: tuple[tuple[type | tuple[type, ...], int], ...] = (
+    (bool, 6), ((int, float), 1), (str, 2), (dict, 3), (list, 4), (bytes, 5), (datetime, 7), (re.Pattern, 8),
+)
+
+
 def _bracket(v: Any) -> int:
-    """MongoDB's comparison brackets: values compare only within one."""
+    """The comparison bracket of ``v`` (0 for None and MISSING)."""
     if v is None or v is MISSING:
         return 0
-    if _is_number(v):
-        return 1
-    if isinstance(v, str):
-        return 2
-    if isinstance(v, dict):
-        return 3
-    if isinstance(v, list):
-        return 4
-    if isinstance(v, bytes):
-        return 5
-    if isinstance(v, bool):
-        return 6
-    if isinstance(v, datetime):
-        return 7
-    if isinstance(v, re.Pattern):
-        return 8
+    for kind, bracket in _BRACKETS:
+        if isinstance(v, kind):
+            return bracket
     return 9
 
 
