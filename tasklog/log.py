@@ -221,7 +221,10 @@ class TaskLog:
             self._release_lock()
             raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
         self._check_schema(existed)
-        self._cond = threading.Condition()
+        # A plain Lock under the Condition: entering it directly is a C call, which the async
+        # hot path uses (Condition.__enter__ is Python-level and showed up in profiles).
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._closed = False
         self._listeners: list[Listener] = []
         self.listener_errors: list[BaseException] = []
@@ -438,7 +441,28 @@ class TaskLog:
 
     def _one(self, event: Event, key: str | None) -> int:
         ev = validate(event)
-        return self._enqueue([(codec.encode(ev), _key(key), ev)])[0]
+        payload = codec.encode(ev)
+        if key is None and self._mode.background:
+            receipt = self._enqueue_async_one(payload, ev)
+            if receipt is not None:
+                return receipt
+        return self._enqueue([(payload, _key(key), ev)])[0]
+
+    def _enqueue_async_one(self, payload: bytes, event: Event) -> Receipt | None:
+        """The hub's hot path: one keyless event, queue not full. None means: take the general path."""
+        with self._mutex:
+            pending = self._pending
+            if self._closed or len(pending) >= self.queue_size:
+                return None
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            pending.append((seq, payload, None, event))
+            if len(pending) == 1:
+                self._cond.notify_all()  # wake the committer on the first item of a batch
+            epoch = self._epoch
+        receipt = Receipt(seq)
+        receipt._log, receipt._epoch = self, epoch
+        return receipt
 
     def _enqueue(self, items: list[tuple[bytes, bytes | None, Event]]) -> list[int]:
         if not items:
