@@ -13,7 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from tasklog.errors import ProjectionError
 from tasklog.events import Event
 
 from .fold import Anomalies, apply_event, is_tombstone, touched
@@ -170,8 +169,3 @@ class Projection(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec} at seq {self.last_seq}>"
 
-
-def check_open(closed: bool, spec: str) -> None:
-    """Raise if a projection is used after close()."""
-    if closed:
-        raise ProjectionError(f"projection {spec} is closed")

@@ -31,6 +31,8 @@ __all__ = [
     "is_tombstone",
     "ms",
     "Anomalies",
+    "touched",
+    "fold_all",
 ]
 
 RECORD_KEYS: tuple[str, ...] = (

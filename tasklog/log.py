@@ -731,9 +731,6 @@ class TaskLog:
     @property
     def last_seq(self) -> int:
         """The sequence number of the last committed event (0 when empty)."""
-        return self._last_committed()
-
-    def _last_committed(self) -> int:
         with self._reader() as txn:
             cur = txn.cursor(db=self._events)
             return codec.unpack_key(cur.key()) if cur.last() else 0
