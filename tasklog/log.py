@@ -189,7 +189,8 @@ class TaskLog:
     """An append-only log of task events in an LMDB directory."""
 
     def __init__(self, path: str, durability: str = "sync", *, commit_interval: float = 0.002,
-                 queue_size: int = 100_000, map_size: int = 64 * _MIB, readonly: bool = False) -> None:
+                 queue_size: int = 100_000, map_size: int = 64 * _MIB, readonly: bool = False,
+                 max_map_size: int | None = None) -> None:
         if durability not in DURABILITY:
             raise InterfaceError(f"unknown durability {durability!r}; choose one of {sorted(DURABILITY)}")
         if commit_interval <= 0 or queue_size < 1:
@@ -199,6 +200,8 @@ class TaskLog:
         self.readonly = readonly
         self.commit_interval = commit_interval
         self.queue_size = queue_size
+        #: Largest map the log may grow to (None: as large as the disk allows). Raise it to go on.
+        self.max_map_size = max_map_size
         self._mode = DURABILITY[durability]
         existed = _check_path(self.path)
         if readonly and not existed:
@@ -592,7 +595,13 @@ class TaskLog:
     def _grow(self) -> None:
         with self._gate.exclusive():
             size = self._env.info()["map_size"]
-            self._env.set_mapsize(size * 2 if size < 1 << 36 else size + (1 << 36))
+            new = size * 2 if size < 1 << 36 else size + (1 << 36)
+            if self.max_map_size is not None:
+                if size >= self.max_map_size:
+                    raise StorageFullError(f"the log at {self.path} reached max_map_size "
+                                           f"({self.max_map_size:,} bytes); nothing of this batch was written")
+                new = min(new, self.max_map_size)
+            self._env.set_mapsize(new)
 
     def _adopt_map_size(self) -> None:
         with self._gate.exclusive():

@@ -74,3 +74,25 @@ def test_stale_lock_file_does_not_stop_a_writer(log_dir: str) -> None:
     with TaskLog.open(log_dir, "async") as log:
         assert log.start("after") == 4
     assert run_cli("verify", "--log", log_dir).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_out_of_space_fails_that_append_and_keeps_the_rest(log_dir: str, mode: str) -> None:
+    from tasklog import StorageFullError
+    with TaskLog.open(log_dir, mode, map_size=1 << 20, max_map_size=1 << 20) as log:
+        acked = []
+        with pytest.raises(StorageFullError, match="max_map_size"):
+            for i in range(10_000):
+                seq = log.output(f"t{i}", "stdout", text="x" * 500)
+                if mode == "async":
+                    seq.wait()  # type: ignore[attr-defined]
+                acked.append(int(seq))
+        assert acked and acked == list(range(1, len(acked) + 1))
+        assert [s for s, _ in log.read()] == acked  # everything acknowledged is readable
+        log.max_map_size = 8 << 20  # space returns
+        after = log.output("after", "stdout", text="ok")
+        log.flush()
+        assert int(after) == len(acked) + 1
+    with TaskLog.open(log_dir, readonly=True) as log:
+        assert log.last_seq == len(acked) + 1
+    assert run_cli("verify", "--log", log_dir).returncode == 0
