@@ -28,14 +28,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     if not isinstance(query, dict):
         raise QueryError("QUERY must be a JSON object")
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
-    with TaskLog.open(args.log, readonly=True) as log:
-        total = max(log.last_seq, 0)
-        with projections.open(args.projection) as proj:
-            bar = Progress(max(total - proj.last_seq, 0), "catch-up")
-            proj.catch_up(log.read(proj.last_seq + 1), progress=bar.update)
-            bar.close()
-            for record in proj.find_records(query, keys=keys):
-                print(dumps(record))
+    with TaskLog.open(args.log, readonly=True) as log, projections.open(args.projection) as proj:
+        bar = Progress(max(log.last_seq - proj.last_seq, 0), "catch-up")
+        projections.replay(log, proj, progress=bar.update)
+        bar.close()
+        for record in proj.find_records(query, keys=keys):
+            print(dumps(record))
     return 0
 
 

@@ -25,7 +25,6 @@ __all__ = [
     "decode",
     "pack_key",
     "unpack_key",
-    "pack_value",
     "unpack_value",
 ]
 
@@ -62,24 +61,17 @@ def _packer() -> msgpack.Packer:
     return p
 
 
-def pack_value(obj: Any) -> bytes:
-    """msgpack ``obj`` behind the version byte and checksum."""
-    payload: bytes = _packer().pack(obj)
-    return _HEAD.pack(SCHEMA_VERSION, zlib.crc32(payload)) + payload
-
-
 def unpack_value(value: bytes, seq: int = 0) -> Any:
     """Check and unpack a stored value; raise on a bad checksum or a newer schema."""
     if len(value) < _HEAD.size:
         raise CorruptEventError(seq, f"value of {len(value)} bytes is too short")
     version, crc = _HEAD.unpack_from(value)
     payload = memoryview(value)[_HEAD.size:]
-    if zlib.crc32(payload) != crc:
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(f"event {seq} has schema version {version}; this tasklog reads {SCHEMA_VERSION}")
-        raise CorruptEventError(seq, "checksum mismatch")
+    # Version first: a newer schema may checksum differently, so its mismatch is not damage.
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"event {seq} has schema version {version}; this tasklog reads {SCHEMA_VERSION}")
+    if zlib.crc32(payload) != crc:
+        raise CorruptEventError(seq, "checksum mismatch")
     if version < 1:
         raise CorruptEventError(seq, f"unknown schema version {version}")
     try:
@@ -95,7 +87,7 @@ _head = _HEAD.pack
 
 def encode(event: Event) -> bytes:
     """The stored bytes of a validated event; EncodeError names the field msgpack refused."""
-    # pack_value inlined: this runs once per appended event.
+    # One thread-local Packer, no helper call: this runs once per appended event.
     try:
         payload: bytes = (getattr(_local, "packer", None) or _packer()).pack((_CODE_BY_CLASS[event.__class__], *event))
     except (TypeError, ValueError, OverflowError) as exc:
