@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tasklog.errors import ProjectionError, QueryError
 from tasklog.log import TaskLog
 
+from . import snapshot
 from .base import Projection
 from .fold import RECORD_KEYS, fold
 from .memory import DictProjection
@@ -70,17 +71,14 @@ def replay(log: TaskLog, spec: str | Projection, *, start: int | None = None, st
     """Rebuild (or catch up) a projection from ``log``, optionally only up to seq ``stop`` (inclusive).
 
     With ``stop`` a projection shows the state as of that point in the log (time travel); a
-    persistent projection already past it must be rebuilt, which ``rebuild=True`` does.
+    persistent projection already past it must be rebuilt, which ``rebuild=True`` does. An empty
+    projection starts from the newest snapshot at or before ``stop``.
     """
     proj = _build(spec, {}) if isinstance(spec, str) else spec
     try:
         if rebuild:
             proj.clear()
-        if stop is not None and proj.last_seq > stop:
-            raise ProjectionError(f"{proj.spec} is already at event {proj.last_seq}, past {stop}; "
-                                  "replay with rebuild to see an earlier state")
-        first = max(proj.last_seq + 1, start or 1)
-        proj.catch_up(log.read(first, None if stop is None else stop + 1), progress=progress)
+        snapshot.catch_up(proj, log, start=start, stop=stop, progress=progress)
     except BaseException:
         proj.close()
         raise
@@ -92,7 +90,7 @@ def open(spec: str, log: TaskLog | None = None, **options: Any) -> Projection:
     projection = _build(spec, options)
     if log is not None:
         try:
-            projection.catch_up(log.read(projection.last_seq + 1))
+            snapshot.catch_up(projection, log)
         except BaseException:
             projection.close()
             raise

@@ -10,7 +10,8 @@ from __future__ import annotations
 import gc
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from tasklog.events import Event
@@ -18,9 +19,24 @@ from tasklog.events import Event
 from .fold import Anomalies, apply_event, is_tombstone, touched
 from .query import Logical, clone, parse, parse_keys
 
-__all__ = ["Projection", "Records"]
+__all__ = ["Projection", "Records", "gc_paused"]
 
 Records = dict[str, "dict[str, Any] | None"]
+_RESTORE_CHUNK = 5000
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic collector while folding many events."""
+    # A replay allocates millions of small dicts and tuples and no reference cycles; the cyclic
+    # collector rescanning the growing set of records cost a quarter of replay time.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 class Projection(ABC):
@@ -85,15 +101,23 @@ class Projection(ABC):
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:
         """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
-        # A replay allocates millions of small dicts and tuples and no reference cycles; the cyclic
-        # collector rescanning the growing set of records cost a quarter of replay time.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self._catch_up(events, batch_size, progress)
-        finally:
-            if paused:
-                gc.enable()
+
+    def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
+        """Replace every record with ``records`` (a snapshot's), folded up to ``last_seq``."""
+        with self._lock, gc_paused():
+            self.clear()
+            chunk: Records = {}
+            for rec in records:
+                chunk[rec["msg_id"]] = rec
+                if len(chunk) >= _RESTORE_CHUNK:
+                    # Checkpoint 0 until the last chunk: a crash half-way must not look restored.
+                    self._store(chunk, set(chunk), 0)
+                    chunk = {}
+            self._store(chunk, set(chunk), last_seq)
+            self.last_seq = last_seq
+            self.anomalies = dict(anomalies)
 
     def _catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int,
                   progress: Callable[[int], None] | None) -> int:

@@ -8,6 +8,7 @@ from tasklog.events import Event
 from tasklog.log import TaskLog
 
 from . import open as open_projection
+from . import snapshot
 from .base import Projection
 
 __all__ = ["attach", "detach"]
@@ -22,12 +23,12 @@ def attach(log: TaskLog, projection: Projection | str) -> Projection:
         # commits): read what is missing from the log first, so events apply in order.
         with proj._lock:
             if batch and batch[0][0] > proj.last_seq + 1:
-                proj.catch_up(log.read(proj.last_seq + 1, batch[0][0]))
+                snapshot.catch_up(proj, log, stop=batch[0][0] - 1)
             proj.apply(batch)
 
     log.add_listener(on_commit)
     with proj._lock:
-        proj.catch_up(log.read(proj.last_seq + 1))
+        snapshot.catch_up(proj, log)
     if log.durability == "async":
         # An async append returns before its commit: flush so reads see it.
         def flush() -> None:

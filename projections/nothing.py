@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from tasklog.events import Event
 
 from .base import Projection, Records
+from .fold import Anomalies
 from .query import Logical
 
 __all__ = ["NoProjection"]
@@ -29,6 +30,10 @@ class NoProjection(Projection):
             self.last_seq = fresh[-1][0]
             self.applied += len(fresh)
         return len(fresh)
+
+    def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
+        """Skip the snapshot's records; only its position counts."""
+        self.last_seq = last_seq
 
     def clear(self) -> None:
         """Nothing to forget but the checkpoint."""

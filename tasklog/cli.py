@@ -10,11 +10,12 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from . import inspect
+from . import inspect, retention
 from .demo import simulate
-from .errors import TaskLogError
+from .errors import InterfaceError, TaskLogError
 from .jsonfmt import dumps, event_to_doc
 from .log import DURABILITY, TaskLog
 from .progress import Progress
@@ -91,6 +92,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"events      {st.events:,}")
     print(f"first seq   {st.first_seq}")
     print(f"last seq    {st.last_seq}")
+    if st.start_seq > 1:
+        print(f"pruned      events 1..{st.start_seq - 1}")
+    print(f"snapshots   {', '.join(map(str, st.snapshots)) or 'none'}")
     print(f"disk bytes  {st.disk_bytes:,}")
     for name, count in sorted(st.by_type.items()):
         print(f"  {name:10s} {count:,}")
@@ -139,6 +143,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _before(log: TaskLog, value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InterfaceError(f"--before needs a sequence number or an ISO time like 2026-11-25T14:02:00Z, "
+                             f"got {value!r}") from None
+    return log.seq_at(when) + 1
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Drop the events before SEQ or ISO_TIME that the newest snapshot covers."""
+    with TaskLog.open(args.log) as log:
+        report = retention.prune(log, _before(log, args.before))
+        print(f"pruned {report.removed:,} events: the log now starts at event {report.start_seq} "
+              f"(covered by snapshot {report.snapshot}; {report.snapshots_removed} older snapshot(s) removed)")
+    if args.compact:
+        before, after = retention.compact(args.log)
+        print(f"compacted data.mdb: {before:,} -> {after:,} bytes")
+    else:
+        print("freed pages are reused by later appends; --compact shrinks the file now")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tasklog`` command."""
     parser = argparse.ArgumentParser(prog="tasklog", description="An append-only event log of task lifecycles.")
@@ -170,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("verify", cmd_verify, "check checksums and density; exit 1 with the problems listed")
     p.add_argument("--log", default=DEFAULT_LOG)
+
+    p = add("prune", cmd_prune, "drop events older than the newest snapshot that covers them")
+    p.add_argument("--log", default=DEFAULT_LOG)
+    p.add_argument("--before", required=True, metavar="SEQ|ISO_TIME",
+                   help="drop events before this sequence number or commit time (only what a snapshot covers)")
+    p.add_argument("--compact", action="store_true",
+                   help="then rewrite data.mdb without free pages (the log must not be open elsewhere)")
 
     for extra in _EXTRA_COMMANDS:
         extra(add)

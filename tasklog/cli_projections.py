@@ -17,7 +17,7 @@ from .jsonfmt import dumps, loads
 from .log import TaskLog
 from .progress import Progress
 
-__all__ = ["cmd_query", "cmd_replay"]
+__all__ = ["cmd_query", "cmd_replay", "cmd_snapshot"]
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -100,3 +100,29 @@ def _register_replay(add: Callable[[str, cli.Command, str], argparse.ArgumentPar
 
 
 cli._EXTRA_COMMANDS.append(_register_replay)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Fold the log up to an event and write the records as a snapshot in the log directory."""
+    from projections import snapshot
+
+    with TaskLog.open(args.log, readonly=True) as log:
+        at = log.last_seq if args.at is None else args.at
+        bar = Progress(at, "snapshot")
+        t0 = time.perf_counter()
+        info = snapshot.take(log, at, progress=bar.update)
+        bar.close()
+        start = f"from snapshot {info.base}" if info.base else "from the start of the log"
+        print(f"snapshot at event {info.seq}: {info.records:,} records ({start}) in "
+              f"{time.perf_counter() - t0:.2f} s -> {info.path}")
+    return 0
+
+
+def _register_snapshot(add: Callable[[str, cli.Command, str], argparse.ArgumentParser]) -> None:
+    p = add("snapshot", cmd_snapshot, "write the folded records as of an event into the log directory "
+            "(replay starts from the newest snapshot; prune may then drop the events it covers)")
+    p.add_argument("--log", default=cli.DEFAULT_LOG)
+    p.add_argument("--at", type=int, metavar="SEQ", help="the event to snapshot at (default: the last)")
+
+
+cli._EXTRA_COMMANDS.append(_register_snapshot)

@@ -8,7 +8,7 @@ from typing import Any
 
 import lmdb
 
-from . import codec
+from . import codec, retention
 from .errors import TaskLogError
 from .log import TaskLog
 from .progress import Progress
@@ -25,16 +25,20 @@ class LogStats:
     last_seq: int = 0
     disk_bytes: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
+    start_seq: int = 1
+    snapshots: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the figures."""
         return {"events": self.events, "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "start_seq": self.start_seq, "snapshots": self.snapshots,
                 "disk_bytes": self.disk_bytes, "by_type": dict(sorted(self.by_type.items()))}
 
 
 def stats(log: TaskLog) -> LogStats:
     """Count the events of ``log`` by type."""
-    out = LogStats(first_seq=log.first_seq, last_seq=log.last_seq, disk_bytes=log.disk_bytes())
+    out = LogStats(first_seq=log.first_seq, last_seq=log.last_seq, disk_bytes=log.disk_bytes(),
+                   start_seq=log.start_seq, snapshots=retention.list_snapshots(log))
     for _, event in log.read():
         out.events += 1
         out.by_type[event.type] += 1
@@ -42,7 +46,7 @@ def stats(log: TaskLog) -> LogStats:
 
 
 def verify(log: TaskLog, progress: Progress | None = None) -> list[str]:
-    """Decode every event, check checksums and density; return the problems found (empty: sound)."""
+    """Decode every event and snapshot, check checksums and density; return the problems found (empty: sound)."""
     problems: list[str] = []
     expected = log.start_seq
     try:
@@ -59,4 +63,9 @@ def verify(log: TaskLog, progress: Progress | None = None) -> list[str]:
                 progress.update()
     except lmdb.Error as exc:
         problems.append(f"LMDB error after event {expected - 1}: {exc}")
+    for seq in retention.list_snapshots(log):
+        try:
+            retention.check_snapshot(log, seq)
+        except TaskLogError as exc:
+            problems.append(str(exc))
     return problems

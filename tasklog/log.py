@@ -43,7 +43,7 @@ __all__ = ["TaskLog", "Receipt", "DURABILITY", "MARKER", "Listener"]
 
 MARKER = "TASKLOG"
 _LMDB_FILES = ("data.mdb", "lock.mdb")
-_OWN_FILES = frozenset({MARKER, "writer.lock", *_LMDB_FILES})
+_OWN_FILES = frozenset({MARKER, "writer.lock", "users.lock", *_LMDB_FILES})
 _MIB = 1 << 20
 _READ_CHUNK = 2048
 # Past a few thousand events a transaction stops getting cheaper per event and LMDB starts
@@ -153,6 +153,18 @@ class _Gate:
                 self._cond.notify_all()
 
 
+def _share_users_lock(path: str) -> int | None:
+    """Hold ``users.lock`` shared while the log is open, so a compaction knows it is alone."""
+    name = os.path.join(path, "users.lock")
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:  # a read-only directory: nobody can compact it either
+        return None
+    # Blocking: a compaction in progress swaps data.mdb, which must not be opened half-way.
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
 def _check_path(path: str) -> bool:
     """Return True if ``path`` is an existing tasklog; raise if it is something else."""
     if not os.path.exists(path):
@@ -208,6 +220,7 @@ class TaskLog:
             raise NotATaskLogError(f"{self.path} is not a tasklog: it does not exist")
         os.makedirs(self.path, exist_ok=True)
         self._lockfile: int | None = None
+        self._userlock = _share_users_lock(self.path)
         if not readonly:
             self._take_writer_lock()
         self._shared = self._open_env(map_size)
@@ -262,6 +275,7 @@ class TaskLog:
             fcntl.flock(fd, self._mode.lock | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._release_lock()
             other = "an async writer" if self._mode.lock == fcntl.LOCK_SH else "another writer"
             raise LogBusyError(f"{self.path} is held by {other}; an async log needs the directory "
                                "to itself, sync/process logs can share it") from None
@@ -328,6 +342,10 @@ class TaskLog:
     def _release_lock(self) -> None:
         if self._lockfile is not None:
             os.close(self._lockfile)  # closing the descriptor drops the flock
+            self._lockfile = None
+        if self._userlock is not None:
+            os.close(self._userlock)
+            self._userlock = None
             self._lockfile = None
 
     def __enter__(self) -> TaskLog:

@@ -1,0 +1,94 @@
+"""Snapshots of the folded records, and replays that start from them.
+
+``take`` folds the log (starting from the newest older snapshot, so taking one
+every day costs a day of events) and stores the records, tombstones included,
+through ``tasklog.retention``; ``catch_up`` brings any projection to a point in
+the log, restoring a snapshot first when the events before it were pruned or
+when the projection starts empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from tasklog import retention
+from tasklog.errors import ProjectionError
+from tasklog.log import TaskLog
+
+from .base import Projection, gc_paused
+from .fold import Anomalies, apply_event
+
+__all__ = ["SnapshotInfo", "take", "catch_up"]
+
+_READ_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """Where a snapshot was written and what it holds."""
+
+    seq: int
+    records: int
+    path: str
+    base: int
+
+
+def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | None = None) -> SnapshotInfo:
+    """Fold the log up to event ``at`` (default: the last) and write it as a snapshot."""
+    at = log.last_seq if at is None else at
+    base = max((s for s in retention.list_snapshots(log) if s <= at), default=0)
+    records: dict[str, dict[str, Any] | None] = {}
+    anomalies: Anomalies = {}
+    with gc_paused():
+        if base:
+            header, items = retention.read_snapshot(log, base)
+            anomalies = dict(header.get("anomalies", {}))
+            records = {rec["msg_id"]: rec for rec in items}
+        elif log.start_seq > 1:
+            raise ProjectionError(f"events before {log.start_seq} were pruned and no snapshot covers them")
+        for seq, event in log.read(base + 1, at + 1):
+            apply_event(records, seq, event, anomalies)
+            if progress is not None and seq % _READ_BATCH == 0:
+                progress(_READ_BATCH)
+        header = {"seq": at, "records": len(records), "anomalies": anomalies,
+                  "created": datetime.now(timezone.utc)}
+        path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
+    return SnapshotInfo(at, len(records), path, base)
+
+
+def _restore(proj: Projection, log: TaskLog, seq: int) -> None:
+    header, items = retention.read_snapshot(log, seq)
+    proj.restore(items, seq, header.get("anomalies", {}))
+
+
+def _pick(log: TaskLog, proj: Projection, stop: int | None) -> int | None:
+    """The snapshot to start from: needed when events were pruned, worth it when starting empty."""
+    gap = proj.last_seq + 1 < log.start_seq
+    if not gap and proj.last_seq:
+        return None
+    fits = [s for s in retention.list_snapshots(log)
+            if s > proj.last_seq and s >= log.start_seq - 1 and (stop is None or s <= stop)]
+    return fits[-1] if fits else None
+
+
+def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: int | None = None,
+             progress: Callable[[int], None] | None = None) -> int:
+    """Bring ``proj`` to event ``stop`` (default: the last), from a snapshot when it must or can."""
+    if stop is not None and proj.last_seq > stop:
+        raise ProjectionError(f"{proj.spec} is already at event {proj.last_seq}, past {stop}; "
+                              "replay with rebuild to see an earlier state")
+    snap = _pick(log, proj, stop) if start is None else None
+    if snap is not None:
+        _restore(proj, log, snap)
+    first = max(proj.last_seq + 1, start or 1)
+    if first < log.start_seq and (stop is None or stop >= first):
+        raise ProjectionError(f"{proj.spec} needs events {first}..{log.start_seq - 1}, which were pruned; "
+                              f"the earliest state the log can rebuild is event {log.start_seq - 1}")
+    return proj.catch_up(_events(log, first, stop), progress=progress)
+
+
+def _events(log: TaskLog, first: int, stop: int | None) -> Iterator[Any]:
+    return log.read(first, None if stop is None else stop + 1)
