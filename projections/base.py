@@ -153,6 +153,12 @@ class Projection(ABC):
                 raise KeyError(self._missing_reason(msg_id, rec))
             return {k: clone(v) for k, v in rec.items() if not k.startswith("_")}
 
+    def peek(self, msg_id: str) -> dict[str, Any] | None:
+        """The stored record of ``msg_id`` itself, not a copy (None if absent or dropped); never mutate it."""
+        with self._lock:
+            rec = self._load({msg_id}).get(msg_id)
+        return None if rec is None or is_tombstone(rec) else rec
+
     def _missing_reason(self, msg_id: str, record: dict[str, Any] | None) -> str:
         if is_tombstone(record):
             return f"task {msg_id!r} was dropped (purged)"

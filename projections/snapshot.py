@@ -9,6 +9,7 @@ when the projection starts empty.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -77,6 +78,12 @@ def _pick(log: TaskLog, proj: Projection, stop: int | None) -> int | None:
 def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: int | None = None,
              progress: Callable[[int], None] | None = None) -> int:
     """Bring ``proj`` to event ``stop`` (default: the last), from a snapshot when it must or can."""
+    if proj.last_seq > log.last_seq:
+        # The projection applied events an async log had not yet committed when its process died:
+        # those numbers will be reused by new events, so the log's own history must be rebuilt.
+        warnings.warn(f"{proj.spec} is at event {proj.last_seq}, past the log's last event {log.last_seq} "
+                      "(the log lost uncommitted async events in a crash); rebuilding it", stacklevel=2)
+        proj.clear()
     if stop is not None and proj.last_seq > stop:
         raise ProjectionError(f"{proj.spec} is already at event {proj.last_seq}, past {stop}; "
                               "replay with rebuild to see an earlier state")

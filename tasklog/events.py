@@ -49,7 +49,7 @@ class Submit(NamedTuple):
     metadata: dict[str, Any] | None = None
     buffers: list[bytes] | None = None
     client_uuid: str | None = None
-    queue: str = "task"
+    queue: str | None = "task"
     submitted: datetime | None = None
     label: str | None = None
 
@@ -224,10 +224,11 @@ def _dt_now(v: Any) -> datetime:
     return _opt_dt(utcnow() if v is None else v)  # type: ignore[return-value]
 
 
-def _queue(v: Any) -> str:
-    if v not in QUEUES:
-        raise ValueError(f"must be one of {sorted(QUEUES)}, got {v!r:.60}")
-    return str(v)
+def _queue(v: Any) -> str | None:
+    # None: not known yet (ipyparallel's Hub records a resubmitted request before its queue).
+    if v is not None and v not in QUEUES:
+        raise ValueError(f"must be one of {sorted(QUEUES)} or None, got {v!r:.60}")
+    return v if v is None else str(v)
 
 
 def _output_name(v: Any) -> str:
@@ -289,7 +290,7 @@ _ALREADY_NORMAL: dict[Check, str] = {
     _buffers: "{x}.__class__ is list and _all_bytes({x})",
     _opt_buffers: "{x} is None or ({x}.__class__ is list and _all_bytes({x}))",
     _opt_dt: "{x} is None or ({x}.__class__ is datetime and {x}.tzinfo is UTC)",
-    _queue: "{x} in QUEUES",
+    _queue: "{x} is None or {x} in QUEUES",
     _output_name: "{x} in OUTPUT_NAMES",
     _any: "True",
 }

@@ -1,0 +1,205 @@
+"""A drop-in task database for ipyparallel's Hub, backed by a tasklog.
+
+Select it with ``ipcontroller --IPController.db_class=tasklog.ipyparallel.TaskLogDB``
+(or ``c.IPController.db_class`` in a profile, or ``controller_args`` of
+``ipyparallel.Cluster``). The Hub's ``add_record``/``update_record`` calls become
+events in the log; reads go to a projection that is folded as each event is
+appended, so the Hub reads its own writes without waiting for a commit.
+
+The Hub calls the database on its event loop, so the log runs in ``async``
+durability by default: a call never waits for a disk sync, and a killed
+controller loses at most the events of the last ``commit_interval`` (5 ms) plus
+the commit in flight. ``durability = "sync"`` trades that window for a sync per call.
+
+Like the CLI, this is an edge module: it composes the log core and ``projections``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from ipyparallel.controller.dictdb import BaseDB
+from traitlets import Enum, Float, Unicode
+
+import projections
+from projections import snapshot
+
+from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
+from .log import DURABILITY, TaskLog
+
+__all__ = ["TaskLogDB", "record_events"]
+
+# The update keys each event type takes; the rest of an update becomes an annotate.
+_SUBMIT_KEYS = ("header", "content", "metadata", "buffers", "client_uuid", "queue", "submitted", "label")
+_RESULT_KEYS = ("result_header", "result_content", "result_metadata", "result_buffers",
+                "started", "completed", "received", "engine_uuid")
+_STREAMS = ("stdout", "stderr")
+_OUTPUTS = ("error", "execute_input", "execute_result", "display_data")
+_DEFAULT_EMPTY: tuple[Any, ...] = (None, "")
+
+
+def _buffers(value: Any) -> Any:
+    # The Hub may hand over zmq Frames or memoryviews; the log keeps bytes.
+    if isinstance(value, (list, tuple)):
+        return [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in value]
+    return value
+
+
+def _submit(msg_id: str, rest: dict[str, Any]) -> Submit:
+    got = {k: rest.pop(k, None) for k in _SUBMIT_KEYS}
+    return Submit(msg_id, got["header"], got["content"], got["metadata"], _buffers(got["buffers"]),
+                  got["client_uuid"], got["queue"], got["submitted"], got["label"])
+
+
+def _complete(msg_id: str, rest: dict[str, Any]) -> Complete:
+    got = {k: rest.pop(k, None) for k in _RESULT_KEYS}
+    return Complete(msg_id, got["result_header"], got["result_content"], got["result_metadata"],
+                    _buffers(got["result_buffers"]), got["started"], got["completed"], got["received"],
+                    got["engine_uuid"])
+
+
+def _streams(msg_id: str, rest: dict[str, Any], current: dict[str, Any]) -> list[Event]:
+    # The Hub sends the whole accumulated text: log only what is new. Anything else is a rewrite.
+    out: list[Event] = []
+    fixes: dict[str, Any] = {}
+    for name in _STREAMS:
+        if name not in rest:
+            continue
+        text, before = rest.pop(name), current.get(name) or ""
+        if isinstance(text, str) and text.startswith(before):
+            if len(text) > len(before):
+                out.append(Output(msg_id, name, text[len(before):], None))
+        elif text != before:
+            fixes[name] = text
+    if fixes:
+        out.append(Annotate(msg_id, fixes))
+    return out
+
+
+def record_events(msg_id: str, rec: dict[str, Any], current: dict[str, Any] | None,
+                  submitted_of: Callable[[str], Any]) -> list[Event]:
+    """The events that turn ``current`` (None: no record yet) into ``current`` updated with ``rec``."""
+    now = current or {}
+    # Keys that change nothing: the Hub re-sends whole records when it merges an early iopub stub.
+    rest = {k: v for k, v in rec.items()
+            if k != "msg_id" and (v != now.get(k) if k in now else v not in _DEFAULT_EMPTY)}
+    events: list[Event] = []
+    if rest.get("header"):
+        events.append(_submit(msg_id, rest))
+    if rest.get("result_header") is not None:
+        events.append(_complete(msg_id, rest))
+    elif "engine_uuid" in rest:
+        events.append(Start(msg_id, rest.pop("engine_uuid"), rest.pop("started", None)))
+    events.extend(_streams(msg_id, rest, now))
+    for name in _OUTPUTS:
+        if rest.get(name) is not None:
+            events.append(Output(msg_id, name, None, rest.pop(name)))
+    new_id = rest.pop("resubmitted", None)
+    if new_id:
+        events.append(Resubmit(msg_id, new_id, submitted_of(new_id)))
+    if rest:
+        events.append(Annotate(msg_id, rest))
+    return events
+
+
+def _profile_location() -> str:
+    from IPython.core.application import BaseIPythonApplication
+
+    if BaseIPythonApplication.initialized():
+        app = BaseIPythonApplication.instance()
+        if app.profile_dir is not None:
+            return str(app.profile_dir.location)
+    return "."
+
+
+class TaskLogDB(BaseDB):  # type: ignore[misc]
+    """ipyparallel's task database interface over a tasklog event log and a projection."""
+
+    location = Unicode("", config=True, help="Directory that holds the log (a `tasklog` directory inside it). "
+                       "Default: the profile directory, as SQLiteDB does.")
+    projection = Unicode("dict", config=True, help="Where records are folded for queries: 'dict' (default: "
+                         "in memory, rebuilt from the log at start), 'sqlite' (a file in the log directory), "
+                         "sqlite:///path.db, mongodb://host:port/db or none.")
+    durability = Enum(sorted(DURABILITY), "async", config=True,
+                      help="The log's durability: async (default, never blocks the Hub), process or sync.")
+    commit_interval = Float(0.005, config=True, help="Seconds between commits in async durability: "
+                            "the most a killed controller can lose.")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        path = os.path.join(self.location or _profile_location(), "tasklog")
+        self.tasklog = TaskLog.open(path, self.durability, commit_interval=self.commit_interval)
+        spec = f"sqlite:///{os.path.join(path, 'projection.db')}" if self.projection == "sqlite" else self.projection
+        try:
+            self.records = projections.open(spec, log=self.tasklog)
+        except BaseException:
+            self.tasklog.close()
+            raise
+        # The Hub never calls close(): stopping the controller ends its loop, then the process.
+        atexit.register(self.close)
+        self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
+                      self.tasklog.start_seq, self.tasklog.last_seq, spec, self.durability)
+
+    # -- writes ------------------------------------------------------------------
+
+    def _append(self, events: Iterable[Event]) -> None:
+        checked = [validate(e) for e in events]
+        if not checked:
+            return
+        seqs = [self.tasklog.append(checked[0])] if len(checked) == 1 else self.tasklog.append_many(checked)
+        proj = self.records
+        if seqs[0] > proj.last_seq + 1:  # another process appended (sync/process logs can be shared)
+            snapshot.catch_up(proj, self.tasklog, stop=seqs[0] - 1)
+        proj.apply(list(zip(map(int, seqs), checked)))
+
+    def _submitted_of(self, msg_id: str) -> datetime:
+        rec = self.records.peek(msg_id)
+        when = rec.get("submitted") if rec is not None else None
+        return when if isinstance(when, datetime) else datetime.now(timezone.utc)
+
+    def add_record(self, msg_id: str, rec: dict[str, Any]) -> None:
+        """Record a new task (a submit, or a stub when its output arrived first)."""
+        self._append(record_events(msg_id, rec, self.records.peek(msg_id), self._submitted_of))
+
+    def update_record(self, msg_id: str, rec: dict[str, Any]) -> None:
+        """Record what changed in a task: start, output, complete, resubmit or other fields."""
+        if len(rec) == 1 and "engine_uuid" in rec:  # the scheduler's destination: no read needed
+            self._append([Start(msg_id, rec["engine_uuid"], None)])
+            return
+        self._append(record_events(msg_id, rec, self.records.peek(msg_id), self._submitted_of))
+
+    def drop_record(self, msg_id: str) -> None:
+        """Purge one task (a drop event); KeyError if there is no such task."""
+        self.records.get_record(msg_id)
+        self._append([Drop([msg_id])])
+
+    def drop_matching_records(self, check: dict[str, Any]) -> None:
+        """Purge every task matching a query."""
+        ids = [r["msg_id"] for r in self.records.find_records(check, keys=["msg_id"])]
+        if ids:
+            self._append([Drop(ids)])
+
+    # -- reads -------------------------------------------------------------------
+
+    def get_record(self, msg_id: str) -> dict[str, Any]:
+        """A copy of one task's record; KeyError if absent or purged."""
+        return self.records.get_record(msg_id)
+
+    def find_records(self, check: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """Records matching a MongoDB-style query (copies), optionally only ``keys`` (msg_id always)."""
+        return self.records.find_records(check, keys)
+
+    def get_history(self) -> list[str]:
+        """msg_ids ordered by submission time."""
+        return self.records.get_history()
+
+    def close(self) -> None:
+        """Commit what is queued and release the log and the projection."""
+        if not self.tasklog.closed:
+            self.tasklog.close()
+            self.records.close()
+        atexit.unregister(self.close)

@@ -1,0 +1,108 @@
+"""End to end: a real ipyparallel cluster (controller + 2 engines on loopback) storing tasks in tasklog."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ipp = pytest.importorskip("ipyparallel", reason="ipyparallel is a test dependency: make test installs it")
+
+
+@contextmanager
+def _cluster(tmp: Path, location: Path, n: int) -> Iterator[Any]:
+    args = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB", f"--TaskLogDB.location={location}"]
+    cluster = ipp.Cluster(n=n, profile_dir=str(tmp / "profile"), controller_args=args,
+                          controller_ip="127.0.0.1", log_level=30)
+    rc = cluster.start_and_connect_sync(activate=False)
+    try:
+        rc.wait_for_engines(n, timeout=60)
+        yield rc
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+
+
+def _speak(x: int) -> int:
+    import sys
+
+    print(f"out {x}")
+    print(f"err {x}", file=sys.stderr)
+    return x * 2
+
+
+def _boom() -> None:
+    raise ValueError("boom")
+
+
+# Engines cannot import this test module: send the functions by value, as for __main__'s.
+_speak.__module__ = _boom.__module__ = "__main__"
+
+
+def _wait_for_db(rc: Any, query: dict[str, Any], n: int, timeout: float = 20) -> list[dict[str, Any]]:
+    # iopub and replies reach the Hub on separate sockets: poll until the records are complete.
+    deadline = time.monotonic() + timeout
+    while True:
+        found: list[dict[str, Any]] = rc.db_query(query)
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+# The seed's example builds its hour-ago time naive, as the test does; jupyter_client warns about it.
+@pytest.mark.filterwarnings("ignore:Interpreting naive datetime:DeprecationWarning")
+def test_cluster_records_survive_restart_and_purge(tmp_path: Path) -> None:
+    location = tmp_path / "db"
+    with _cluster(tmp_path, location, 2) as rc:
+        view = rc.load_balanced_view()
+        speak = view.map_async(_speak, range(4))
+        assert speak.get(timeout=30) == [0, 2, 4, 6]
+        bad = view.apply_async(_boom)
+        with pytest.raises(ipp.error.RemoteError, match="boom"):
+            bad.get(timeout=30)
+        again = rc.resubmit(speak.msg_ids[0])
+        again.get(timeout=30)
+        new_id = again.msg_ids[0]
+        ids = [*speak.msg_ids, bad.msg_ids[0], new_id]
+        records = _wait_for_db(rc, {"msg_id": {"$in": ids}, "completed": {"$ne": None}, "stdout": {"$ne": ""}}, 5)
+        by_id = {r["msg_id"]: r for r in records}
+        assert len(by_id) == 5
+        first = rc.db_query({"msg_id": speak.msg_ids[0]})[0]
+        assert first["stdout"] == "out 0\n" and first["stderr"] == "err 0\n"
+        assert first["resubmitted"] == new_id and by_id[new_id]["stdout"] == "out 0\n"
+        failed = rc.db_query({"msg_id": bad.msg_ids[0]}, keys=["error", "result_content"])[0]
+        assert failed["result_content"]["status"] == "error" and failed["error"]["ename"] == "ValueError"
+        # The seed document's example queries, as written there.
+        hourago = datetime.now() - timedelta(1.0 / 24)
+        me = rc.session.session
+        incomplete = rc.db_query({"complete": None}, keys=["msg_id", "started"])  # sic: 'complete'
+        assert {r["msg_id"] for r in incomplete} >= set(ids)  # no record has 'complete': all match
+        assert rc.db_query({"completed": None}, keys=["msg_id", "started"]) == []
+        recent = rc.db_query({"started": {"$gte": hourago}, "client_uuid": me})
+        assert {r["msg_id"] for r in recent} >= set(ids)
+        assert rc.db_query({"started": {"$le": hourago}, "client_uuid": {"$ne": me}}) == []
+        uuids = [rc._engines[e] for e in rc.ids]
+        hist = rc.db_query({"engine_uuid": {"$in": uuids}}, keys="result_header")
+        assert {r["msg_id"] for r in hist} >= set(ids)
+        assert all(set(r) == {"msg_id", "result_header"} and r["result_header"] for r in hist)
+        history = rc.hub_history()
+        assert set(ids) <= set(history)
+
+    # A new cluster on the same location: a new client sees the old records.
+    with _cluster(tmp_path, location, 1) as rc:
+        assert set(ids) <= set(rc.hub_history())
+        old = rc.db_query({"msg_id": speak.msg_ids[1]})[0]
+        assert old["stdout"] == "out 1\n" and old["completed"] is not None
+        assert rc.get_result(speak.msg_ids[1]).get(timeout=30) == [2]  # a map chunk
+        rc.purge_hub_results(ids)
+        assert rc.db_query({"msg_id": {"$in": ids}}) == []
+
+    # Purged stays purged after another restart.
+    with _cluster(tmp_path, location, 1) as rc:
+        assert rc.db_query({"msg_id": {"$in": ids}}) == []
+        assert not set(ids) & set(rc.hub_history())
