@@ -16,13 +16,14 @@ from typing import Any
 
 from tasklog.events import Event
 
-from .fold import Anomalies, apply_event, is_tombstone, touched
+from .fold import Anomalies, apply_event, is_tombstone, targets, touched
 from .query import Logical, clone, parse, parse_keys
 
 __all__ = ["Projection", "Records", "gc_paused"]
 
 Records = dict[str, "dict[str, Any] | None"]
 _RESTORE_CHUNK = 5000
+_CONTAINERS = frozenset({dict, list})
 
 
 @contextmanager
@@ -98,6 +99,17 @@ class Projection(ABC):
             self.applied += len(fresh)
             return len(fresh)
 
+    def apply_one(self, seq: int, event: Event) -> int:
+        """Fold one event (the hot path of a hub feeding its projection call by call)."""
+        with self._lock:
+            if seq <= self.last_seq:
+                return 0
+            records = self._load(set(targets(event)))
+            self._store(records, set(apply_event(records, seq, event, self.anomalies)), seq)
+            self.last_seq = seq
+            self.applied += 1
+            return 1
+
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:
         """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
@@ -151,7 +163,7 @@ class Projection(ABC):
             rec = self._load({msg_id}).get(msg_id)
             if rec is None or is_tombstone(rec):
                 raise KeyError(self._missing_reason(msg_id, rec))
-            return {k: clone(v) for k, v in rec.items() if not k.startswith("_")}
+            return {k: clone(v) if v.__class__ in _CONTAINERS else v for k, v in rec.items() if k[0] != "_"}
 
     def peek(self, msg_id: str) -> dict[str, Any] | None:
         """The stored record of ``msg_id`` itself, not a copy (None if absent or dropped); never mutate it."""

@@ -31,6 +31,10 @@ class NoProjection(Projection):
             self.applied += len(fresh)
         return len(fresh)
 
+    def apply_one(self, seq: int, event: Event) -> int:
+        """Count the event and forget it."""
+        return self.apply([(seq, event)])
+
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Skip the snapshot's records; only its position counts."""
         self.last_seq = last_seq

@@ -457,11 +457,15 @@ def parse_keys(keys: Any) -> list[str] | None:
 def clone(value: Any) -> Any:
     """A deep copy of dicts and lists (the immutable leaves are shared): faster than copy.deepcopy."""
     cls = value.__class__
+    # Scalars are tested inline: a call per leaf was most of the cost of copying a record.
     if cls is dict:
-        return {k: clone(v) for k, v in value.items()}
+        return {k: clone(v) if v.__class__ in _CONTAINERS else v for k, v in value.items()}
     if cls is list:
-        return [clone(v) for v in value]
+        return [clone(v) if v.__class__ in _CONTAINERS else v for v in value]
     return value
+
+
+_CONTAINERS = frozenset({dict, list})
 
 
 def msg_id_lookup(node: Logical) -> list[str] | None:

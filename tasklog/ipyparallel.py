@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +26,8 @@ from ipyparallel.controller.dictdb import BaseDB
 from traitlets import Enum, Float, Unicode
 
 import projections
-from projections import snapshot
+from projections import Projection, snapshot
+from projections.buffered import WriteBehind
 
 from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
 from .log import DURABILITY, TaskLog
@@ -37,6 +38,7 @@ __all__ = ["TaskLogDB", "record_events"]
 _SUBMIT_KEYS = ("header", "content", "metadata", "buffers", "client_uuid", "queue", "submitted", "label")
 _RESULT_KEYS = ("result_header", "result_content", "result_metadata", "result_buffers",
                 "started", "completed", "received", "engine_uuid")
+_RESULT_SET = frozenset(_RESULT_KEYS)
 _STREAMS = ("stdout", "stderr")
 _OUTPUTS = ("error", "execute_input", "execute_result", "display_data")
 _DEFAULT_EMPTY: tuple[Any, ...] = (None, "")
@@ -135,10 +137,12 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         self.tasklog = TaskLog.open(path, self.durability, commit_interval=self.commit_interval)
         spec = f"sqlite:///{os.path.join(path, 'projection.db')}" if self.projection == "sqlite" else self.projection
         try:
-            self.records = projections.open(spec, log=self.tasklog)
+            self._proj = projections.open(spec, log=self.tasklog)
         except BaseException:
             self.tasklog.close()
             raise
+        # SQLite and MongoDB would pay a transaction or a round trip per Hub call: write behind.
+        self.records: Projection | WriteBehind = WriteBehind(self._proj) if self._proj.persistent else self._proj
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
         atexit.register(self.close)
         self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
@@ -146,15 +150,27 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     # -- writes ------------------------------------------------------------------
 
-    def _append(self, events: Iterable[Event]) -> None:
-        checked = [validate(e) for e in events]
-        if not checked:
-            return
-        seqs = [self.tasklog.append(checked[0])] if len(checked) == 1 else self.tasklog.append_many(checked)
-        proj = self.records
-        if seqs[0] > proj.last_seq + 1:  # another process appended (sync/process logs can be shared)
-            snapshot.catch_up(proj, self.tasklog, stop=seqs[0] - 1)
-        proj.apply(list(zip(map(int, seqs), checked)))
+    def _append(self, events: list[Event]) -> None:
+        if len(events) == 1:
+            self._append_one(events[0])
+        elif events:
+            checked = [validate(e) for e in events]  # all-or-nothing: validate before the first is written
+            seqs = self.tasklog.append_many(checked)
+            self._catch_up_to(seqs[0])
+            self.records.apply(list(zip(map(int, seqs), checked)))
+
+    def _append_one(self, event: Event) -> None:
+        seq, checked = self.tasklog.append_event(event)
+        if seq != self.records.last_seq + 1:
+            self._catch_up_to(seq)
+        self.records.apply_one(seq, checked)
+
+    def _catch_up_to(self, seq: int) -> None:
+        # Another process appended in between (only sync/process logs can be shared): fold its events first.
+        if seq > self.records.last_seq + 1:
+            if isinstance(self.records, WriteBehind):
+                self.records.flush()
+            snapshot.catch_up(self._proj, self.tasklog, stop=seq - 1)
 
     def _submitted_of(self, msg_id: str) -> datetime:
         rec = self.records.peek(msg_id)
@@ -167,8 +183,20 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     def update_record(self, msg_id: str, rec: dict[str, Any]) -> None:
         """Record what changed in a task: start, output, complete, resubmit or other fields."""
-        if len(rec) == 1 and "engine_uuid" in rec:  # the scheduler's destination: no read needed
-            self._append([Start(msg_id, rec["engine_uuid"], None)])
+        # The Hub's three common updates go straight to their event; anything else is diffed.
+        if len(rec) == 1:
+            if "engine_uuid" in rec:  # the scheduler reported the destination
+                self._append_one(Start(msg_id, rec["engine_uuid"], None))
+                return
+            for name in _STREAMS:
+                text = rec.get(name)
+                current = self.records.peek(msg_id) if text is not None else None
+                if current is not None and text.__class__ is str and text.startswith(current[name]):
+                    if len(text) > len(current[name]):
+                        self._append_one(Output(msg_id, name, text[len(current[name]):], None))
+                    return
+        elif rec.get("result_header") is not None and _RESULT_SET.issuperset(rec):
+            self._append_one(_complete(msg_id, dict(rec)))
             return
         self._append(record_events(msg_id, rec, self.records.peek(msg_id), self._submitted_of))
 

@@ -460,8 +460,15 @@ class TaskLog:
             return self._enqueue([(payload, _key(k), ev) for (payload, _, ev), k in zip(items, keys)])
         return self._enqueue(items)
 
-    def _one(self, event: Event, key: str | None) -> int:
+    def append_event(self, event: Event) -> tuple[int, Event]:
+        """Append one event; return its sequence number and the validated event a fold must see."""
         ev = validate(event)
+        return self._one_checked(ev, None), ev
+
+    def _one(self, event: Event, key: str | None) -> int:
+        return self._one_checked(validate(event), key)
+
+    def _one_checked(self, ev: Event, key: str | None) -> int:
         payload = codec.encode(ev)
         if key is None and self._mode.background:
             receipt = self._enqueue_async_one(payload, ev)
