@@ -14,14 +14,17 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent / "tests"))  # the test MongoDB server helper
 
 PROFILE = os.environ.get("TASKLOG_BENCH_PROFILE", "quick")
 SIZES: dict[str, dict[str, list[int]]] = {
     # events per run, by scenario family; "quick" stays under 5 minutes on 2 cores
     "quick": {"events": [10_000, 100_000], "one_sync": [1_000], "replay": [100_000], "records": [100_000],
-              "mongo_events": [5_000], "baseline_tasks": [5_000]},
+              "mongo_events": [5_000], "baseline_tasks": [1_000, 5_000], "mongo_tasks": [500],
+              "live_events": [10_000], "memory_events": [1_000_000]},
     "full": {"events": [10_000, 100_000, 1_000_000], "one_sync": [2_000], "replay": [1_000_000],
-             "records": [100_000, 1_000_000], "mongo_events": [100_000], "baseline_tasks": [20_000]},
+             "records": [100_000, 1_000_000], "mongo_events": [100_000], "baseline_tasks": [5_000, 20_000],
+             "mongo_tasks": [1_000], "live_events": [100_000], "memory_events": [1_000_000]},
 }[PROFILE]
 
 
@@ -51,3 +54,16 @@ def record(benchmark: Any, events: int, durability: str, group: str, **extra: An
     """Attach what the summary needs to turn seconds into events/s and ratios."""
     benchmark.group = group
     benchmark.extra_info.update({"events": events, "durability": durability, **extra})
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TASKLOG_TEST_MONGO_URI, or SecantusDB started on a random loopback port (as in tests/)."""
+    from mongo_server import start_server
+
+    uri = os.environ.get("TASKLOG_TEST_MONGO_URI")
+    if uri:
+        yield uri.rstrip("/")
+        return
+    with start_server(tmp_path_factory.mktemp("secantus")) as uri:
+        yield uri

@@ -23,6 +23,7 @@ pytest.importorskip("ipyparallel")
 
 from ipyparallel.controller.dictdb import DictDB
 from ipyparallel.controller.hub import init_record
+from ipyparallel.controller.mongodb import MongoDB
 from ipyparallel.controller.sqlitedb import SQLiteDB
 
 from tasklog.ipyparallel import TaskLogDB
@@ -60,14 +61,23 @@ def lifecycle(db: Any, msgs: list[dict[str, Any]], chunks: int) -> None:
         db.update_record(mid, dict(result))
 
 
-STORES: dict[str, Callable[[str], Any]] = {
-    "DictDB": lambda tmp: _dictdb(),
-    "SQLiteDB": lambda tmp: SQLiteDB(location=tmp, filename="t.db", log=_QUIET),
-    "TaskLogDB-dict": lambda tmp: TaskLogDB(location=tmp, projection="dict", log=_QUIET),
-    "TaskLogDB-sqlite": lambda tmp: TaskLogDB(location=tmp, projection="sqlite", log=_QUIET),
+def _db_name() -> str:
+    return f"bench{uuid.uuid4().hex[:10]}"
+
+
+STORES: dict[str, Callable[[str, str], Any]] = {
+    "DictDB": lambda tmp, mongo: _dictdb(),
+    "SQLiteDB": lambda tmp, mongo: SQLiteDB(location=tmp, filename="t.db", log=_QUIET),
+    "MongoDB": lambda tmp, mongo: MongoDB(connection_args=[mongo], database=_db_name(), log=_QUIET),
+    "TaskLogDB-dict": lambda tmp, mongo: TaskLogDB(location=tmp, projection="dict", log=_QUIET),
+    "TaskLogDB-sqlite": lambda tmp, mongo: TaskLogDB(location=tmp, projection="sqlite", log=_QUIET),
+    "TaskLogDB-mongo": lambda tmp, mongo: TaskLogDB(location=tmp, projection=f"{mongo}/{_db_name()}", log=_QUIET),
 }
+_ASYNC = "async log: synced every 5 ms"
 DURABILITY = {"DictDB": "none (memory only)", "SQLiteDB": "commits every 2 s (a crash loses up to 2 s)",
-              "TaskLogDB-dict": "async log: synced every 5 ms", "TaskLogDB-sqlite": "async log: synced every 5 ms"}
+              "MongoDB": "per call (one round trip each)", "TaskLogDB-dict": _ASYNC, "TaskLogDB-sqlite": _ASYNC,
+              "TaskLogDB-mongo": _ASYNC}
+BASELINE = {"TaskLogDB-dict": "DictDB", "TaskLogDB-sqlite": "SQLiteDB", "TaskLogDB-mongo": "MongoDB"}
 
 
 def _dictdb() -> DictDB:
@@ -90,28 +100,38 @@ def tmpdirs() -> Iterator[Callable[[], str]]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _run(store: str, tmp: str, msgs: list[dict[str, Any]], chunks: int) -> None:
-    db = STORES[store](tmp)
+def _run(store: str, tmp: str, mongo: str, msgs: list[dict[str, Any]], chunks: int) -> None:
+    db = STORES[store](tmp, mongo)
     lifecycle(db, msgs, chunks)
     db.close()  # TaskLogDB: commits what is queued, so the figure includes durability
 
 
-@pytest.mark.parametrize("store", sorted(STORES))
-@pytest.mark.parametrize("n", sizes("baseline_tasks"))
-def test_hub_db(benchmark: Any, tmpdirs: Callable[[], str], store: str, n: int) -> None:
+def _sizes(store: str) -> list[int]:
+    return sizes("mongo_tasks") if "ongo" in store else sizes("baseline_tasks")
+
+
+HUB_CASES = [(store, n) for store in sorted(STORES) for n in _sizes(store)]
+
+
+@pytest.mark.parametrize(("store", "n"), HUB_CASES, ids=[f"{s}-{n}" for s, n in HUB_CASES])
+def test_hub_db(benchmark: Any, tmpdirs: Callable[[], str], request: pytest.FixtureRequest,
+                store: str, n: int) -> None:
+    mongo = request.getfixturevalue("mongo_uri") if "ongo" in store else ""
     msgs = _messages(n)
-    baseline = None if store in ("DictDB", "SQLiteDB") else "hub_db_DictDB"
+    base = BASELINE.get(store)
     record(benchmark, n, DURABILITY[store], "ipyparallel hub pattern", role=f"hub_db_{store}", unit="tasks",
-           baseline=baseline, also="hub_db_SQLiteDB" if baseline else None)
-    benchmark.pedantic(_run, setup=lambda: ((store, tmpdirs(), msgs, 1), {}), rounds=ROUNDS)
+           baseline=f"hub_db_{base}" if base else None, also=["hub_db_DictDB", "hub_db_SQLiteDB"] if base else None,
+           scenario="ipyparallel hub pattern (tasks/s)", series=store)
+    benchmark.pedantic(_run, setup=lambda: ((store, tmpdirs(), mongo, msgs, 1), {}), rounds=ROUNDS)
 
 
-@pytest.mark.parametrize("store", ["DictDB", "TaskLogDB-dict"])
+@pytest.mark.parametrize("store", ["DictDB", "SQLiteDB", "TaskLogDB-dict", "TaskLogDB-sqlite"])
 @pytest.mark.parametrize("chunks", [0, 10, 100])
 def test_output_heavy(benchmark: Any, tmpdirs: Callable[[], str], store: str, chunks: int) -> None:
-    n = max(200, sizes("baseline_tasks")[0] // (1 + chunks // 4))
+    n = max(100, sizes("baseline_tasks")[-1] // (1 + chunks // 2))
     msgs = [dict(m, buffers=[os.urandom(1024)]) for m in _messages(n)]
-    baseline = None if store == "DictDB" else f"chunks_{chunks}_DictDB"
+    base = BASELINE.get(store)
     record(benchmark, n, DURABILITY[store], "output-heavy tasks", role=f"chunks_{chunks}_{store}", unit="tasks",
-           baseline=baseline, chunks=chunks)
-    benchmark.pedantic(_run, setup=lambda: ((store, tmpdirs(), msgs, chunks), {}), rounds=ROUNDS)
+           baseline=f"chunks_{chunks}_{base}" if base else None, chunks=chunks,
+           scenario="stdout chunks per task", series=store)
+    benchmark.pedantic(_run, setup=lambda: ((store, tmpdirs(), "", msgs, chunks), {}), rounds=ROUNDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -98,8 +99,41 @@ def _hub(path: str, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], in
 @pytest.mark.parametrize("n", sizes("events"))
 def test_hub_pattern_async(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
     calls = hub_calls(n)
-    record(benchmark, len(calls), "async (5 ms commit interval, flushed at the end)", "hub", role="hub_pattern")
+    record(benchmark, len(calls), "async (5 ms commit interval, flushed at the end)", "hub",
+           role="hub_pattern",
+           scenario="hub pattern, async (events/s)", series="no projection")
     benchmark.pedantic(_hub, setup=lambda: ((fresh_dir(), calls, 0.005), {}), rounds=ROUNDS)
+
+
+def _hub_live(path: str, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], spec: str) -> None:
+    from projections.live import attach
+
+    with TaskLog.open(path, "async", commit_interval=0.005) as log:
+        proj = attach(log, spec)
+        methods = {name: getattr(log, name) for name in ("submit", "start", "output", "complete", "resubmit")}
+        for name, args, kwargs in calls:
+            methods[name](*args, **kwargs)
+        log.flush()  # the last commit's listener has applied it when flush returns
+        assert proj.last_seq == log.last_seq
+        proj.close()
+
+
+@pytest.mark.parametrize("kind", ["dict", "sqlite", "mongo"])
+@pytest.mark.parametrize("n", sizes("live_events"))
+def test_hub_pattern_live(benchmark: Any, fresh_dir: Callable[[], str], request: pytest.FixtureRequest,
+                          kind: str, n: int) -> None:
+    """Scenario 6: the hub pattern with a projection applied on every commit."""
+    calls = hub_calls(n)
+    mongo = request.getfixturevalue("mongo_uri") if kind == "mongo" else ""
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        path = fresh_dir()
+        spec = {"dict": "dict", "sqlite": f"sqlite:///{path}.db", "mongo": f"{mongo}/live{uuid.uuid4().hex[:10]}"}
+        return (path, calls, spec[kind]), {}
+    record(benchmark, len(calls), "async (5 ms commit interval) + live projection", "hub live",
+           role=f"hub_live_{kind}", baseline="hub_pattern",
+           scenario="hub pattern with a live projection (events/s)", series=kind)
+    benchmark.pedantic(_hub_live, setup=setup, rounds=ROUNDS)
 
 
 def _threads(path: str, per_thread: int, threads: int) -> None:

@@ -99,13 +99,13 @@ class MongoProjection(Projection):
         self._guard(write)
 
     def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
-        filt = {"$and": [_LIVE, translate(node)]}
+        filt = _live_filter(node)
         proj = _HIDE if keys is None else {"_id": 0, **{k: 1 for k in keys}}
         found: list[dict[str, Any]] = self._guard(lambda: list(self._records.find(filt, proj)))
         return found
 
     def _count(self, node: Logical) -> int:
-        n: int = self._guard(self._records.count_documents, {"$and": [_LIVE, translate(node)]})
+        n: int = self._guard(self._records.count_documents, _live_filter(node))
         return n
 
     def _history(self) -> list[str]:
@@ -149,6 +149,39 @@ def _cond(c: Cond) -> dict[str, Any]:
     if c.op in ("$regex", "$glob"):
         return {c.path: {"$regex": _operand(c.op, c.arg)}}
     return {c.path: {c.op: _operand(c.op, c.arg)}}
+
+
+def _live_filter(node: Logical) -> dict[str, Any]:
+    """The filter of ``node`` over live records, as one flat document when the keys allow."""
+    # A top-level $and wrapping the query kept SecantusDB from its indexes (a msg_id $in of 100
+    # ids: 0.5 s instead of 15 ms); a flat document is what every server plans best.
+    # SecantusDB 0.7 answers a regex inside $in wrongly through an index (no match at all), so
+    # those queries keep the wrapped form, which it scans.
+    if any(isinstance(c, Cond) and c.op in ("$in", "$nin", "$all") and any(isinstance(a, re.Pattern) for a in c.arg)
+           for c in node.children):
+        return {"$and": [_LIVE, translate(node)]}
+    flat: dict[str, Any] = dict(_LIVE)
+    for part in _conjuncts(translate(node)):
+        for key, value in part.items():
+            if key not in flat:
+                flat[key] = value
+            elif _mergeable(flat[key], value):  # {"$gte": a} and {"$lt": b} on one field: a range
+                flat[key] = {**flat[key], **value}
+            else:
+                return {"$and": [_LIVE, translate(node)]}
+    return flat
+
+
+def _conjuncts(filt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The documents a filter is the conjunction of (nested $and lists opened up)."""
+    if set(filt) == {"$and"}:
+        return [part for sub in filt["$and"] for part in _conjuncts(sub)]
+    return [filt]
+
+
+def _mergeable(a: Any, b: Any) -> bool:
+    return (isinstance(a, dict) and isinstance(b, dict) and all(k.startswith("$") for k in (*a, *b))
+            and not set(a) & set(b) and "$not" not in a and "$not" not in b)
 
 
 def translate(node: Node) -> dict[str, Any]:
