@@ -1,9 +1,10 @@
-"""Turn pytest-benchmark JSON into events/s and the ratios the issues ask for."""
+"""Turn pytest-benchmark JSON into rates, the ratios the issues ask for, and charts."""
 
 from __future__ import annotations
 
 import json
 import platform
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,71 @@ def machine(data: dict[str, Any]) -> str:
             f"{info.get('system', '')} {info.get('release', '')}")
 
 
+def _ratios(benches: list[dict[str, Any]], b: dict[str, Any]) -> list[str]:
+    info = b["extra_info"]
+    roles = [info.get("baseline"), *(info.get("also") or [])]
+    out = []
+    for role in dict.fromkeys(r for r in roles if r):
+        base = _find(benches, role, info.get("baseline_events", info["events"]))
+        if base is not None and base is not b:
+            label = base["extra_info"].get("series") or base["name"]
+            out.append(f"{_rate(b) / _rate(base):.2f}x {label}")
+    return out
+
+
+def _figure(b: dict[str, Any]) -> str:
+    info = b["extra_info"]
+    if "peak_rss_mb" in info:
+        return f"peak RSS {info['peak_rss_mb']} MB (limit {info['limit_mb']} MB)"
+    return f"{_rate(b):,.0f} {info.get('unit', 'events')}/s"
+
+
 def summarize(path: Path) -> str:
-    """A markdown table: each figure, its durability, and its ratio to the baseline it answers to."""
+    """A markdown table: each figure, its durability, and its ratios to the baselines it answers to."""
     data = json.loads(path.read_text())
     benches = data["benchmarks"]
-    rows = ["| benchmark | events | events/s | durability | ratio | against |", "|---|---|---|---|---|---|"]
+    rows = ["| benchmark | work | figure | durability | ratio |", "|---|---|---|---|---|"]
     for b in sorted(benches, key=lambda b: (b["group"] or "", b["name"])):
         info = b["extra_info"]
-        base_role = info.get("baseline")
-        ratio, against = "", ""
-        if base_role:
-            base = _find(benches, base_role, info.get("baseline_events", info["events"]))
-            if base is not None:
-                unit = info.get("unit_per_event", 1.0) / base["extra_info"].get("unit_per_event", 1.0)
-                ratio = f"{_rate(b) / _rate(base) / unit:.2f}x"
-                against = f"{base['name']}"
-        rows.append(f"| {b['name']} | {info['events']:,} | {_rate(b):,.0f} | {info.get('durability', '')} "
-                    f"| {ratio} | {against} |")
+        hits = f" ({info['hits']:,} hits)" if "hits" in info else ""
+        rows.append(f"| {b['name']} | {info['events']:,} {info.get('unit', 'events')}{hits} | {_figure(b)} "
+                    f"| {info.get('durability', '')} | {'; '.join(_ratios(benches, b))} |")
     return f"Machine: {machine(data)}\n\n" + "\n".join(rows)
+
+
+def charts(path: Path, out_dir: Path) -> list[Path]:
+    """One PNG per scenario: throughput against work size (or stdout chunks), a line per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    scenarios: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if "scenario" in info:
+            x = info["chunks"] if "chunks" in info else info["events"]
+            scenarios[info["scenario"]][info["series"]].append((x, _rate(b)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for scenario, series in sorted(scenarios.items()):
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for name, points in sorted(series.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=name)
+        chunks = "chunks" in scenario
+        ax.set_xlabel("stdout chunks per task" if chunks else "work size")
+        ax.set_ylabel(scenario.split("(")[-1].rstrip(")") if "(" in scenario else "per second")
+        if not chunks:
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(scenario)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        target = out_dir / (scenario.split(" (")[0].replace(" ", "-").replace(",", "") + ".png")
+        fig.savefig(target, dpi=90)
+        plt.close(fig)
+        made.append(target)
+    return made

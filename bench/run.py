@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from report import summarize  # noqa: E402
+from report import charts, summarize  # noqa: E402
 
 
 def main() -> int:
@@ -36,6 +36,8 @@ def main() -> int:
         table = summarize(out)
         print(table)
         (HERE / "results" / f"latest-{args.profile}.md").write_text(table + "\n")
+        for png in charts(out, HERE / "charts" / args.profile):
+            print(f"chart: {png.relative_to(HERE.parent)}")
     return code
 
 

@@ -42,7 +42,8 @@ def workload(n: int) -> list[Any]:
 @pytest.mark.parametrize("n", sizes("events"))
 def test_ceiling_batched(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
     evs = workload(n)
-    record(benchmark, n, "sync", "write", role="ceiling", batch=1000)
+    record(benchmark, n, "sync", "write", role="ceiling", batch=1000, scenario="append throughput (events/s)",
+           series="raw LMDB ceiling")
     benchmark.pedantic(_raw_lmdb, setup=lambda: ((fresh_dir(), evs, 1000), {}), rounds=ROUNDS)
 
 
@@ -65,7 +66,7 @@ def _append_many(path: str, evs: list[Any], durability: str) -> None:
 def test_append_many(benchmark: Any, fresh_dir: Callable[[], str], n: int, durability: str) -> None:
     evs = workload(n)
     record(benchmark, len(evs), durability, "write", role=f"append_many_{durability}", batch=1000,
-           baseline="ceiling")
+           baseline="ceiling", scenario="append throughput (events/s)", series=f"append_many {durability}")
     benchmark.pedantic(_append_many, setup=lambda: ((fresh_dir(), evs, durability), {}), rounds=ROUNDS)
 
 

@@ -44,7 +44,8 @@ def test_apply(benchmark: Any, kind: str, n: int) -> None:
             if os.path.exists(db + suffix):
                 os.remove(db + suffix)
         return ((kind if kind == "dict" else f"sqlite:///{db}", evs), {})
-    record(benchmark, n, "n/a (projection)", "projection", role=f"apply_{kind}")
+    record(benchmark, n, "n/a (projection)", "projection", role=f"apply_{kind}", scenario="apply (events/s)",
+           series=kind)
     benchmark.pedantic(_apply, setup=setup, rounds=ROUNDS)
     shutil.rmtree(tmp, ignore_errors=True)
 
