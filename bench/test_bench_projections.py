@@ -173,10 +173,11 @@ def _queries(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[str] 
         "label_glob": ({"label": {"$glob": "job-4*"}}, ["msg_id", "label"]),
         "engines": ({"engine_uuid": {"$in": ["engine-1", "engine-2"]}}, ["msg_id", "started"]),
         "label_1pct": ({"label": "job-42"}, None),
+        "label_1pct_keys": ({"label": "job-42"}, ["msg_id", "started"]),
     }
 
 
-QNAMES = ["msg_ids", "incomplete", "submitted_range", "label_glob", "engines", "label_1pct"]
+QNAMES = ["msg_ids", "incomplete", "submitted_range", "label_glob", "engines", "label_1pct", "label_1pct_keys"]
 BASE_OF = {"dict": "DictDB", "sqlite": "SQLiteDB", "mongo": "MongoDB"}
 
 

@@ -18,7 +18,7 @@ import msgpack
 
 from tasklog.errors import ProjectionError
 
-from .base import Projection, Records
+from .base import Projection, Records, gc_paused
 from .fold import is_tombstone
 from .query import Cond, Logical, Node, compile_predicate
 
@@ -155,14 +155,31 @@ class SQLiteProjection(Projection):
 
     def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
         where, params, exact = self._where(node)
+        if exact and keys is not None and all(k in COLUMNS or k == "msg_id" for k in keys):
+            return self._find_columns(where, params, keys)
         rows = self._db.execute(f"SELECT doc FROM records WHERE {where}", params)
-        docs = [_unpack(blob) for (blob,) in rows]
+        with gc_paused():  # thousands of fresh, acyclic dicts: nothing for the collector to find
+            docs = [_unpack(blob) for (blob,) in rows]
         if not exact:
             match = compile_predicate(node)
             docs = [d for d in docs if match(d)]
         if keys is None:
             return [{k: v for k, v in d.items() if k[0] != "_"} for d in docs]
         return [{k: d[k] for k in keys if k in d} for d in docs]
+
+    def _find_columns(self, where: str, params: list[Any], keys: list[str]) -> list[dict[str, Any]]:
+        # Every selected field has its own column and no row is irregular: the columns hold the
+        # values exactly (datetimes as milliseconds), so no document is unpacked (8 µs each).
+        cols = [k for k in keys if k != "msg_id"]
+        rows = self._db.execute(f"SELECT {', '.join(['msg_id', *cols])} FROM records WHERE {where}", params)
+        times = [COLUMNS[c] is datetime for c in cols]
+        out = []
+        for msg_id, *values in rows:
+            rec = {"msg_id": msg_id}
+            for name, is_time, v in zip(cols, times, values):
+                rec[name] = _EPOCH + _ms_unit * v if is_time and v is not None else v
+            out.append(rec)
+        return out
 
     def _count(self, node: Logical) -> int:
         where, params, exact = self._where(node)
