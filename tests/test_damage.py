@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 import zlib
 from pathlib import Path
 
@@ -96,3 +98,44 @@ def test_out_of_space_fails_that_append_and_keeps_the_rest(log_dir: str, mode: s
     with TaskLog.open(log_dir, readonly=True) as log:
         assert log.last_seq == len(acked) + 1
     assert run_cli("verify", "--log", log_dir).returncode == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs mounted for the test (needs mount rights: root in a container, as on CI)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the max_map_size test covers the "
+                    "same failure path")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_full_disk_fails_that_append_and_keeps_the_rest(small_fs: Path, mode: str) -> None:
+    from tasklog import StorageFullError
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * (1 << 20))  # taken back later: "space returns"
+    path = str(small_fs / "log")
+    with TaskLog.open(path, mode, map_size=1 << 20) as log:
+        acked = []
+        with pytest.raises(StorageFullError, match="No space left on device"):  # the real ENOSPC
+            for i in range(20_000):
+                seq = log.output(f"t{i}", "stdout", text="x" * 500)
+                if mode == "async":
+                    seq.wait()  # type: ignore[attr-defined]
+                acked.append(int(seq))
+        assert acked and acked == list(range(1, len(acked) + 1))
+        assert [s for s, _ in log.read()] == acked
+        filler.unlink()
+        after = log.output("after", "stdout", text="ok")
+        log.flush()
+        assert int(after) == len(acked) + 1
+    with TaskLog.open(path, readonly=True) as log:
+        assert log.last_seq == len(acked) + 1
+    assert run_cli("verify", "--log", path).returncode == 0
