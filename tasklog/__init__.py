@@ -6,6 +6,7 @@ from .codec import SCHEMA_VERSION
 from .errors import (
     CommitError,
     CorruptEventError,
+    CorruptSnapshotError,
     EncodeError,
     EventError,
     InterfaceError,
@@ -59,6 +60,7 @@ __all__ = [
     "NotATaskLogError",
     "SchemaVersionError",
     "CorruptEventError",
+    "CorruptSnapshotError",
     "LogBusyError",
     "StorageFullError",
     "CommitError",

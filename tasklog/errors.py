@@ -16,6 +16,7 @@ __all__ = [
     "NotATaskLogError",
     "SchemaVersionError",
     "CorruptEventError",
+    "CorruptSnapshotError",
     "LogBusyError",
     "StorageFullError",
     "CommitError",
@@ -78,6 +79,12 @@ class CorruptEventError(StorageError):
     def __init__(self, seq: int, problem: str) -> None:
         self.seq = seq
         super().__init__(f"event {seq} is corrupt: {problem}")
+
+
+class CorruptSnapshotError(StorageError):
+    """A snapshot file is truncated or fails its checksum."""
+
+    hint = "delete the file; replay falls back to an older snapshot or the log"
 
 
 class LogBusyError(StorageError):

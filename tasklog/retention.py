@@ -24,10 +24,10 @@ import lmdb
 import msgpack
 
 from . import codec
-from .errors import InterfaceError, LogBusyError, SchemaVersionError, StorageError
+from .errors import CorruptSnapshotError, InterfaceError, LogBusyError, SchemaVersionError
 from .log import _ENVS, _ENVS_LOCK, TaskLog
 
-__all__ = ["CorruptSnapshotError", "PruneReport", "SNAPSHOT_DIR", "list_snapshots", "write_snapshot",
+__all__ = ["PruneReport", "SNAPSHOT_DIR", "list_snapshots", "write_snapshot",
            "read_snapshot", "check_snapshot", "prune", "compact"]
 
 SNAPSHOT_DIR = "snapshots"
@@ -37,12 +37,6 @@ _CHUNK = 1 << 20
 # Events deleted per write transaction: each transaction also moves start_seq, so a prune killed
 # half-way leaves a smaller but consistent log, and no transaction dirties more pages than LMDB holds.
 _PRUNE_CHUNK = 20_000
-
-
-class CorruptSnapshotError(StorageError):
-    """A snapshot file is truncated or fails its checksum."""
-
-    hint = "delete the file; replay falls back to an older snapshot or the log"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest

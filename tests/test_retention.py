@@ -19,8 +19,7 @@ import projections
 from projections import snapshot
 from tasklog import TaskLog, inspect, retention
 from tasklog.demo import simulate
-from tasklog.errors import InterfaceError, LogBusyError, ProjectionError
-from tasklog.retention import CorruptSnapshotError
+from tasklog.errors import CorruptSnapshotError, InterfaceError, LogBusyError, ProjectionError
 
 
 def _records(p: projections.Projection) -> list[dict[str, Any]]:
