@@ -47,6 +47,7 @@ class DictProjection(Projection):
         self._culled: set[str] = set()
         self._index: dict[str, dict[str, set[str]]] = {f: {} for f in INDEXED}
         self._irregular: dict[str, set[str]] = {f: set() for f in INDEXED}
+        self._open: set[str] = set()  # records whose completed is None
         self._size = 0
         self.culled_count = 0
         self.buffers_dropped = 0
@@ -86,6 +87,13 @@ class DictProjection(Projection):
         self._cull()
 
     def _reindex(self, m: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        was_open = old is not None and old.get("completed") is None
+        now_open = new is not None and new.get("completed") is None
+        if was_open != now_open:
+            if now_open:
+                self._open.add(m)
+            else:
+                self._open.discard(m)
         for f in INDEXED:
             ov = old.get(f) if old is not None else None
             nv = new.get(f) if new is not None else None
@@ -102,15 +110,31 @@ class DictProjection(Projection):
 
     def _indexed_ids(self, node: Logical) -> set[str] | None:
         for c in node.children:
-            if not isinstance(c, Cond) or c.path not in self._index:
+            if not isinstance(c, Cond):
                 continue
-            values = [c.arg] if c.op == "$eq" else c.arg if c.op == "$in" else None
-            if values and all(v.__class__ is str for v in values):
+            if c.path == "completed" and c.op == "$eq" and c.arg is None:
+                return set(self._open)  # "incomplete tasks", the hub's most common question
+            if c.path not in self._index:
+                continue
+            values = self._index_keys(c)
+            if values is not None:
                 index = self._index[c.path]
                 ids = set(self._irregular[c.path])
                 for v in values:
                     ids |= index.get(v, set())
                 return ids
+        return None
+
+    def _index_keys(self, c: Cond) -> list[str] | None:
+        """The str values of an indexed field that can satisfy ``c`` (None: the index cannot say)."""
+        if c.op in ("$eq", "$in"):
+            values = [c.arg] if c.op == "$eq" else c.arg
+            return values if values and all(v.__class__ is str for v in values) else None
+        if c.op in ("$regex", "$glob"):
+            # A pattern never matches a missing or None value: test it once per distinct value
+            # instead of once per record (a $glob on label: 100 labels, not 100k records).
+            match = compile_predicate(Logical("$and", (c,)))
+            return [v for v in self._index[c.path] if match({c.path: v})]
         return None
 
     def _cull(self) -> None:

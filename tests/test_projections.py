@@ -341,3 +341,25 @@ def test_bad_specs_fail_fast(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(ProjectionError, match="not a usable SQLite"):
         projections.open(f"sqlite:///{garbage}")
+
+
+def test_dict_indexes_follow_every_change() -> None:
+    """The dict projection's indexes (incomplete tasks, label patterns) agree with a full scan at every step."""
+    from projections.query import compile_predicate
+    from tasklog.demo import simulate
+
+    raw = list(simulate(400, seed=9))
+    submitted = [e.msg_id for e in raw if isinstance(e, Submit)]
+    raw.insert(len(raw) // 2, Drop(submitted[:30]))  # purges, completed or not
+    raw.append(Annotate(submitted[40], {"completed": None, "label": "job-1x"}))
+    events = list(enumerate(raw, start=1))
+    p = projections.open("dict")
+    queries = [{"completed": None}, {"label": {"$glob": "job-1*"}}, {"label": {"$regex": "^job-[45]$"}},
+               {"completed": None, "label": {"$in": ["job-3", "job-30"]}}]
+    for i in range(0, len(events), 97):
+        p.apply(events[i:i + 97])
+        everything = p.find_records({})
+        for q in queries:
+            scan = compile_predicate(projections.parse(q))
+            assert _ids(p.find_records(q)) == _ids([r for r in everything if scan(r)]), q
+    assert submitted[40] in _ids(p.find_records({"completed": None, "label": {"$glob": "job-1?"}}))
