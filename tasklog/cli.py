@@ -157,7 +157,10 @@ def _before(log: TaskLog, value: str) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """Drop the events before SEQ or ISO_TIME that the newest snapshot covers."""
     with TaskLog.open(args.log) as log:
-        report = retention.prune(log, _before(log, args.before))
+        before = _before(log, args.before)
+        bar = Progress(max(min(before, log.last_seq) - log.start_seq, 0), "prune")
+        report = retention.prune(log, before, progress=bar.update)
+        bar.close()
         print(f"pruned {report.removed:,} events: the log now starts at event {report.start_seq} "
               f"(covered by snapshot {report.snapshot}; {report.snapshots_removed} older snapshot(s) removed)")
     if args.compact:

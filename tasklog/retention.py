@@ -16,7 +16,7 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ def read_snapshot(log: TaskLog, seq: int) -> tuple[dict[str, Any], Iterator[Any]
     return header, stream
 
 
-def prune(log: TaskLog, before: int) -> PruneReport:
+def prune(log: TaskLog, before: int, progress: Callable[[int], None] | None = None) -> PruneReport:
     """Remove the events before ``before`` that the newest snapshot covers; never the last event.
 
     Only a snapshot taken before ``before`` counts: pruning up to a snapshot at S keeps every
@@ -182,7 +182,7 @@ def prune(log: TaskLog, before: int) -> PruneReport:
     # The newest event stays: the next sequence number is read from the last key.
     limit = min(base + 1, last)
     bytes_before = log.disk_bytes()
-    removed = _delete_front(log, start, limit)
+    removed = _delete_front(log, start, limit, progress)
     dropped = 0
     for old in list_snapshots(log):
         if old < base:
@@ -191,7 +191,7 @@ def prune(log: TaskLog, before: int) -> PruneReport:
     return PruneReport(removed, log.start_seq, base, dropped, bytes_before, log.disk_bytes())
 
 
-def _delete_front(log: TaskLog, start: int, limit: int) -> int:
+def _delete_front(log: TaskLog, start: int, limit: int, progress: Callable[[int], None] | None) -> int:
     removed = 0
     nxt = start
     while nxt < limit:
@@ -206,8 +206,11 @@ def _delete_front(log: TaskLog, start: int, limit: int) -> int:
                     n += 1
             txn.put(b"start_seq", str(hi).encode(), db=log._meta)
             return n
-        removed += log._write(body)
+        done = log._write(body)
+        removed += done
         nxt = upto
+        if progress is not None:
+            progress(done)
     return removed
 
 
