@@ -14,6 +14,7 @@ from typing import Any
 from .base import Projection, Records
 from .fold import is_tombstone
 from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup
+from .sortedindex import SortedIndex
 
 __all__ = ["DictProjection"]
 
@@ -48,6 +49,7 @@ class DictProjection(Projection):
         self._index: dict[str, dict[str, set[str]]] = {f: {} for f in INDEXED}
         self._irregular: dict[str, set[str]] = {f: set() for f in INDEXED}
         self._open: set[str] = set()  # records whose completed is None
+        self._submitted = SortedIndex("submitted")
         self._size = 0
         self.culled_count = 0
         self.buffers_dropped = 0
@@ -94,6 +96,8 @@ class DictProjection(Projection):
                 self._open.add(m)
             else:
                 self._open.discard(m)
+        self._submitted.update(m, old.get("submitted") if old is not None else None,
+                               new.get("submitted") if new is not None else None)
         for f in INDEXED:
             ov = old.get(f) if old is not None else None
             nv = new.get(f) if new is not None else None
@@ -123,7 +127,7 @@ class DictProjection(Projection):
                 for v in values:
                     ids |= index.get(v, set())
                 return ids
-        return None
+        return self._submitted.candidates(node)
 
     def _index_keys(self, c: Cond) -> list[str] | None:
         """The str values of an indexed field that can satisfy ``c`` (None: the index cannot say)."""

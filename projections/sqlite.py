@@ -19,7 +19,7 @@ import msgpack
 from tasklog.errors import ProjectionError
 
 from .base import Projection, Records, gc_paused
-from .fold import is_tombstone
+from .fold import HIDDEN, is_tombstone
 from .query import Cond, Logical, Node, compile_predicate
 
 __all__ = ["SQLiteProjection", "COLUMNS"]
@@ -164,7 +164,10 @@ class SQLiteProjection(Projection):
             match = compile_predicate(node)
             docs = [d for d in docs if match(d)]
         if keys is None:
-            return [{k: v for k, v in d.items() if k[0] != "_"} for d in docs]
+            for d in docs:  # fresh from msgpack: drop the hidden keys in place rather than copy
+                for hidden in HIDDEN:
+                    d.pop(hidden, None)
+            return docs
         return [{k: d[k] for k in keys if k in d} for d in docs]
 
     def _find_columns(self, where: str, params: list[Any], keys: list[str]) -> list[dict[str, Any]]:

@@ -352,10 +352,15 @@ def test_dict_indexes_follow_every_change() -> None:
     submitted = [e.msg_id for e in raw if isinstance(e, Submit)]
     raw.insert(len(raw) // 2, Drop(submitted[:30]))  # purges, completed or not
     raw.append(Annotate(submitted[40], {"completed": None, "label": "job-1x"}))
+    raw.append(Annotate(submitted[41], {"submitted": "not a time"}))  # irregular: still a candidate
     events = list(enumerate(raw, start=1))
     p = projections.open("dict")
+    t0 = min(e.submitted for e in raw if isinstance(e, Submit))
     queries = [{"completed": None}, {"label": {"$glob": "job-1*"}}, {"label": {"$regex": "^job-[45]$"}},
-               {"completed": None, "label": {"$in": ["job-3", "job-30"]}}]
+               {"completed": None, "label": {"$in": ["job-3", "job-30"]}},
+               {"submitted": {"$gte": ms(t0) + timedelta(milliseconds=10), "$lt": ms(t0) + timedelta(milliseconds=20)}},
+               {"submitted": {"$gt": ms(t0) + timedelta(milliseconds=40)}},
+               {"submitted": {"$lte": (ms(t0) + timedelta(milliseconds=5)).astimezone(IST)}}]
     for i in range(0, len(events), 97):
         p.apply(events[i:i + 97])
         everything = p.find_records({})
@@ -363,3 +368,18 @@ def test_dict_indexes_follow_every_change() -> None:
             scan = compile_predicate(projections.parse(q))
             assert _ids(p.find_records(q)) == _ids([r for r in everything if scan(r)]), q
     assert submitted[40] in _ids(p.find_records({"completed": None, "label": {"$glob": "job-1?"}}))
+
+
+def test_sorted_index_narrows_ranges() -> None:
+    from projections.sortedindex import SortedIndex
+
+    idx = SortedIndex("submitted")
+    ids = [f"t{i}" for i in range(10)]
+    for i, m in enumerate(ids):
+        idx.update(m, None, _t(i))
+    idx.update("t9", _t(9), _t(0.5))  # moved
+    idx.update("odd", None, "yesterday")  # irregular: always a candidate
+    assert idx.candidates(projections.parse({"submitted": {"$gte": _t(2), "$lt": _t(5)}})) == {"t2", "t3", "t4", "odd"}
+    assert idx.candidates(projections.parse({"submitted": {"$gt": _t(7)}})) == {"t8", "odd"}
+    assert idx.candidates(projections.parse({"submitted": {"$lte": _t(0.5).astimezone(IST)}})) == {"t0", "t9", "odd"}
+    assert idx.candidates(projections.parse({"label": "x"})) is None
