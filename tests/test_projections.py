@@ -376,8 +376,8 @@ def test_sorted_index_narrows_ranges() -> None:
     idx = SortedIndex("submitted")
     ids = [f"t{i}" for i in range(10)]
     for i, m in enumerate(ids):
-        idx.update(m, None, _t(i))
-    idx.update("t9", _t(9), _t(0.5))  # moved
+        idx.update(m, None, ms(_t(i)))  # records hold milliseconds, as queries compare them
+    idx.update("t9", ms(_t(9)), ms(_t(0.5)))  # moved
     idx.update("odd", None, "yesterday")  # irregular: always a candidate
     assert idx.candidates(projections.parse({"submitted": {"$gte": _t(2), "$lt": _t(5)}})) == {"t2", "t3", "t4", "odd"}
     assert idx.candidates(projections.parse({"submitted": {"$gt": _t(7)}})) == {"t8", "odd"}
