@@ -9,6 +9,7 @@ culling any, the buffers of completed tasks are dropped and their metadata kept.
 from __future__ import annotations
 
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from .base import Projection, Records
@@ -22,6 +23,7 @@ __all__ = ["DictProjection"]
 # Hash indexes on the fields hubs filter on by value. Only str values are indexed; a record
 # holding anything else there (an annotate may set a list) is "irregular" and always a candidate.
 INDEXED = ("engine_uuid", "client_uuid", "label", "queue")
+_WATCHED = itemgetter(*INDEXED, "completed", "submitted")
 
 
 def _buffer_bytes(rec: dict[str, Any]) -> int:
@@ -89,6 +91,13 @@ class DictProjection(Projection):
         self._cull()
 
     def _reindex(self, m: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if old is not None and new is not None:
+            # Most events change no indexed field (a start, an output): one C-level comparison.
+            try:
+                if _WATCHED(old) == _WATCHED(new):
+                    return
+            except KeyError:
+                pass
         was_open = old is not None and old.get("completed") is None
         now_open = new is not None and new.get("completed") is None
         if was_open != now_open:
