@@ -17,6 +17,20 @@ from tasklog import TaskLog
 from tasklog.demo import simulate
 
 
+def _peak_rss() -> int:
+    """This process's own peak RSS in bytes."""
+    # Not ru_maxrss: Linux carries it across execve from the forked parent, so a probe started
+    # by a big pytest process reported the parent's 890 MB. VmHWM belongs to this image alone.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def main() -> None:
     """Stream the simulated hub into an async log with ``SPEC`` attached; report the peak RSS."""
     events, spec, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -33,7 +47,7 @@ def main() -> None:
         log.flush()
         assert proj.last_seq == log.last_seq
         proj.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = _peak_rss()
     print(json.dumps({"events": n, "seconds": time.perf_counter() - t0, "peak_rss": peak}))
 
 

@@ -1,8 +1,15 @@
-"""A sorted index of one datetime field, for the dict projection's range queries."""
+"""A sorted index of one datetime field, for the dict projection's range queries.
+
+Entries live in buckets of a few hundred, so an insert moves a few hundred pointers rather
+than half the index: with a plain sorted list, tasks submitted out of order (the demo's
+workload) made each insert a memmove of the whole tail, and applying 4M events into a dict
+projection fell from 247k to 135k events/s at 800k records.
+"""
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -12,6 +19,8 @@ from .query import Cond, Logical
 __all__ = ["SortedIndex"]
 
 _FIRST = itemgetter(0)
+_LOAD = 512  # a bucket splits in two past twice this
+Entry = tuple[datetime, str]
 
 
 def _aware(v: Any) -> bool:
@@ -19,46 +28,89 @@ def _aware(v: Any) -> bool:
 
 
 class SortedIndex:
-    """(value, msg_id) pairs of a datetime field in order; other non-None values kept aside."""
+    """(value, msg_id) entries of a datetime field in order; other non-None values kept aside."""
 
     def __init__(self, field: str) -> None:
         self.field = field
-        self._pairs: list[tuple[datetime, str]] = []
-        # Values a range over datetimes may still match under MongoDB's rules are not datetimes,
-        # but a record holding one (an annotate may set anything) must stay a candidate.
+        self._buckets: list[list[Entry]] = []
+        self._maxes: list[Entry] = []
+        # A record holding something else there (an annotate may set anything) stays a candidate.
         self._irregular: set[str] = set()
+
+    def __len__(self) -> int:
+        return sum(map(len, self._buckets))
 
     def update(self, msg_id: str, old: Any, new: Any) -> None:
         """Move ``msg_id`` from the entry for ``old`` to the entry for ``new``."""
         if old == new and old.__class__ is new.__class__:
             return
         if _aware(old):
-            i = bisect_left(self._pairs, (old, msg_id))
-            if i < len(self._pairs) and self._pairs[i] == (old, msg_id):
-                del self._pairs[i]
+            self._remove((old, msg_id))
         elif old is not None:
             self._irregular.discard(msg_id)
         if _aware(new):
-            insort(self._pairs, (new, msg_id))  # submissions arrive nearly in order: near the end
+            self._insert((new, msg_id))
         elif new is not None:
             self._irregular.add(msg_id)
 
+    def _insert(self, entry: Entry) -> None:
+        if not self._buckets:
+            self._buckets.append([entry])
+            self._maxes.append(entry)
+            return
+        i = min(bisect_left(self._maxes, entry), len(self._maxes) - 1)
+        bucket = self._buckets[i]
+        insort(bucket, entry)
+        self._maxes[i] = bucket[-1]
+        if len(bucket) > 2 * _LOAD:
+            self._buckets[i:i + 1] = [bucket[:_LOAD], bucket[_LOAD:]]
+            self._maxes[i:i + 1] = [bucket[_LOAD - 1], bucket[-1]]
+
+    def _remove(self, entry: Entry) -> None:
+        i = bisect_left(self._maxes, entry)
+        if i == len(self._maxes):
+            return
+        bucket = self._buckets[i]
+        j = bisect_left(bucket, entry)
+        if j < len(bucket) and bucket[j] == entry:
+            del bucket[j]
+            if bucket:
+                self._maxes[i] = bucket[-1]
+            else:
+                del self._buckets[i], self._maxes[i]
+
     def candidates(self, node: Logical) -> set[str] | None:
-        """msg_ids that may satisfy the top-level range conditions on the field (None: no range)."""
-        lo, hi = 0, len(self._pairs)
-        found = False
+        """msg_ids that may satisfy the range conditions every match must meet (None: no range)."""
+        lo: tuple[datetime, bool] | None = None  # (bound, inclusive)
+        hi: tuple[datetime, bool] | None = None
         for c in _conjuncts(node):
-            if not (c.path == self.field and _aware(c.arg)):
+            if c.path != self.field or not _aware(c.arg):
                 continue
             if c.op in ("$gt", "$gte"):
-                at = (bisect_right if c.op == "$gt" else bisect_left)(self._pairs, c.arg, key=_FIRST)
-                lo, found = max(lo, at), True
+                lo = _tighter(lo, (c.arg, c.op == "$gte"), higher=True)
             elif c.op in ("$lt", "$lte"):
-                at = (bisect_left if c.op == "$lt" else bisect_right)(self._pairs, c.arg, key=_FIRST)
-                hi, found = min(hi, at), True
-        if not found:
+                hi = _tighter(hi, (c.arg, c.op == "$lte"), higher=False)
+        if lo is None and hi is None:
             return None
-        return {m for _, m in self._pairs[lo:hi]} | self._irregular
+        return set(self._range(lo, hi)) | self._irregular
+
+    def _range(self, lo: tuple[datetime, bool] | None, hi: tuple[datetime, bool] | None) -> Iterator[str]:
+        first = 0 if lo is None else (bisect_left if lo[1] else bisect_right)(self._maxes, lo[0], key=_FIRST)
+        for bucket in self._buckets[first:]:
+            start = 0 if lo is None else (bisect_left if lo[1] else bisect_right)(bucket, lo[0], key=_FIRST)
+            for value, msg_id in bucket[start:]:
+                if hi is not None and (value > hi[0] or (value == hi[0] and not hi[1])):
+                    return
+                yield msg_id
+
+
+def _tighter(current: tuple[datetime, bool] | None, new: tuple[datetime, bool],
+             higher: bool) -> tuple[datetime, bool]:
+    if current is None or (new[0] > current[0] if higher else new[0] < current[0]):
+        return new
+    if new[0] == current[0]:
+        return current[0], current[1] and new[1]  # an exclusive bound wins a tie
+    return current
 
 
 def _conjuncts(node: Logical) -> list[Cond]:

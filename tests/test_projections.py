@@ -383,3 +383,25 @@ def test_sorted_index_narrows_ranges() -> None:
     assert idx.candidates(projections.parse({"submitted": {"$gt": _t(7)}})) == {"t8", "odd"}
     assert idx.candidates(projections.parse({"submitted": {"$lte": _t(0.5).astimezone(IST)}})) == {"t0", "t9", "odd"}
     assert idx.candidates(projections.parse({"label": "x"})) is None
+
+
+def test_sorted_index_keeps_order_across_bucket_splits() -> None:
+    import random
+
+    from projections.sortedindex import SortedIndex
+
+    rng = random.Random(3)
+    idx = SortedIndex("submitted")
+    values = {f"m{i}": ms(_t(rng.uniform(0, 60))) for i in range(5000)}
+    for m, v in values.items():
+        idx.update(m, None, v)
+    for m in list(values)[::3]:  # moves and removals
+        new = ms(_t(rng.uniform(0, 60))) if rng.random() < 0.5 else None
+        idx.update(m, values[m], new)
+        values[m] = new
+    assert len(idx) == sum(v is not None for v in values.values())
+    lo, hi = ms(_t(10)), ms(_t(20))
+    for q, test in [({"$gte": lo, "$lt": hi}, lambda v: lo <= v < hi), ({"$gt": lo, "$lte": hi}, lambda v: lo < v <= hi),
+                    ({"$gt": lo, "$gte": lo}, lambda v: v > lo), ({"$lt": lo}, lambda v: v < lo)]:
+        want = {m for m, v in values.items() if v is not None and test(v)}
+        assert idx.candidates(projections.parse({"submitted": q})) == want, q
