@@ -401,7 +401,8 @@ def test_sorted_index_keeps_order_across_bucket_splits() -> None:
         values[m] = new
     assert len(idx) == sum(v is not None for v in values.values())
     lo, hi = ms(_t(10)), ms(_t(20))
-    for q, test in [({"$gte": lo, "$lt": hi}, lambda v: lo <= v < hi), ({"$gt": lo, "$lte": hi}, lambda v: lo < v <= hi),
-                    ({"$gt": lo, "$gte": lo}, lambda v: v > lo), ({"$lt": lo}, lambda v: v < lo)]:
+    cases = [({"$gte": lo, "$lt": hi}, lambda v: lo <= v < hi), ({"$gt": lo, "$lte": hi}, lambda v: lo < v <= hi),
+             ({"$gt": lo, "$gte": lo}, lambda v: v > lo), ({"$lt": lo}, lambda v: v < lo)]
+    for q, test in cases:
         want = {m for m, v in values.items() if v is not None and test(v)}
         assert idx.candidates(projections.parse({"submitted": q})) == want, q
