@@ -1,4 +1,8 @@
-"""Turn pytest-benchmark JSON into rates, the ratios the issues ask for, and charts."""
+"""Turn pytest-benchmark JSON into rates, the ratios the issues ask for, and charts.
+
+``python bench/report.py CHART_DIR RUN.json [LATER.json ...]`` merges runs (a later figure
+replaces an earlier one of the same name), prints the table and draws the charts.
+"""
 
 from __future__ import annotations
 
@@ -50,9 +54,19 @@ def _figure(b: dict[str, Any]) -> str:
     return f"{_rate(b):,.0f} {info.get('unit', 'events')}/s"
 
 
-def summarize(path: Path) -> str:
+def load(paths: Path | list[Path]) -> dict[str, Any]:
+    """One run's JSON, or several merged (a later run's figure replaces an earlier one of the same name)."""
+    paths = paths if isinstance(paths, list) else [paths]
+    runs = [json.loads(p.read_text()) for p in paths]
+    merged: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        merged.update({b["fullname"]: b for b in run["benchmarks"]})
+    return {"machine_info": runs[0].get("machine_info", {}), "benchmarks": list(merged.values())}
+
+
+def summarize(path: Path | list[Path]) -> str:
     """A markdown table: each figure, its durability, and its ratios to the baselines it answers to."""
-    data = json.loads(path.read_text())
+    data = load(path)
     benches = data["benchmarks"]
     rows = ["| benchmark | work | figure | durability | ratio |", "|---|---|---|---|---|"]
     for b in sorted(benches, key=lambda b: (b["group"] or "", b["name"])):
@@ -63,14 +77,14 @@ def summarize(path: Path) -> str:
     return f"Machine: {machine(data)}\n\n" + "\n".join(rows)
 
 
-def charts(path: Path, out_dir: Path) -> list[Path]:
+def charts(path: Path | list[Path], out_dir: Path) -> list[Path]:
     """One PNG per scenario: throughput against work size (or stdout chunks), a line per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = json.loads(path.read_text())
+    data = load(path)
     scenarios: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for b in data["benchmarks"]:
         info = b["extra_info"]
@@ -99,3 +113,12 @@ def charts(path: Path, out_dir: Path) -> list[Path]:
         plt.close(fig)
         made.append(target)
     return made
+
+
+if __name__ == "__main__":
+    import sys
+
+    files = [Path(a) for a in sys.argv[2:]]
+    print(summarize(files))
+    for png in charts(files, Path(sys.argv[1])):
+        print(f"chart: {png}")
