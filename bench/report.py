@@ -100,7 +100,7 @@ def charts(path: Path | list[Path], out_dir: Path) -> list[Path]:
             ax.plot(xs, ys, marker="o", label=name)
         chunks = "chunks" in scenario
         ax.set_xlabel("stdout chunks per task" if chunks else "work size")
-        ax.set_ylabel(scenario.split("(")[-1].rstrip(")") if "(" in scenario else "per second")
+        ax.set_ylabel("tasks/s" if chunks else scenario.split("(")[-1].rstrip(")") if "(" in scenario else "per second")
         if not chunks:
             ax.set_xscale("log")
         ax.set_yscale("log")

@@ -133,5 +133,5 @@ def test_output_heavy(benchmark: Any, tmpdirs: Callable[[], str], store: str, ch
     base = BASELINE.get(store)
     record(benchmark, n, DURABILITY[store], "output-heavy tasks", role=f"chunks_{chunks}_{store}", unit="tasks",
            baseline=f"chunks_{chunks}_{base}" if base else None, chunks=chunks,
-           scenario="stdout chunks per task", series=store)
+           scenario="stdout chunks per task (tasks/s)", series=store)
     benchmark.pedantic(_run, setup=lambda: ((store, tmpdirs(), "", msgs, chunks), {}), rounds=ROUNDS)
