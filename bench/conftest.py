@@ -73,11 +73,7 @@ def _unfreeze() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """TASKLOG_TEST_MONGO_URI, or SecantusDB started on a random loopback port (as in tests/)."""
-    from mongo_server import start_server
+    from mongo_server import session_server
 
-    uri = os.environ.get("TASKLOG_TEST_MONGO_URI")
-    if uri:
-        yield uri.rstrip("/")
-        return
-    with start_server(tmp_path_factory.mktemp("secantus")) as uri:
+    with session_server(tmp_path_factory) as uri:
         yield uri

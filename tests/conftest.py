@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,14 +30,19 @@ def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess
     return proc
 
 
+def projection_spec(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh spec of projection ``kind`` (dict, sqlite, mongo, none): a new file or database each call."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / f'{uuid.uuid4().hex[:8]}.db'}"
+    if kind == "mongo":
+        return f"{request.getfixturevalue('mongo_uri')}/t{uuid.uuid4().hex[:12]}"
+    return kind
+
+
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB wire-protocol server: TASKLOG_TEST_MONGO_URI, or SecantusDB on a random loopback port."""
-    from mongo_server import start_server
+    from mongo_server import session_server
 
-    uri = os.environ.get("TASKLOG_TEST_MONGO_URI")
-    if uri:
-        yield uri.rstrip("/")
-        return
-    with start_server(tmp_path_factory.mktemp("secantus")) as uri:
+    with session_server(tmp_path_factory) as uri:
         yield uri

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pymongo
 
@@ -50,6 +51,17 @@ def start_server(directory: Path, attempts: int = 3) -> Iterator[str]:
         proc.kill()
         logf.close()
     raise RuntimeError(f"SecantusDB did not start; see {directory}")
+
+
+@contextmanager
+def session_server(tmp_path_factory: Any) -> Iterator[str]:
+    """TASKLOG_TEST_MONGO_URI when set (a real mongod), else SecantusDB on a random loopback port."""
+    uri = os.environ.get("TASKLOG_TEST_MONGO_URI")
+    if uri:
+        yield uri.rstrip("/")
+        return
+    with start_server(tmp_path_factory.mktemp("secantus")) as started:
+        yield started
 
 
 def _wait_ready(uri: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_cli
@@ -78,26 +79,33 @@ def test_stale_lock_file_does_not_stop_a_writer(log_dir: str) -> None:
     assert run_cli("verify", "--log", log_dir).returncode == 0
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_out_of_space_fails_that_append_and_keeps_the_rest(log_dir: str, mode: str) -> None:
+def _fill_until_full(path: str, mode: str, match: str, make_room: Callable[[TaskLog], None], **opts: Any) -> None:
+    """Append until the storage refuses; check the refusal, what was acknowledged, and the recovery."""
     from tasklog import StorageFullError
-    with TaskLog.open(log_dir, mode, map_size=1 << 20, max_map_size=1 << 20) as log:
+    with TaskLog.open(path, mode, map_size=1 << 20, **opts) as log:
         acked = []
-        with pytest.raises(StorageFullError, match="max_map_size"):
-            for i in range(10_000):
+        with pytest.raises(StorageFullError, match=match):
+            for i in range(20_000):
                 seq = log.output(f"t{i}", "stdout", text="x" * 500)
                 if mode == "async":
                     seq.wait()  # type: ignore[attr-defined]
                 acked.append(int(seq))
         assert acked and acked == list(range(1, len(acked) + 1))
         assert [s for s, _ in log.read()] == acked  # everything acknowledged is readable
-        log.max_map_size = 8 << 20  # space returns
+        make_room(log)  # space returns
         after = log.output("after", "stdout", text="ok")
         log.flush()
         assert int(after) == len(acked) + 1
-    with TaskLog.open(log_dir, readonly=True) as log:
+    with TaskLog.open(path, readonly=True) as log:
         assert log.last_seq == len(acked) + 1
-    assert run_cli("verify", "--log", log_dir).returncode == 0
+    assert run_cli("verify", "--log", path).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_out_of_space_fails_that_append_and_keeps_the_rest(log_dir: str, mode: str) -> None:
+    def raise_cap(log: TaskLog) -> None:
+        log.max_map_size = 8 << 20
+    _fill_until_full(log_dir, mode, "max_map_size", raise_cap, max_map_size=1 << 20)
 
 
 @pytest.fixture
@@ -118,24 +126,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_full_disk_fails_that_append_and_keeps_the_rest(small_fs: Path, mode: str) -> None:
-    from tasklog import StorageFullError
     filler = small_fs / "filler"
     filler.write_bytes(b"\0" * (1 << 20))  # taken back later: "space returns"
-    path = str(small_fs / "log")
-    with TaskLog.open(path, mode, map_size=1 << 20) as log:
-        acked = []
-        with pytest.raises(StorageFullError, match="No space left on device"):  # the real ENOSPC
-            for i in range(20_000):
-                seq = log.output(f"t{i}", "stdout", text="x" * 500)
-                if mode == "async":
-                    seq.wait()  # type: ignore[attr-defined]
-                acked.append(int(seq))
-        assert acked and acked == list(range(1, len(acked) + 1))
-        assert [s for s, _ in log.read()] == acked
-        filler.unlink()
-        after = log.output("after", "stdout", text="ok")
-        log.flush()
-        assert int(after) == len(acked) + 1
-    with TaskLog.open(path, readonly=True) as log:
-        assert log.last_seq == len(acked) + 1
-    assert run_cli("verify", "--log", path).returncode == 0
+    _fill_until_full(str(small_fs / "log"), mode, "No space left on device",  # the real ENOSPC
+                     lambda log: filler.unlink())

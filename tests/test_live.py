@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import projection_spec, run_cli
 
 import projections
 from projections.live import attach, detach
@@ -16,19 +15,11 @@ from tasklog import TaskLog
 from tasklog.demo import simulate
 
 
-def _spec(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'tasks.db'}"
-    if kind == "mongo":
-        return f"{request.getfixturevalue('mongo_uri')}/live{uuid.uuid4().hex[:10]}"
-    return kind
-
-
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["dict", "sqlite", "mongo"])
 def test_live_projection_sees_every_returned_append(tmp_path: Path, request: pytest.FixtureRequest,
                                                     kind: str, mode: str) -> None:
-    spec = _spec(kind, tmp_path, request)
+    spec = projection_spec(kind, tmp_path, request)
     with TaskLog.open(str(tmp_path / "log"), mode) as log:
         log.submit("before", client_uuid="c")  # committed before the projection exists
         proj = attach(log, spec)
@@ -53,7 +44,7 @@ def test_live_projection_sees_every_returned_append(tmp_path: Path, request: pyt
 
 @pytest.mark.parametrize("kind", ["sqlite", "mongo"])
 def test_checkpoint_and_catch_up_on_open(tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
-    spec = _spec(kind, tmp_path, request)
+    spec = projection_spec(kind, tmp_path, request)
     events = list(simulate(200, seed=4))
     with TaskLog.open(str(tmp_path / "log")) as log:
         log.append_many(events[:300])

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import projection_spec, run_cli
 
 import projections
 from projections import snapshot
@@ -31,13 +30,6 @@ def _truth(log: TaskLog, stop: int | None = None) -> list[dict[str, Any]]:
     p.catch_up(log.read(1, None if stop is None else stop + 1))
     return _records(p)
 
-
-def _spec(backend: str, tmp: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / f'{uuid.uuid4().hex[:8]}.db'}"
-    if backend == "mongo":
-        return f"{request.getfixturevalue('mongo_uri')}/r{uuid.uuid4().hex[:12]}"
-    return backend
 
 
 @pytest.fixture
@@ -75,7 +67,7 @@ def test_after_prune_every_projection_rebuilds_the_same_records(
         assert (report.removed, report.start_seq, report.snapshot) == (snap, snap + 1, snap)
         assert log.start_seq == log.first_seq == snap + 1 and log.last_seq == last
         assert inspect.verify(log) == []
-        proj = projections.replay(log, _spec(backend, tmp_path, request), rebuild=True)
+        proj = projections.replay(log, projection_spec(backend, tmp_path, request), rebuild=True)
         try:
             assert proj.last_seq == last
             if backend != "none":
