@@ -30,12 +30,12 @@ def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess
     return proc
 
 
-def projection_spec(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
+def projection_spec(kind: str, tmp: Path, request: pytest.FixtureRequest, mongo_fixture: str = "mongo_uri") -> str:
     """A fresh spec of projection ``kind`` (dict, sqlite, mongo, none): a new file or database each call."""
     if kind == "sqlite":
         return f"sqlite:///{tmp / f'{uuid.uuid4().hex[:8]}.db'}"
     if kind == "mongo":
-        return f"{request.getfixturevalue('mongo_uri')}/t{uuid.uuid4().hex[:12]}"
+        return f"{request.getfixturevalue(mongo_fixture)}/t{uuid.uuid4().hex[:12]}"
     return kind
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pymongo
 import pytest
+from conftest import projection_spec
 
 import projections
 from projections.fold import ms
@@ -147,13 +148,6 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
-def _spec(backend: str, tmp: Path, mongo_uri: str | None) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / 'tasks.db'}"
-    if backend == "mongo":
-        return f"{mongo_uri}/t{uuid.uuid4().hex[:12]}"
-    return backend
-
 
 @pytest.fixture(scope="module")
 def mongo_for_module(request: pytest.FixtureRequest) -> str:
@@ -166,8 +160,7 @@ def mongo_for_module(request: pytest.FixtureRequest) -> str:
 def proj(request: pytest.FixtureRequest, history: str,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[projections.Projection]:
     """Each projection, caught up from the same log."""
-    uri = request.getfixturevalue("mongo_for_module") if request.param == "mongo" else None
-    spec = _spec(request.param, tmp_path_factory.mktemp(request.param), uri)
+    spec = projection_spec(request.param, tmp_path_factory.mktemp(request.param), request, "mongo_for_module")
     with TaskLog.open(history, readonly=True) as log:
         p = projections.open(spec, log=log)
     yield p
