@@ -7,7 +7,6 @@ imports ``projections``.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -73,11 +72,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         stop = _stop(log, args)
         end = log.last_seq if stop is None else min(stop, log.last_seq)
         bar = Progress(max(end - (args.from_seq or 1) + 1, 0), "replay")
-        t0 = time.perf_counter()
         proj = projections.replay(log, args.projection, start=args.from_seq, stop=stop,
                                   rebuild=args.rebuild or stop is not None, progress=bar.update)
         bar.close()
-        elapsed = time.perf_counter() - t0
+        elapsed = bar.elapsed
         with proj:
             st = proj.stats()
             rate = proj.applied / elapsed if elapsed > 0 else 0.0
@@ -109,12 +107,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     with TaskLog.open(args.log, readonly=True) as log:
         at = log.last_seq if args.at is None else args.at
         bar = Progress(at, "snapshot")
-        t0 = time.perf_counter()
         info = snapshot.take(log, at, progress=bar.update)
         bar.close()
         start = f"from snapshot {info.base}" if info.base else "from the start of the log"
-        print(f"snapshot at event {info.seq}: {info.records:,} records ({start}) in "
-              f"{time.perf_counter() - t0:.2f} s -> {info.path}")
+        print(f"snapshot at event {info.seq}: {info.records:,} records ({start}) in {bar.elapsed:.2f} s -> {info.path}")
     return 0
 
 
