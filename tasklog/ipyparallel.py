@@ -191,9 +191,10 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             for name in _STREAMS:
                 text = rec.get(name)
                 current = self.records.peek(msg_id) if text is not None else None
-                if current is not None and text.__class__ is str and text.startswith(current[name]):
-                    if len(text) > len(current[name]):
-                        self._append_one(Output(msg_id, name, text[len(current[name]):], None))
+                before = (current.get(name) or "") if current is not None else None
+                if before is not None and text.__class__ is str and text.startswith(before):
+                    if len(text) > len(before):
+                        self._append_one(Output(msg_id, name, text[len(before):], None))
                     return
         elif rec.get("result_header") is not None and _RESULT_SET.issuperset(rec):
             self._append_one(_complete(msg_id, dict(rec)))
