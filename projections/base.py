@@ -17,13 +17,12 @@ from typing import Any
 from tasklog.events import Event
 
 from .fold import Anomalies, apply_event, is_tombstone, targets, touched
-from .query import Logical, clone, parse, parse_keys
+from .query import Logical, parse, parse_keys, public_copy
 
 __all__ = ["Projection", "Records", "gc_paused"]
 
 Records = dict[str, "dict[str, Any] | None"]
 _RESTORE_CHUNK = 5000
-_CONTAINERS = frozenset({dict, list})
 
 
 @contextmanager
@@ -163,7 +162,7 @@ class Projection(ABC):
             rec = self._load({msg_id}).get(msg_id)
             if rec is None or is_tombstone(rec):
                 raise KeyError(self._missing_reason(msg_id, rec))
-            return {k: clone(v) if v.__class__ in _CONTAINERS else v for k, v in rec.items() if k[0] != "_"}
+            return public_copy(rec)
 
     def peek(self, msg_id: str) -> dict[str, Any] | None:
         """The stored record of ``msg_id`` itself, not a copy (None if absent or dropped); never mutate it."""

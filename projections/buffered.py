@@ -14,9 +14,9 @@ from typing import Any
 
 from tasklog.events import Event
 
-from .base import _CONTAINERS, Projection
+from .base import Projection
 from .fold import Anomalies, apply_event, is_tombstone, targets
-from .query import clone
+from .query import public_copy
 
 __all__ = ["WriteBehind"]
 
@@ -83,7 +83,7 @@ class WriteBehind:
             if rec is None or is_tombstone(rec):
                 self.flush()
                 return self.inner.get_record(msg_id)  # the projection says why it is missing
-            return {k: clone(v) if v.__class__ in _CONTAINERS else v for k, v in rec.items() if k[0] != "_"}
+            return public_copy(rec)
         return self.inner.get_record(msg_id)
 
     def find_records(self, query: Any = None, keys: Any = None) -> list[dict[str, Any]]:

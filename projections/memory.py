@@ -14,7 +14,7 @@ from typing import Any
 
 from .base import Projection, Records
 from .fold import is_tombstone
-from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup
+from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
 from .sortedindex import SortedIndex
 
 __all__ = ["DictProjection"]
@@ -193,7 +193,7 @@ class DictProjection(Projection):
         match = compile_predicate(node)
         hits = [r for r in self._candidates(node) if match(r)]
         if keys is None:
-            return [{k: clone(v) for k, v in r.items() if k[0] != "_"} for r in hits]
+            return [public_copy(r) for r in hits]
         return [{k: clone(r[k]) for k in keys if k in r} for r in hits]
 
     def _count(self, node: Logical) -> int:

@@ -468,6 +468,11 @@ def clone(value: Any) -> Any:
 _CONTAINERS = frozenset({dict, list})
 
 
+def public_copy(record: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a record without its hidden keys (what every read hands out)."""
+    return {k: clone(v) if v.__class__ in _CONTAINERS else v for k, v in record.items() if k[0] != "_"}
+
+
 def msg_id_lookup(node: Logical) -> list[str] | None:
     """The msg_ids a query is restricted to by a top-level ``msg_id`` $eq/$in, if it is."""
     for child in node.children:
