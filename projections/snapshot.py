@@ -92,8 +92,10 @@ def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: 
         _restore(proj, log, snap)
     first = max(proj.last_seq + 1, start or 1)
     if first < log.start_seq and (stop is None or stop >= first):
+        usable = [s for s in retention.list_snapshots(log) if s >= log.start_seq - 1]
+        earliest = f"event {usable[0]} (its oldest snapshot)" if usable else "none: no snapshot covers the gap"
         raise ProjectionError(f"{proj.spec} needs events {first}..{log.start_seq - 1}, which were pruned; "
-                              f"the earliest state the log can rebuild is event {log.start_seq - 1}")
+                              f"the earliest state the log can rebuild is {earliest}")
     return proj.catch_up(_events(log, first, stop), progress=progress)
 
 
