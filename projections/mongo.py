@@ -157,18 +157,20 @@ def _live_filter(node: Logical) -> dict[str, Any]:
     # ids: 0.5 s instead of 15 ms); a flat document is what every server plans best.
     # SecantusDB 0.7 answers a regex inside $in wrongly through an index (no match at all), so
     # those queries keep the wrapped form, which it scans.
+    translated = translate(node)
+    wrapped = {"$and": [_LIVE, translated]}
     if any(isinstance(c, Cond) and c.op in ("$in", "$nin", "$all") and any(isinstance(a, re.Pattern) for a in c.arg)
            for c in node.children):
-        return {"$and": [_LIVE, translate(node)]}
+        return wrapped
     flat: dict[str, Any] = dict(_LIVE)
-    for part in _conjuncts(translate(node)):
+    for part in _conjuncts(translated):
         for key, value in part.items():
             if key not in flat:
                 flat[key] = value
             elif _mergeable(flat[key], value):  # {"$gte": a} and {"$lt": b} on one field: a range
                 flat[key] = {**flat[key], **value}
             else:
-                return {"$and": [_LIVE, translate(node)]}
+                return wrapped
     return flat
 
 

@@ -143,15 +143,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def iso_time(value: str, flag: str, what: str = "an ISO time") -> datetime:
+    """Parse an ISO time given on the command line (``Z`` allowed); the error names the flag."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InterfaceError(f"{flag} needs {what} like 2026-11-25T14:02:00Z, got {value!r}") from None
+
+
 def _before(log: TaskLog, value: str) -> int:
     if value.isdigit():
         return int(value)
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InterfaceError(f"--before needs a sequence number or an ISO time like 2026-11-25T14:02:00Z, "
-                             f"got {value!r}") from None
-    return log.seq_at(when) + 1
+    return log.seq_at(iso_time(value, "--before", "a sequence number or an ISO time")) + 1
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from datetime import datetime
 
 from . import cli
 from .errors import QueryError
@@ -56,11 +55,7 @@ def _stop(log: TaskLog, args: argparse.Namespace) -> int | None:
     if args.to is not None:
         return int(args.to)
     if args.as_of is not None:
-        try:
-            when = datetime.fromisoformat(args.as_of.replace("Z", "+00:00"))
-        except ValueError:
-            raise QueryError(f"--as-of needs an ISO time like 2026-11-25T14:02:00Z, got {args.as_of!r}") from None
-        return log.seq_at(when)
+        return log.seq_at(cli.iso_time(args.as_of, "--as-of"))
     return None
 
 

@@ -9,9 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import ipyparallel as ipp  # a test dependency (make test installs it): missing is a failure, not a skip
 import pytest
-
-ipp = pytest.importorskip("ipyparallel", reason="ipyparallel is a test dependency: make test installs it")
 
 
 @contextmanager

@@ -11,9 +11,6 @@ from typing import Any
 from unittest import TestCase
 
 import pytest
-
-pytest.importorskip("ipyparallel", reason="ipyparallel is a test dependency: make test installs it")
-
 from ipyparallel.controller.hub import init_record
 from ipyparallel.tests.test_db import TaskDBTest
 from jupyter_client.session import Session
