@@ -39,6 +39,17 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _batches(events: Iterable[tuple[int, Event]], size: int) -> Iterator[list[tuple[int, Event]]]:
+    batch: list[tuple[int, Event]] = []
+    for item in events:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class Projection(ABC):
     """Folds events into TaskRecords and answers queries; subclasses store them."""
 
@@ -112,8 +123,26 @@ class Projection(ABC):
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:
         """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
+        return self.apply_chunks(_batches(events, batch_size), batch_size, progress)
+
+    def apply_chunks(self, chunks: Iterable[Sequence[tuple[int, Event]]], batch_size: int = 4096,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Apply lists of events in order (e.g. ``log.read_chunks(...)``), about ``batch_size`` per batch."""
+        done = 0
+        batch: list[tuple[int, Event]] = []
         with gc_paused():
-            return self._catch_up(events, batch_size, progress)
+            for chunk in chunks:
+                batch += chunk
+                if len(batch) >= batch_size:
+                    done += self.apply(batch)
+                    if progress:
+                        progress(len(batch))
+                    batch = []
+            if batch:
+                done += self.apply(batch)
+                if progress:
+                    progress(len(batch))
+        return done
 
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Replace every record with ``records`` (a snapshot's), folded up to ``last_seq``."""
@@ -129,23 +158,6 @@ class Projection(ABC):
             self._store(chunk, set(chunk), last_seq)
             self.last_seq = last_seq
             self.anomalies = dict(anomalies)
-
-    def _catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int,
-                  progress: Callable[[int], None] | None) -> int:
-        done = 0
-        batch: list[tuple[int, Event]] = []
-        for item in events:
-            batch.append(item)
-            if len(batch) >= batch_size:
-                done += self.apply(batch)
-                if progress:
-                    progress(len(batch))
-                batch = []
-        if batch:
-            done += self.apply(batch)
-            if progress:
-                progress(len(batch))
-        return done
 
     # -- reading ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ when the projection starts empty.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -23,8 +23,6 @@ from .base import Projection, gc_paused
 from .fold import Anomalies, apply_event
 
 __all__ = ["SnapshotInfo", "take", "catch_up"]
-
-_READ_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -50,10 +48,11 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
             records = {rec["msg_id"]: rec for rec in items}
         elif log.start_seq > 1:
             raise ProjectionError(f"events before {log.start_seq} were pruned and no snapshot covers them")
-        for seq, event in log.read(base + 1, at + 1):
-            apply_event(records, seq, event, anomalies)
-            if progress is not None and seq % _READ_BATCH == 0:
-                progress(_READ_BATCH)
+        for chunk in log.read_chunks(base + 1, at + 1):
+            for seq, event in chunk:
+                apply_event(records, seq, event, anomalies)
+            if progress is not None:
+                progress(len(chunk))
         header = {"seq": at, "records": len(records), "anomalies": anomalies,
                   "created": datetime.now(timezone.utc)}
         path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
@@ -96,8 +95,4 @@ def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: 
         earliest = f"event {usable[0]} (its oldest snapshot)" if usable else "none: no snapshot covers the gap"
         raise ProjectionError(f"{proj.spec} needs events {first}..{log.start_seq - 1}, which were pruned; "
                               f"the earliest state the log can rebuild is {earliest}")
-    return proj.catch_up(_events(log, first, stop), progress=progress)
-
-
-def _events(log: TaskLog, first: int, stop: int | None) -> Iterator[Any]:
-    return log.read(first, None if stop is None else stop + 1)
+    return proj.apply_chunks(log.read_chunks(first, None if stop is None else stop + 1), progress=progress)

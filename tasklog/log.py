@@ -813,7 +813,12 @@ class TaskLog:
 
     def read_raw(self, start: int = 1, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Yield ``(seq, stored bytes)`` for start <= seq < stop, in short read transactions."""
+        for chunk in self._raw_chunks(start, stop):
+            yield from chunk
+
+    def _raw_chunks(self, start: int, stop: int | None) -> Iterator[list[tuple[int, bytes]]]:
         nxt = max(start, 1)
+        seq_of = codec.unpack_key
         while stop is None or nxt < stop:
             chunk: list[tuple[int, bytes]] = []
             with self._reader() as txn:
@@ -821,19 +826,25 @@ class TaskLog:
                 if not cur.set_range(codec.pack_key(nxt)):
                     return
                 for k, v in cur:
-                    seq = codec.unpack_key(k)
+                    seq = seq_of(k)
                     if (stop is not None and seq >= stop) or len(chunk) >= _READ_CHUNK:
                         break
                     chunk.append((seq, bytes(v) if isinstance(v, memoryview) else v))
             if not chunk:
                 return
-            yield from chunk
+            yield chunk
             nxt = chunk[-1][0] + 1
+
+    def read_chunks(self, start: int = 1, stop: int | None = None) -> Iterator[list[tuple[int, Event]]]:
+        """The events of :meth:`read` in lists of a few thousand (a replay's path: no per-event generator)."""
+        decode = codec.decode
+        for chunk in self._raw_chunks(start, stop):
+            yield [(seq, decode(raw, seq)) for seq, raw in chunk]
 
     def read(self, start: int = 1, stop: int | None = None) -> Iterator[tuple[int, Event]]:
         """Yield ``(seq, event)`` in order for start <= seq < stop, never blocking writers."""
-        for seq, raw in self.read_raw(start, stop):
-            yield seq, codec.decode(raw, seq)
+        for chunk in self.read_chunks(start, stop):
+            yield from chunk
 
     def follow(self, start: int | None = None, poll: float = 0.05,
                idle_timeout: float | None = None) -> Iterator[tuple[int, Event]]:

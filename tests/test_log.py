@@ -259,3 +259,22 @@ def test_bad_options(log_dir: str) -> None:
     with pytest.raises(InterfaceError):
         TaskLog.open(log_dir, "async", commit_interval=0)
     assert not os.path.exists(log_dir)
+
+
+def test_read_chunks_match_read_across_chunk_boundaries(log_dir: str) -> None:
+    """read_chunks gives read()'s events, in order, grouped in lists, for any start and stop."""
+    from tasklog.events import utcnow
+    from tasklog.log import _READ_CHUNK
+
+    now = utcnow()
+    n = 2 * _READ_CHUNK + 17
+    with TaskLog.open(log_dir, "process") as log:
+        log.append_many([tasklog.Start(f"t{i}", "e", now) for i in range(n)])
+        every = list(log.read())
+        assert [seq for seq, _ in every] == list(range(1, n + 1))
+        for start, stop in ((1, None), (5, None), (_READ_CHUNK, _READ_CHUNK + 2), (n, None), (n + 1, None),
+                            (3, 3), (0, 10)):
+            chunks = list(log.read_chunks(start, stop))
+            assert all(chunks) and all(len(c) <= _READ_CHUNK for c in chunks)
+            want = [item for item in every if item[0] >= start and (stop is None or item[0] < stop)]
+            assert [item for c in chunks for item in c] == want == list(log.read(start, stop))

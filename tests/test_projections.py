@@ -336,6 +336,69 @@ def test_bad_specs_fail_fast(tmp_path: Path) -> None:
         projections.open(f"sqlite:///{garbage}")
 
 
+def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> None:
+    """A file written as maps (schema 1) reads the same, is marked 2, and takes new records."""
+    import sqlite3
+
+    import msgpack
+
+    from projections.sqlite import SCHEMA_VERSION, decode_document
+
+    db = str(tmp_path / "v1.db")
+    with TaskLog.open(history, readonly=True) as log:
+        events = list(log.read())
+        p = projections.open(f"sqlite:///{db}")
+        p.apply(events[:-3])
+        p.close()
+        con = sqlite3.connect(db)
+        packer = msgpack.Packer(datetime=True)
+        for msg_id, blob in con.execute("SELECT msg_id, doc FROM records").fetchall():
+            con.execute("UPDATE records SET doc=? WHERE msg_id=?", (packer.pack(decode_document(blob)), msg_id))
+        con.execute("UPDATE meta SET value=1 WHERE key='schema'")
+        con.commit()
+        con.close()
+        p = projections.open(f"sqlite:///{db}", log=log)  # catches up the last 3 events
+        fresh = projections.open("dict", log=log)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 2
+    shapes = {type(msgpack.unpackb(b, timestamp=3)).__name__ for (b,) in con.execute("SELECT doc FROM records")}
+    con.close()
+    assert shapes == {"dict", "list"}  # old documents left as they were, the caught-up ones rewritten
+    assert p.get_history() == fresh.get_history()
+    assert {m: p.get_record(m) for m in p.get_history()} == {m: fresh.get_record(m) for m in fresh.get_history()}
+    query = {"label": {"$exists": True}}
+    assert sorted(p.find_records(query), key=lambda r: r["msg_id"]) == \
+        sorted(fresh.find_records(query), key=lambda r: r["msg_id"])
+    p.close()
+
+
+def test_sqlite_document_shapes() -> None:
+    """Annotated keys, hidden keys and a record lacking a usual key all survive storage."""
+    from projections.fold import new_record
+    from projections.sqlite import decode_document, encode_document
+
+    full = new_record("a") | {"tags": ["x"], "_dropped": True, "_seq": 9, "submitted": T0}
+    partial = {"msg_id": "b", "_seq": 3, "stdout": "s"}
+    for rec in (full, partial):
+        assert decode_document(encode_document(rec)) == rec
+    assert decode_document(encode_document(full), public=True) == \
+        {k: v for k, v in full.items() if not k.startswith("_")}
+    assert decode_document(encode_document(partial), public=True) == {"msg_id": "b", "stdout": "s"}
+
+
+def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = str(tmp_path / "new.db")
+    projections.open(f"sqlite:///{db}").close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value=3 WHERE key='schema'")
+    con.commit()
+    con.close()
+    with pytest.raises(ProjectionError, match="schema 3"):
+        projections.open(f"sqlite:///{db}")
+
+
 def test_dict_indexes_follow_every_change() -> None:
     """The dict projection's indexes (incomplete tasks, label patterns) agree with a full scan at every step."""
     from projections.query import compile_predicate
@@ -376,6 +439,28 @@ def test_sorted_index_narrows_ranges() -> None:
     assert idx.candidates(projections.parse({"submitted": {"$gt": _t(7)}})) == {"t8", "odd"}
     assert idx.candidates(projections.parse({"submitted": {"$lte": _t(0.5).astimezone(IST)}})) == {"t0", "t9", "odd"}
     assert idx.candidates(projections.parse({"label": "x"})) is None
+
+
+def test_sorted_index_settles_few_or_many_pending_changes() -> None:
+    """Changes wait for a range query; a handful are moved one by one, many re-sorted: same answers."""
+    import random
+
+    from projections.sortedindex import SortedIndex
+
+    rng = random.Random(11)
+    idx = SortedIndex("submitted")
+    values: dict[str, Any] = {}
+    lo, hi = ms(_t(20)), ms(_t(40))
+    query = projections.parse({"submitted": {"$gte": lo, "$lt": hi}})
+    for burst in (3000, 5, 1, 40, 2500, 0, 7):  # above and below a quarter of the entries
+        for _ in range(burst):
+            m = f"m{rng.randrange(4000)}"
+            new = rng.choice([ms(_t(rng.uniform(0, 60))), ms(_t(rng.uniform(0, 60))), None, "odd"])
+            idx.update(m, values.get(m), new)
+            values[m] = new
+        want = {m for m, v in values.items() if v == "odd" or (v.__class__ is datetime and lo <= v < hi)}
+        assert idx.candidates(query) == want, burst
+        assert len(idx) == sum(v.__class__ is datetime for v in values.values())
 
 
 def test_sorted_index_keeps_order_across_bucket_splits() -> None:
