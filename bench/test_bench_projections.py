@@ -124,8 +124,9 @@ def _fill_baselines(records: list[dict[str, Any]], tmp: str, mongo: str | None) 
     return out
 
 
-def _query_stores(n_tasks: int, mongo: str | None) -> Iterator[dict[str, Any]]:
-    evs = _events(n_tasks * 4)
+def _query_stores(n_records: int, mongo: str | None) -> Iterator[dict[str, Any]]:
+    # Every event of enough tasks for about n_records records (5% of tasks are resubmitted).
+    evs = list(enumerate(simulate(round(n_records / 1.05), seed=5), start=1))
     tmp = tempfile.mkdtemp()
     stores: dict[str, Any] = {"dict": projections.open("dict"), "sqlite": projections.open(f"sqlite:///{tmp}/q.db")}
     if mongo is not None:
@@ -160,7 +161,7 @@ def query_records(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 def mongo_query_records(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The same with our MongoDB projection and ipyparallel's MongoDB backend (a smaller set: the test
     server inserts slowly)."""
-    yield from _query_stores(max(sizes("mongo_events")) // 4 * 4, request.getfixturevalue("mongo_uri"))
+    yield from _query_stores(max(sizes("mongo_events")) * 4 // 5, request.getfixturevalue("mongo_uri"))
 
 
 def _queries(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[str] | None]]:

@@ -126,6 +126,7 @@ def _annotate(rec: dict[str, Any], ev: Annotate) -> None:
 
 
 _APPLY = {Submit: _submit, Start: _start, Output: _output, Complete: _complete, Annotate: _annotate}
+_ONE_TASK = frozenset(_APPLY)  # the events that change their own msg_id's record and no other
 
 
 def fold(record: dict[str, Any] | None, event: Event, seq: int, *, msg_id: str | None = None,
@@ -170,10 +171,25 @@ def targets(event: Event) -> list[str]:
 def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Event,
                 anomalies: Anomalies) -> list[str]:
     """Fold ``event`` into the loaded ``records`` (msg_id -> record or None); return the ids it changed."""
+    if event.__class__ in _ONE_TASK:
+        # Nearly every event names one task and reads no other: the general case below, unrolled
+        # for it (a tenth of applying 1M events went to the checks only a resubmit or drop needs).
+        msg_id: str = event.msg_id  # type: ignore[union-attr]
+        before = records.get(msg_id)
+        if before is None:
+            if event.__class__ is not Submit:
+                anomalies["stub_created"] = anomalies.get("stub_created", 0) + 1
+        elif before.get("_dropped"):
+            anomalies["after_drop"] = anomalies.get("after_drop", 0) + 1
+        after = fold(before, event, seq)
+        if after is before:
+            return []
+        records[msg_id] = after
+        return [msg_id]
     changed = []
     for msg_id in targets(event):
         before = records.get(msg_id)
-        if before is None and not isinstance(event, (Submit, Drop)) and not (
+        if before is None and not isinstance(event, Drop) and not (
                 isinstance(event, Resubmit) and msg_id == event.new_msg_id):
             anomalies["stub_created"] = anomalies.get("stub_created", 0) + 1
         elif is_tombstone(before):
@@ -192,7 +208,10 @@ def touched(batch: Iterable[tuple[int, Event]]) -> set[str]:
     """Every msg_id a batch of events reads or changes."""
     ids: set[str] = set()
     for _, event in batch:
-        ids.update(targets(event))
+        if event.__class__ in _ONE_TASK:
+            ids.add(event.msg_id)  # type: ignore[union-attr]
+        else:
+            ids.update(targets(event))
     return ids
 
 
