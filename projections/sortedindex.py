@@ -51,16 +51,17 @@ class SortedIndex:
         """Move ``msg_id`` from the entry for ``old`` to the entry for ``new``."""
         if old == new and old.__class__ is new.__class__:
             return
-        if _aware(old) or _aware(new):
+        old_time, new_time = _aware(old), _aware(new)
+        if old_time or new_time:
             if msg_id not in self._pending:
                 self._pending[msg_id] = self._values.get(msg_id)
-            if _aware(new):
+            if new_time:
                 self._values[msg_id] = new
             else:
                 self._values.pop(msg_id, None)
-        if old is not None and not _aware(old):
+        if old is not None and not old_time:
             self._irregular.discard(msg_id)
-        if new is not None and not _aware(new):
+        if new is not None and not new_time:
             self._irregular.add(msg_id)
 
     def _settle(self) -> None:

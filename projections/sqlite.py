@@ -58,7 +58,6 @@ _ABSENT = object()
 # The hidden checkpoint has its own slot: a one-key map per record would cost more than it.
 _SLOTS = (*RECORD_KEYS, "_seq")
 _TEMPLATE = dict.fromkeys(_SLOTS)
-_PUBLIC = dict.fromkeys(RECORD_KEYS)
 
 
 def encode_document(rec: dict[str, Any]) -> bytes:
