@@ -12,6 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from tasklog.events import Event
@@ -56,6 +57,8 @@ class Projection(ABC):
     spec = ""
     #: Whether records survive a restart (and a checkpoint is kept with them).
     persistent = False
+    #: The finest datetime the store keeps: records hold the events' datetimes cut to it.
+    datetime_resolution = timedelta(microseconds=1)
 
     def __init__(self) -> None:
         self.last_seq = 0

@@ -5,9 +5,9 @@ hidden keys: ``_seq`` (the last sequence number applied to it, which makes
 re-applying an event a no-op) and ``_dropped`` (a tombstone left by a purge, so
 a late or replayed event cannot bring a purged task back).
 
-Records keep datetimes at millisecond precision, the precision MongoDB stores,
-so every projection returns and compares the same values; the log keeps the
-exact ones.
+Records keep datetimes exactly as the events carry them (microseconds, UTC), as
+ipyparallel's own stores do; only a store that cannot hold them truncates
+(MongoDB keeps milliseconds).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ REQUEST_KEYS = ("header", "content", "metadata", "buffers", "queue", "client_uui
 TIME_KEYS = frozenset({"submitted", "started", "completed", "received"})
 HIDDEN = frozenset({"_seq", "_dropped"})
 _DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
-_NESTED_TIMES = ("header", "metadata", "result_header", "result_metadata")
 
 Anomalies = dict[str, int]
 
@@ -56,15 +55,6 @@ def ms(value: Any) -> Any:
     if value.__class__ is datetime and value.microsecond % 1000:
         return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
     return value
-
-
-def _ms_dict(d: Any) -> Any:
-    if d.__class__ is not dict:
-        return d
-    for v in d.values():
-        if v.__class__ is datetime and v.microsecond % 1000:
-            return {k2: ms(v2) for k2, v2 in d.items()}
-    return d
 
 
 def new_record(msg_id: str) -> dict[str, Any]:
@@ -93,10 +83,10 @@ def _fill(rec: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _submit(rec: dict[str, Any], ev: Submit) -> None:
-    for key, value in (("header", _ms_dict(ev.header)), ("content", ev.content),
-                       ("metadata", _ms_dict(ev.metadata)), ("buffers", ev.buffers),
+    for key, value in (("header", ev.header), ("content", ev.content),
+                       ("metadata", ev.metadata), ("buffers", ev.buffers),
                        ("client_uuid", ev.client_uuid), ("queue", ev.queue),
-                       ("submitted", ms(ev.submitted)), ("label", ev.label)):
+                       ("submitted", ev.submitted), ("label", ev.label)):
         _fill(rec, key, value)
 
 
@@ -104,7 +94,7 @@ def _start(rec: dict[str, Any], ev: Start) -> None:
     # The reply's engine_uuid and started are the engine's own account: a start that arrives
     # after the complete only fills what is missing, so both orders give the same record.
     _fill(rec, "engine_uuid", ev.engine_uuid)
-    _fill(rec, "started", ms(ev.started))
+    _fill(rec, "started", ev.started)
 
 
 def _output(rec: dict[str, Any], ev: Output) -> None:
@@ -117,12 +107,11 @@ def _output(rec: dict[str, Any], ev: Output) -> None:
 def _complete(rec: dict[str, Any], ev: Complete) -> None:
     for key, value in zip(Complete._fields[1:], ev[1:]):
         if value is not None:
-            rec[key] = ms(value) if key in TIME_KEYS else _ms_dict(value)
+            rec[key] = value
 
 
 def _annotate(rec: dict[str, Any], ev: Annotate) -> None:
-    for key, value in ev.fields.items():
-        rec[key] = ms(value) if key in TIME_KEYS else value
+    rec.update(ev.fields)
 
 
 _APPLY = {Submit: _submit, Start: _start, Output: _output, Complete: _complete, Annotate: _annotate}
@@ -152,7 +141,7 @@ def fold(record: dict[str, Any] | None, event: Event, seq: int, *, msg_id: str |
             for key in REQUEST_KEYS:
                 if source is not None and not is_tombstone(source):
                     _fill(rec, key, source.get(key))
-            rec["submitted"] = ms(event.submitted)
+            rec["submitted"] = event.submitted
             rec["resubmitted_from"] = event.msg_id
         return rec
     _APPLY[type(event)](rec, event)  # type: ignore[operator]
@@ -181,11 +170,17 @@ def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Even
                 anomalies["stub_created"] = anomalies.get("stub_created", 0) + 1
         elif before.get("_dropped"):
             anomalies["after_drop"] = anomalies.get("after_drop", 0) + 1
+        elif event.__class__ is Submit and before.get("submitted") is not None and seq > before["_seq"]:
+            # Only the first submit counts (a later one fills nothing a stub lacks): say it happened.
+            anomalies["duplicate_submit"] = anomalies.get("duplicate_submit", 0) + 1
         after = fold(before, event, seq)
         if after is before:
             return []
         records[msg_id] = after
         return [msg_id]
+    if isinstance(event, Resubmit) and not _may_resubmit(records, event):
+        anomalies["resubmit_to_existing"] = anomalies.get("resubmit_to_existing", 0) + 1
+        return []
     changed = []
     for msg_id in targets(event):
         before = records.get(msg_id)
@@ -202,6 +197,32 @@ def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Even
             records[msg_id] = after
             changed.append(msg_id)
     return changed
+
+
+def _may_resubmit(records: dict[str, dict[str, Any] | None], event: Resubmit) -> bool:
+    """Whether the new msg_id of ``event`` may be given the original's request.
+
+    A new msg_id must be new: an existing task of that id is left as it is. Two existing records
+    are the resubmission itself: a stub (its output came first), and the request the Hub records
+    under the new id just before it links the two (the same content and header but for msg_id
+    and date) -- or one already linked to this original (a replayed event).
+    """
+    new = records.get(str(event.new_msg_id))
+    if new is None or new.get("_dropped") or new.get("submitted") is None:
+        return True
+    if new.get("resubmitted_from") is not None:
+        return bool(new["resubmitted_from"] == event.msg_id)
+    source = records.get(event.msg_id)
+    if source is None or source.get("_dropped"):
+        return False
+    return bool(new.get("content") == source.get("content")
+                and _request_header(new.get("header")) == _request_header(source.get("header")))
+
+
+def _request_header(header: Any) -> Any:
+    if not isinstance(header, dict):
+        return header
+    return {k: v for k, v in header.items() if k not in ("msg_id", "date")}
 
 
 def touched(batch: Iterable[tuple[int, Event]]) -> set[str]:

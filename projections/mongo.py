@@ -10,7 +10,7 @@ seed's ``$ge``/``$le`` were already mapped to ``$gt``/``$lt`` by the parser.
 from __future__ import annotations
 
 import re
-from datetime import timezone
+from datetime import timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +35,7 @@ class MongoProjection(Projection):
     """Records in a MongoDB database: ``mongodb://host:port/dbname``."""
 
     persistent = True
+    datetime_resolution = timedelta(milliseconds=1)  # BSON dates: what MongoDB itself keeps
 
     def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ from typing import Any
 
 from tasklog.errors import QueryError
 
-from .fold import HIDDEN, ms
+from .fold import HIDDEN
 
 __all__ = [
     "MISSING",
@@ -123,11 +123,11 @@ _REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.V
 
 
 def _normalise(value: Any) -> Any:
-    """Operands compare as records do: aware UTC datetimes at millisecond precision."""
+    """Operands compare as records do: aware UTC datetimes (a naive one is local time), exact."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.astimezone()
-        return ms(value.astimezone(timezone.utc))
+        return value.astimezone(timezone.utc)
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     return value

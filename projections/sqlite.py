@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
@@ -25,7 +25,9 @@ from .query import Cond, Logical, Node, compile_predicate
 __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document"]
 
 # 2: documents are arrays in RECORD_KEYS order (version 1 wrote maps, which are still read).
-SCHEMA_VERSION = 2
+# 3: datetime columns hold microseconds since the epoch (2 held milliseconds: records now keep
+#    the microseconds the Hub gave, and a millisecond column would make the SQL prefilter lie).
+SCHEMA_VERSION = 3
 # Indexed columns and the Python type their values must have to be stored there.
 COLUMNS: dict[str, type] = {
     "submitted": datetime, "started": datetime, "completed": datetime, "received": datetime,
@@ -37,18 +39,18 @@ _SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _CHUNK = 500
 
 
-def _ms(value: datetime) -> int:
-    return (value - _EPOCH) // _ms_unit
+def _us(value: datetime) -> int:
+    return (value - _EPOCH) // _US
 
 
-_ms_unit = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc) - _EPOCH
+_US = timedelta(microseconds=1)
 
 
 def _column_value(name: str, value: Any) -> Any:
     if value is None:
         return None
     if COLUMNS[name] is datetime:
-        return _ms(value) if isinstance(value, datetime) else _IRREGULAR
+        return _us(value) if isinstance(value, datetime) else _IRREGULAR
     return value if isinstance(value, str) else _IRREGULAR
 
 
@@ -133,10 +135,24 @@ class SQLiteProjection(Projection):
         if schema > SCHEMA_VERSION:
             raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
         if schema < SCHEMA_VERSION:
-            # Older documents stay readable as they are; the mark stops an older tasklog from
-            # misreading the newer documents written from now on.
-            db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+            self._upgrade(schema)
         self.last_seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+
+    def _upgrade(self, schema: int) -> None:
+        # Older documents stay readable as they are (their datetimes were cut to milliseconds,
+        # which the columns then hold exactly in microseconds); the mark stops an older tasklog
+        # from misreading what is written from now on. One transaction: all or nothing.
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema < 3:
+                times = [c for c, t in COLUMNS.items() if t is datetime]
+                db.execute("UPDATE records SET " + ", ".join(f"{c} = {c} * 1000" for c in times))
+            db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def clear(self) -> None:
         """Delete every record and reset the checkpoint, in one transaction."""
@@ -209,7 +225,7 @@ class SQLiteProjection(Projection):
 
     def _find_columns(self, where: str, params: list[Any], keys: list[str]) -> list[dict[str, Any]]:
         # Every selected field has its own column and no row is irregular: the columns hold the
-        # values exactly (datetimes as milliseconds), so no document is unpacked (8 µs each).
+        # values exactly (datetimes as microseconds), so no document is unpacked (8 µs each).
         cols = [k for k in keys if k != "msg_id"]
         rows = self._db.execute(f"SELECT {', '.join(['msg_id', *cols])} FROM records WHERE {where}", params)
         times = [COLUMNS[c] is datetime for c in cols]
@@ -217,7 +233,7 @@ class SQLiteProjection(Projection):
         for msg_id, *values in rows:
             rec = {"msg_id": msg_id}
             for name, is_time, v in zip(cols, times, values):
-                rec[name] = _EPOCH + _ms_unit * v if is_time and v is not None else v
+                rec[name] = _EPOCH + _US * v if is_time and v is not None else v
             out.append(rec)
         return out
 
@@ -246,7 +262,7 @@ def _typed(name: str, value: Any) -> Any:
         return _IRREGULAR
     want = COLUMNS[name]
     if want is datetime:
-        return _ms(value) if isinstance(value, datetime) else _IRREGULAR
+        return _us(value) if isinstance(value, datetime) else _IRREGULAR
     return value if isinstance(value, str) else _IRREGULAR
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from .errors import EventError
+from .errors import EncodeError, EventError
 
 __all__ = [
     "Submit",
@@ -180,12 +180,43 @@ def _opt_str(v: Any) -> str | None:
     return v
 
 
+class KeyProblem(ValueError):
+    """A document holds a key that is not a str: msgpack would store it, but no reader could use it."""
+
+
+def str_keys(value: Any) -> bool:
+    """True when every dict inside ``value`` (nested in dicts and lists) has only str keys."""
+    cls = value.__class__
+    if cls is dict:
+        for k, v in value.items():
+            if k.__class__ is not str:
+                return False
+            if v.__class__ in _NESTED and not str_keys(v):
+                return False
+        return True
+    if cls is list or cls is tuple:
+        for v in value:
+            if v.__class__ in _NESTED and not str_keys(v):
+                return False
+    return True
+
+
+_NESTED = frozenset({dict, list, tuple})
+
+
+def _check_keys(v: Any) -> Any:
+    # Extended JSON, MongoDB and every reader want str keys; found at append, nothing is written.
+    if not str_keys(v):
+        raise KeyProblem(f"holds a document key that is not a str (in {v!r:.60})")
+    return v
+
+
 def _dict(v: Any) -> dict[str, Any]:
     if v is None:
         return {}
     if not isinstance(v, Mapping):
         raise ValueError(f"must be a dict, got {type(v).__name__}")
-    return dict(v)
+    return _check_keys(dict(v))  # type: ignore[no-any-return]
 
 
 def _opt_dict(v: Any) -> dict[str, Any] | None:
@@ -238,7 +269,7 @@ def _output_name(v: Any) -> str:
 
 
 def _any(v: Any) -> Any:
-    return v
+    return _check_keys(v)
 
 
 def _new_id(v: Any) -> str:
@@ -252,11 +283,12 @@ def _msg_ids(v: Any) -> list[str]:
 
 
 def _fields(v: Any) -> dict[str, Any]:
-    d = _dict(v)
-    for k in d:
+    if not isinstance(v, Mapping):
+        raise ValueError(f"must be a dict, got {type(v).__name__}")
+    for k in v:
         if not isinstance(k, str) or not k or k == "msg_id" or k[0] in "$_" or "." in k:
             raise ValueError(f"key {k!r} cannot be annotated")
-    return d
+    return _check_keys(dict(v))  # type: ignore[no-any-return]
 
 
 Check = Callable[[Any], Any]
@@ -264,8 +296,10 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "submit": (_msg_id, _dict, _dict, _dict, _buffers, _opt_str, _queue, _dt_now, _opt_str),
     "start": (_msg_id, _opt_str, _opt_dt),
     "output": (_msg_id, _output_name, _opt_str, _any),
+    # completed: the time of the call when not given, as a Hub records it (a finished task
+    # must not match {"completed": None}).
     "complete": (_msg_id, _opt_dict, _opt_dict, _opt_dict, _opt_buffers,
-                 _opt_dt, _opt_dt, _opt_dt, _opt_str),
+                 _opt_dt, _dt_now, _opt_dt, _opt_str),
     "resubmit": (_msg_id, _new_id, _dt_now),
     "drop": (_msg_ids,),
     "annotate": (_msg_id, _fields),
@@ -285,14 +319,15 @@ def _check_output(ev: Output) -> None:
 _ALREADY_NORMAL: dict[Check, str] = {
     _msg_id: "{x}.__class__ is str and {x}",
     _opt_str: "{x} is None or {x}.__class__ is str",
-    _dict: "{x}.__class__ is dict",
-    _opt_dict: "{x} is None or {x}.__class__ is dict",
+    _dict: "{x}.__class__ is dict and _str_keys({x})",
+    _opt_dict: "{x} is None or ({x}.__class__ is dict and _str_keys({x}))",
     _buffers: "{x}.__class__ is list and _all_bytes({x})",
     _opt_buffers: "{x} is None or ({x}.__class__ is list and _all_bytes({x}))",
     _opt_dt: "{x} is None or ({x}.__class__ is datetime and {x}.tzinfo is UTC)",
+    _dt_now: "{x}.__class__ is datetime and {x}.tzinfo is UTC",
     _queue: "{x} is None or {x} in QUEUES",
     _output_name: "{x} in OUTPUT_NAMES",
-    _any: "True",
+    _any: "_str_keys({x})",
 }
 
 
@@ -307,7 +342,7 @@ def _all_bytes(items: list[Any]) -> bool:
 def _compile_fast(name: str, checks: tuple[Check, ...]) -> Callable[[Any], Any]:
     """Generate a validator for one event type from its row in CHECKS."""
     env: dict[str, Any] = {"datetime": datetime, "UTC": timezone.utc, "QUEUES": QUEUES,
-                           "OUTPUT_NAMES": OUTPUT_NAMES, "_all_bytes": _all_bytes, "cls": EVENT_TYPES[name]}
+                           "OUTPUT_NAMES": OUTPUT_NAMES, "_all_bytes": _all_bytes, "_str_keys": str_keys, "cls": EVENT_TYPES[name]}
     args = [f"a{i}" for i in range(len(checks))]
     lines = ["def fast(event):", f"    {', '.join(args)}, = event", "    changed = False"]
     for i, check in enumerate(checks):
@@ -347,6 +382,8 @@ def _name_bad_field(name: str, event: Any) -> None:
     for field, check, value in zip(event._fields, CHECKS[name], event):
         try:
             check(value)
+        except KeyProblem as exc:
+            raise EncodeError(name, field, str(exc)) from None
         except ValueError as exc:
             raise EventError(name, field, str(exc)) from None
 

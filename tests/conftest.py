@@ -7,7 +7,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +39,18 @@ def projection_spec(kind: str, tmp: Path, request: pytest.FixtureRequest, mongo_
     if kind == "mongo":
         return f"{request.getfixturevalue(mongo_fixture)}/t{uuid.uuid4().hex[:12]}"
     return kind
+
+
+def stored(proj: Any, value: Any) -> Any:
+    """``value`` as projection ``proj`` keeps it: exact, or datetimes cut to its resolution (MongoDB: ms)."""
+    if isinstance(value, datetime):
+        step = proj.datetime_resolution // timedelta(microseconds=1)
+        return value.replace(microsecond=value.microsecond - value.microsecond % step)
+    if isinstance(value, dict):
+        return {k: stored(proj, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [stored(proj, v) for v in value]
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,10 @@ from typing import Any
 
 import pymongo
 import pytest
-from conftest import projection_spec
+from conftest import projection_spec, stored
 
 import projections
-from projections.fold import ms
+from projections.query import compile_predicate
 from tasklog import Annotate, Complete, Drop, Output, QueryError, Resubmit, Start, Submit, TaskLog
 from tasklog.errors import ProjectionError
 
@@ -227,10 +227,22 @@ def test_records_identical_everywhere(proj: projections.Projection, history: str
             proj.get_history()
         return
     for msg_id in expected.get_history():
-        assert proj.get_record(msg_id) == expected.get_record(msg_id)
+        assert proj.get_record(msg_id) == stored(proj, expected.get_record(msg_id))
     assert proj.get_history() == expected.get_history()
     assert sorted(proj.find_records({}), key=lambda r: r["msg_id"]) == \
-        sorted(expected.find_records({}), key=lambda r: r["msg_id"])
+        sorted(stored(proj, expected.find_records({})), key=lambda r: r["msg_id"])
+
+
+def test_datetimes_keep_their_microseconds(proj: projections.Projection) -> None:
+    """What the Hub gave comes back (ipyparallel's serial_time depends on it); MongoDB keeps ms."""
+    if proj.spec == "none":
+        return
+    r1 = proj.get_record("task-01")
+    assert r1["submitted"] == stored(proj, _t(1)) and r1["header"]["date"] == stored(proj, _t(1))
+    exact = proj.datetime_resolution == timedelta(microseconds=1)
+    assert (r1["submitted"].microsecond == 123456) is exact
+    assert proj.count({"submitted": _t(1)}) == 1  # on MongoDB the operand is cut to ms as well
+    assert proj.count({"submitted": _t(1) + timedelta(microseconds=1)}) == (0 if exact else 1)
 
 
 def test_record_contents(proj: projections.Projection) -> None:
@@ -239,14 +251,14 @@ def test_record_contents(proj: projections.Projection) -> None:
     r3 = proj.get_record("task-03")
     assert r3["stdout"] == "early\nout 3\n" and r3["stderr"] == "warn\n"  # stub filled, not clobbered
     assert r3["buffers"] == [b"\x03" * 4] and r3["queue"] == "task" and r3["label"] == "job-3"
-    assert r3["completed"] == ms(_t(4)) and r3["completed"].tzinfo is not None
+    assert r3["completed"] == stored(proj, _t(4)) and r3["completed"].tzinfo is not None
     assert r3["result_content"] == {"status": "ok"}
     r5 = proj.get_record("task-05")
     assert r5["error"] == {"ename": "ValueError", "evalue": "bad"} and r5["resubmitted"] == "task-05b"
     r5b = proj.get_record("task-05b")
     assert r5b["resubmitted_from"] == "task-05" and r5b["resubmitted"] == "task-05c"
     assert r5b["header"] == r5["header"] and r5b["buffers"] == r5["buffers"] and r5b["label"] == "job-5"
-    assert r5b["submitted"] == ms(_t(20)) and r5b["completed"] is None and r5b["stdout"] == ""
+    assert r5b["submitted"] == stored(proj, _t(20)) and r5b["completed"] is None and r5b["stdout"] == ""
     assert proj.get_record("task-05c")["resubmitted_from"] == "task-05b"
     r11 = proj.get_record("task-11")
     assert r11["engine_uuid"] is None and r11["stdout"] == "" and r11["label"] is None
@@ -266,7 +278,7 @@ def test_keys_and_copies(proj: projections.Projection) -> None:
     rows = proj.find_records({"engine_uuid": {"$in": ["engine-2", "engine-3"]}}, keys="result_header")
     assert rows and all(set(r) == {"msg_id", "result_header"} for r in rows)
     rows = proj.find_records({"msg_id": "task-01"}, keys=["started", "msg_id", "tags"])
-    assert rows == [{"msg_id": "task-01", "started": ms(_t(1.5)), "tags": ["a", "b"]}]
+    assert rows == [{"msg_id": "task-01", "started": stored(proj, _t(1.5)), "tags": ["a", "b"]}]
     rows[0]["tags"].append("mutated")
     rec = proj.get_record("task-02")
     rec["extra"]["k"].append(99)
@@ -337,7 +349,7 @@ def test_bad_specs_fail_fast(tmp_path: Path) -> None:
 
 
 def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> None:
-    """A file written as maps (schema 1) reads the same, is marked 2, and takes new records."""
+    """A file written as maps (schema 1) reads the same, is marked current, and takes new records."""
     import sqlite3
 
     import msgpack
@@ -360,7 +372,7 @@ def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> Non
         p = projections.open(f"sqlite:///{db}", log=log)  # catches up the last 3 events
         fresh = projections.open("dict", log=log)
     con = sqlite3.connect(db)
-    assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 3
     shapes = {type(msgpack.unpackb(b, timestamp=3)).__name__ for (b,) in con.execute("SELECT doc FROM records")}
     con.close()
     assert shapes == {"dict", "list"}  # old documents left as they were, the caught-up ones rewritten
@@ -392,16 +404,15 @@ def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
     db = str(tmp_path / "new.db")
     projections.open(f"sqlite:///{db}").close()
     con = sqlite3.connect(db)
-    con.execute("UPDATE meta SET value=3 WHERE key='schema'")
+    con.execute("UPDATE meta SET value=4 WHERE key='schema'")
     con.commit()
     con.close()
-    with pytest.raises(ProjectionError, match="schema 3"):
+    with pytest.raises(ProjectionError, match="schema 4"):
         projections.open(f"sqlite:///{db}")
 
 
 def test_dict_indexes_follow_every_change() -> None:
     """The dict projection's indexes (incomplete tasks, label patterns) agree with a full scan at every step."""
-    from projections.query import compile_predicate
     from tasklog.demo import simulate
 
     raw = list(simulate(400, seed=9))
@@ -414,9 +425,9 @@ def test_dict_indexes_follow_every_change() -> None:
     t0 = min(e.submitted for e in raw if isinstance(e, Submit))
     queries = [{"completed": None}, {"label": {"$glob": "job-1*"}}, {"label": {"$regex": "^job-[45]$"}},
                {"completed": None, "label": {"$in": ["job-3", "job-30"]}},
-               {"submitted": {"$gte": ms(t0) + timedelta(milliseconds=10), "$lt": ms(t0) + timedelta(milliseconds=20)}},
-               {"submitted": {"$gt": ms(t0) + timedelta(milliseconds=40)}},
-               {"submitted": {"$lte": (ms(t0) + timedelta(milliseconds=5)).astimezone(IST)}}]
+               {"submitted": {"$gte": t0 + timedelta(milliseconds=10), "$lt": t0 + timedelta(milliseconds=20)}},
+               {"submitted": {"$gt": t0 + timedelta(milliseconds=40)}},
+               {"submitted": {"$lte": (t0 + timedelta(milliseconds=5)).astimezone(IST)}}]
     for i in range(0, len(events), 97):
         p.apply(events[i:i + 97])
         everything = p.find_records({})
@@ -432,8 +443,8 @@ def test_sorted_index_narrows_ranges() -> None:
     idx = SortedIndex("submitted")
     ids = [f"t{i}" for i in range(10)]
     for i, m in enumerate(ids):
-        idx.update(m, None, ms(_t(i)))  # records hold milliseconds, as queries compare them
-    idx.update("t9", ms(_t(9)), ms(_t(0.5)))  # moved
+        idx.update(m, None, _t(i))
+    idx.update("t9", _t(9), _t(0.5))  # moved
     idx.update("odd", None, "yesterday")  # irregular: always a candidate
     assert idx.candidates(projections.parse({"submitted": {"$gte": _t(2), "$lt": _t(5)}})) == {"t2", "t3", "t4", "odd"}
     assert idx.candidates(projections.parse({"submitted": {"$gt": _t(7)}})) == {"t8", "odd"}
@@ -450,12 +461,12 @@ def test_sorted_index_settles_few_or_many_pending_changes() -> None:
     rng = random.Random(11)
     idx = SortedIndex("submitted")
     values: dict[str, Any] = {}
-    lo, hi = ms(_t(20)), ms(_t(40))
+    lo, hi = (_t(20)), (_t(40))
     query = projections.parse({"submitted": {"$gte": lo, "$lt": hi}})
     for burst in (3000, 5, 1, 40, 2500, 0, 7):  # above and below a quarter of the entries
         for _ in range(burst):
             m = f"m{rng.randrange(4000)}"
-            new = rng.choice([ms(_t(rng.uniform(0, 60))), ms(_t(rng.uniform(0, 60))), None, "odd"])
+            new = rng.choice([(_t(rng.uniform(0, 60))), (_t(rng.uniform(0, 60))), None, "odd"])
             idx.update(m, values.get(m), new)
             values[m] = new
         want = {m for m, v in values.items() if v == "odd" or (v.__class__ is datetime and lo <= v < hi)}
@@ -470,17 +481,50 @@ def test_sorted_index_keeps_order_across_bucket_splits() -> None:
 
     rng = random.Random(3)
     idx = SortedIndex("submitted")
-    values = {f"m{i}": ms(_t(rng.uniform(0, 60))) for i in range(5000)}
+    values = {f"m{i}": (_t(rng.uniform(0, 60))) for i in range(5000)}
     for m, v in values.items():
         idx.update(m, None, v)
     for m in list(values)[::3]:  # moves and removals
-        new = ms(_t(rng.uniform(0, 60))) if rng.random() < 0.5 else None
+        new = (_t(rng.uniform(0, 60))) if rng.random() < 0.5 else None
         idx.update(m, values[m], new)
         values[m] = new
     assert len(idx) == sum(v is not None for v in values.values())
-    lo, hi = ms(_t(10)), ms(_t(20))
+    lo, hi = (_t(10)), (_t(20))
     cases = [({"$gte": lo, "$lt": hi}, lambda v: lo <= v < hi), ({"$gt": lo, "$lte": hi}, lambda v: lo < v <= hi),
              ({"$gt": lo, "$gte": lo}, lambda v: v > lo), ({"$lt": lo}, lambda v: v < lo)]
     for q, test in cases:
         want = {m for m, v in values.items() if v is not None and test(v)}
         assert idx.candidates(projections.parse({"submitted": q})) == want, q
+
+
+def test_sqlite_millisecond_columns_of_schema_2_are_upgraded(history: str, tmp_path: Path) -> None:
+    """A schema-2 file (datetimes cut to ms, columns in ms) is moved to microsecond columns on open."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from projections.sqlite import COLUMNS, decode_document, encode_document
+
+    db = str(tmp_path / "v2.db")
+    in_ms = SimpleNamespace(datetime_resolution=timedelta(milliseconds=1))
+    with TaskLog.open(history, readonly=True) as log:
+        projections.open(f"sqlite:///{db}", log=log).close()
+    con = sqlite3.connect(db)
+    for msg_id, blob in con.execute("SELECT msg_id, doc FROM records").fetchall():
+        con.execute("UPDATE records SET doc=? WHERE msg_id=?", (encode_document(stored(in_ms, decode_document(blob))),
+                                                              msg_id))
+    times = [c for c, t in COLUMNS.items() if t is datetime]
+    con.execute("UPDATE records SET " + ", ".join(f"{c} = {c} / 1000" for c in times))
+    con.execute("UPDATE meta SET value=2 WHERE key='schema'")
+    con.commit()
+    con.close()
+    p = projections.open(f"sqlite:///{db}")
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 3
+    everything = p.find_records({})
+    for q in ({"submitted": {"$gte": _t(3), "$lt": _t(8)}}, {"completed": {"$lte": _t(4)}},
+              {"started": {"$gt": _t(2.5)}}):
+        scan = compile_predicate(projections.parse(q))
+        assert _ids(p.find_records(q)) == _ids([r for r in everything if scan(r)]) != [], q
+        assert sorted(p.find_records(q, keys=["started"]), key=lambda r: r["msg_id"]) == \
+            sorted(({"msg_id": r["msg_id"], "started": r["started"]} for r in everything if scan(r)),
+                   key=lambda r: r["msg_id"])
+    p.close()
