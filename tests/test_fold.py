@@ -72,3 +72,44 @@ def test_fold_is_pure() -> None:
     assert rec == before and out is not rec and out is not None and out["stdout"] == "x"
     assert fold(out, Output("t", "stdout", "x", None), 5) is out  # same seq: no-op
     assert fold(out, Output("t", "stdout", "y", None), 4) is out  # older seq: no-op
+
+
+def _applied(events: list[Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    from projections.fold import apply_event
+
+    records: dict[str, Any] = {}
+    anomalies: dict[str, int] = {}
+    for seq, ev in enumerate(events, start=1):
+        apply_event(records, seq, ev, anomalies)
+    return records, anomalies
+
+
+def test_second_submit_is_ignored_and_counted() -> None:
+    records, anomalies = _applied([Submit("t", {"msg_id": "t"}, {}, {}, [], "c1", "task", T, None),
+                                   Submit("t", {"msg_id": "t", "x": 1}, {}, {}, [], "c2", "mux",
+                                          T + timedelta(seconds=5), "late")])
+    rec = records["t"]
+    assert (rec["client_uuid"], rec["queue"], rec["submitted"]) == ("c1", "task", T)
+    assert rec["label"] == "late"  # a field the first submit left empty is still filled
+    assert anomalies == {"duplicate_submit": 1}
+    # An early output's stub is not a submit: filling it is the normal order tolerance.
+    _, quiet = _applied([Output("u", "stdout", "x", None), Submit("u", {}, {}, {}, [], "c", "task", T, None)])
+    assert quiet == {"stub_created": 1}
+
+
+def test_resubmit_never_takes_over_an_existing_task() -> None:
+    from tasklog import Resubmit
+
+    a1 = Submit("a1", {"msg_id": "a1", "msg_type": "x"}, {"code": "a"}, {}, [b"a"], "c", "task", T, None)
+    dup = Submit("dup", {"msg_id": "dup", "msg_type": "y"}, {"code": "d"}, {}, [b"d"], "c", "task",
+                 T + timedelta(seconds=1), None)
+    records, anomalies = _applied([a1, dup, Resubmit("dup", "a1", T + timedelta(seconds=9))])
+    assert records["a1"]["header"] == {"msg_id": "a1", "msg_type": "x"} and records["a1"]["submitted"] == T
+    assert records["a1"]["resubmitted_from"] is None and records["dup"]["resubmitted"] is None
+    assert anomalies == {"resubmit_to_existing": 1}
+    # The Hub records the new task (same request, new msg_id and date) just before it links the two.
+    again = Submit("n1", {"msg_id": "n1", "msg_type": "y", "date": T}, {"code": "d"}, {}, [b"d"], "c", "task",
+                   T + timedelta(seconds=9), None)
+    records, anomalies = _applied([dup, again, Resubmit("dup", "n1", T + timedelta(seconds=9))])
+    assert records["n1"]["resubmitted_from"] == "dup" and records["dup"]["resubmitted"] == "n1"
+    assert anomalies == {}

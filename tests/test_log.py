@@ -164,6 +164,15 @@ def test_bad_input_writes_nothing(log_dir: str, mode: str) -> None:
             log.append_many([tasklog.Start("x"), tasklog.Annotate("y", {"s": {1}})])
         with pytest.raises(InterfaceError):
             log.append_many([tasklog.Start("x")], keys=["a", "b"])
+        # Keys that are not str: msgpack would store them, every reader (JSON, MongoDB) would fail.
+        for field, call in (("submit.content", lambda: log.submit("m", content={1: 1})),
+                            ("submit.metadata", lambda: log.submit("m", metadata={b"k": 1})),
+                            ("submit.header", lambda: log.submit("m", header={"a": [{"b": {2: 3}}]})),
+                            ("complete.result_content", lambda: log.complete("m", result_content={(1,): 1})),
+                            ("output.content", lambda: log.output("m", "display_data", content={"d": {3: 4}})),
+                            ("annotate.fields", lambda: log.annotate("m", {"x": {5: 5}}))):
+            with pytest.raises(tasklog.EncodeError, match=rf"{field}: holds a document key that is not a str"):
+                call()
         assert log.append_many([]) == []
         log.flush()
         assert [(s, ev.msg_id) for s, ev in log.read()] == [(1, "ok")]
@@ -278,3 +287,16 @@ def test_read_chunks_match_read_across_chunk_boundaries(log_dir: str) -> None:
             assert all(chunks) and all(len(c) <= _READ_CHUNK for c in chunks)
             want = [item for item in every if item[0] >= start and (stop is None or item[0] < stop)]
             assert [item for c in chunks for item in c] == want == list(log.read(start, stop))
+
+
+def test_complete_without_a_time_records_the_call(log_dir: str) -> None:
+    """A finished task must not match {"completed": None}: the Hub always sets completed."""
+    import projections
+
+    with TaskLog.open(log_dir) as log:
+        log.submit("t")
+        before = tasklog.events.utcnow()
+        log.complete("t", result_content={"status": "ok"})
+        done = projections.open("dict", log=log)
+        assert done.count({"completed": None}) == 0
+        assert before <= done.get_record("t")["completed"] <= tasklog.events.utcnow()
