@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from bson.regex import Regex
+
 from tasklog.errors import QueryError
 
 from .fold import HIDDEN
@@ -36,6 +38,7 @@ __all__ = [
     "clone",
     "OPERATORS",
     "ALIASES",
+    "MAX_DEPTH",
 ]
 
 
@@ -102,8 +105,8 @@ def _check_exists(op: str, arg: Any) -> bool:
 
 
 def _check_str(op: str, arg: Any) -> Any:
-    if isinstance(arg, re.Pattern) and op == "$regex":
-        return arg
+    if isinstance(arg, (re.Pattern, Regex)) and op == "$regex":
+        return _normalise(arg)
     if not isinstance(arg, str):
         raise QueryError(f"{op} needs a string, got {type(arg).__name__}")
     return arg
@@ -119,7 +122,11 @@ OPERATORS: dict[str, Callable[[str, Any], Any]] = {
     "$lte": _check_any, "$in": _list_arg, "$nin": _list_arg, "$all": _list_arg, "$exists": _check_exists,
     "$mod": _check_mod, "$regex": _check_str, "$glob": _check_str,
 }
-_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+# MongoDB's $options letters; "u" (Unicode) is what a Python str pattern always is.
+_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "u": 0}
+# How deep $and/$or/$nor/$not may nest: every projection answers up to here (SQLite's parser
+# overflowed at 50 levels of $or, Python's recursion limit at a few hundred).
+MAX_DEPTH = 20
 
 
 def _normalise(value: Any) -> Any:
@@ -130,37 +137,57 @@ def _normalise(value: Any) -> Any:
         return value.astimezone(timezone.utc)
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
+    if isinstance(value, Regex):  # a BSON regex (Extended JSON's $regularExpression, pymongo's Regex)
+        return _bson_regex(value)
     return value
 
 
-def parse(query: Any) -> Logical:
+def _bson_regex(value: Regex[Any]) -> re.Pattern[str]:
+    if not isinstance(value.pattern, str):
+        raise QueryError(f"a regex pattern must be a str, got {type(value.pattern).__name__}")
+    try:
+        return re.compile(value.pattern, value.flags & ~re.UNICODE)
+    except (re.error, ValueError) as exc:
+        raise QueryError(f"bad regex {value.pattern!r:.40}: {exc}") from None
+
+
+def parse(query: Any, depth: int = 0) -> Logical:
     """Validate ``query`` and return its tree; raise QueryError naming what is wrong."""
     if query is None:
         query = {}
     if not isinstance(query, Mapping):
         raise QueryError(f"a query must be a dict, got {type(query).__name__}")
-    return Logical("$and", tuple(_parse_key(k, v) for k, v in query.items()))
+    return Logical("$and", tuple(_parse_key(k, v, depth) for k, v in query.items()))
 
 
-def _parse_key(key: Any, value: Any) -> Node:
+def _deeper(depth: int, what: str) -> int:
+    if depth >= MAX_DEPTH:
+        raise QueryError(f"{what} nests deeper than {MAX_DEPTH} levels of $and/$or/$nor/$not")
+    return depth + 1
+
+
+def _parse_key(key: Any, value: Any, depth: int) -> Node:
     if not isinstance(key, str) or not key:
         raise QueryError(f"query keys must be non-empty strings, got {key!r:.40}")
     if key in ("$and", "$or", "$nor"):
         if not isinstance(value, (list, tuple)) or not value:
             raise QueryError(f"{key} needs a non-empty list of queries")
-        return Logical(key, tuple(parse(q) for q in value))
+        inner = _deeper(depth, key)
+        return Logical(key, tuple(parse(q, inner) for q in value))
     if key.startswith("$"):
         raise QueryError(f"unknown operator {key} at the top level of the query")
+    if isinstance(value, Regex):
+        value = _bson_regex(value)
     if isinstance(value, re.Pattern):
         return Cond(key, "$regex", value)
     if isinstance(value, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in value):
         if not all(isinstance(k, str) and k.startswith("$") for k in value):
             raise QueryError(f"{key}: cannot mix operators and fields in {dict(value)!r:.80}")
-        return _parse_ops(key, value)
+        return _parse_ops(key, value, depth)
     return Cond(key, "$eq", _normalise(value))
 
 
-def _parse_ops(path: str, ops: Mapping[str, Any]) -> Node:
+def _parse_ops(path: str, ops: Mapping[str, Any], depth: int) -> Node:
     conds: list[Node] = []
     for op, arg in ops.items():
         if op == "$options":
@@ -168,7 +195,7 @@ def _parse_ops(path: str, ops: Mapping[str, Any]) -> Node:
                 raise QueryError(f"{path}: $options needs $regex")
             continue
         if op == "$not":
-            conds.append(_parse_not(path, arg))
+            conds.append(_parse_not(path, arg, _deeper(depth, "$not")))
             continue
         op = ALIASES.get(op, op)
         check = OPERATORS.get(op)
@@ -181,12 +208,14 @@ def _parse_ops(path: str, ops: Mapping[str, Any]) -> Node:
     return conds[0] if len(conds) == 1 else Logical("$and", tuple(conds))
 
 
-def _parse_not(path: str, arg: Any) -> Not:
-    if isinstance(arg, re.Pattern):
-        return Not(path, (Cond(path, "$regex", arg),))
+def _parse_not(path: str, arg: Any, depth: int) -> Not:
+    if isinstance(arg, (re.Pattern, Regex)):
+        return Not(path, (Cond(path, "$regex", _normalise(arg)),))
     if not isinstance(arg, Mapping) or not arg:
         raise QueryError(f"{path}: $not needs an operator document or a regex")
-    inner = _parse_ops(path, arg)
+    if "$not" in arg:  # MongoDB refuses it too; parsed, it became a condition that matched nothing
+        raise QueryError(f"{path}: $not cannot hold another $not")
+    inner = _parse_ops(path, arg, depth)
     conds = inner.children if isinstance(inner, Logical) else (inner,)
     return Not(path, tuple(c for c in conds if isinstance(c, Cond)))
 

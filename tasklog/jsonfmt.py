@@ -6,6 +6,7 @@ survive a round trip through the CLI.
 
 from __future__ import annotations
 
+import json
 from datetime import timezone
 from typing import Any
 
@@ -24,10 +25,22 @@ def dumps(obj: Any) -> str:
     return str(json_util.dumps(obj, json_options=_OPTIONS))
 
 
+def _pairs(pairs: list[tuple[str, Any]]) -> Any:
+    # json_util reads any document holding "$regex" as a legacy regex value: it drops the other
+    # operators beside it ({"$regex": "x", "$ne": 3} lost the $ne) and keeps an unknown option
+    # letter quietly. A "$regex" with a string is a query operator: the query parser checks it.
+    for key, value in pairs:
+        if key == "$regex" and isinstance(value, str):
+            return dict(pairs)
+    return json_util.object_pairs_hook(pairs, _OPTIONS)
+
+
 def loads(text: str) -> Any:
-    """Decode Extended JSON; a syntax error becomes a QueryError naming it."""
+    """Decode Extended JSON (``$regex`` documents stay query operators); errors become QueryError."""
     try:
-        return json_util.loads(text, json_options=_OPTIONS)
+        return json.loads(text, object_pairs_hook=_pairs)
+    except RecursionError:
+        raise QueryError("not valid Extended JSON: nested too deeply") from None
     except ValueError as exc:
         raise QueryError(f"not valid Extended JSON: {exc}") from None
 
