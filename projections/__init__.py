@@ -79,6 +79,9 @@ def replay(log: TaskLog, spec: str | Projection, *, start: int | None = None, st
         if rebuild:
             proj.clear()
         snapshot.catch_up(proj, log, start=start, stop=stop, progress=progress)
+        if stop is not None:
+            # Time travel stays where it was taken: a later open (a query) answers as of it.
+            proj.pin(min(stop, log.last_seq))
     except BaseException:
         proj.close()
         raise
@@ -86,9 +89,19 @@ def replay(log: TaskLog, spec: str | Projection, *, start: int | None = None, st
 
 
 def open(spec: str, log: TaskLog | None = None, **options: Any) -> Projection:
-    """Open the projection named by ``spec``; with ``log``, catch it up from its checkpoint."""
+    """Open the projection named by ``spec``; with ``log``, catch it up from its checkpoint.
+
+    A projection pinned by a time-travel replay stays as it is (checked to be of ``log``);
+    ``replay`` without ``stop`` moves it on.
+    """
     projection = _build(spec, options)
-    if log is not None:
+    if log is not None and projection.pinned is not None:
+        try:
+            projection.bind(log.identity)
+        except BaseException:
+            projection.close()
+            raise
+    elif log is not None:
         try:
             snapshot.catch_up(projection, log)
         except BaseException:

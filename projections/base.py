@@ -17,6 +17,8 @@ from typing import Any
 
 from tasklog.events import Event
 
+from tasklog.errors import ProjectionError
+
 from .fold import Anomalies, apply_event, is_tombstone, targets, touched
 from .query import Logical, parse, parse_keys, public_copy
 
@@ -64,6 +66,12 @@ class Projection(ABC):
         self.last_seq = 0
         self.anomalies: Anomalies = {}
         self.applied = 0
+        #: The identity of the log the records were folded from (None: not bound yet).
+        self.log_identity: str | None = None
+        #: The event a time-travel replay stopped at: the records stay as of it (None: follows the log).
+        self.pinned: int | None = None
+        #: The snapshot the records were last restored from (None: folded from events only).
+        self.restored_from: int | None = None
         self._lock = threading.RLock()
         self._before_read: Callable[[], None] | None = None
 
@@ -86,8 +94,41 @@ class Projection(ABC):
         """msg_ids of live records ordered by (submitted, msg_id), never-submitted first."""
 
     @abstractmethod
+    def _clear(self) -> None:
+        """Delete every stored record and reset the stored checkpoint to 0, at once where the store allows."""
+
+    def _save_marks(self) -> None:  # noqa: B027 (a no-op default: only persistent backends store them)
+        """Store ``log_identity`` and ``pinned`` beside the checkpoint."""
+
     def clear(self) -> None:
-        """Forget every record and the checkpoint (before a rebuild)."""
+        """Forget every record, the checkpoint and which log they came from (before a rebuild)."""
+        with self._lock:
+            self._clear()
+            self.last_seq = 0
+            self.anomalies = {}
+            self.log_identity = None
+            self.pinned = None
+            self._save_marks()
+
+    def bind(self, identity: str | None) -> None:
+        """Tie the records to the log ``identity``; refuse records folded from another log."""
+        with self._lock:
+            if self.log_identity == identity:
+                return
+            if self.log_identity is None:  # a new projection, or one made by an older tasklog
+                self.log_identity = identity
+                self._save_marks()
+                return
+            this = f"this log ({identity})" if identity else "this log, which has no identity (an older tasklog's)"
+            raise ProjectionError(f"{self.spec} was built from log {self.log_identity}, not from {this}; "
+                                  "replay with rebuild to build it from this log")
+
+    def pin(self, seq: int | None) -> None:
+        """Keep the records as of event ``seq`` (a time-travel replay), or let them follow the log (None)."""
+        with self._lock:
+            if self.pinned != seq:
+                self.pinned = seq
+                self._save_marks()
 
     def _count(self, node: Logical) -> int:
         return len(self._find(node, ["msg_id"]))
@@ -150,7 +191,7 @@ class Projection(ABC):
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Replace every record with ``records`` (a snapshot's), folded up to ``last_seq``."""
         with self._lock, gc_paused():
-            self.clear()
+            self._clear()  # the marks stay: the snapshot is of the log the projection is bound to
             chunk: Records = {}
             for rec in records:
                 chunk[rec["msg_id"]] = rec
@@ -161,6 +202,7 @@ class Projection(ABC):
             self._store(chunk, set(chunk), last_seq)
             self.last_seq = last_seq
             self.anomalies = dict(anomalies)
+            self.restored_from = last_seq
 
     # -- reading ----------------------------------------------------------------
 

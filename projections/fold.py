@@ -31,6 +31,8 @@ __all__ = [
     "is_tombstone",
     "ms",
     "Anomalies",
+    "ANOMALIES",
+    "describe",
     "touched",
     "fold_all",
 ]
@@ -48,6 +50,20 @@ HIDDEN = frozenset({"_seq", "_dropped"})
 _DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
 
 Anomalies = dict[str, int]
+
+# What each anomaly counter means, in words for people. The first is normal on a real Hub.
+ANOMALIES: dict[str, str] = {
+    "stub_created": "events arrived before their task's submit (as iopub output can on a real Hub)",
+    "after_drop": "events named a purged task (ignored)",
+    "drop_unknown": "purges named a task never seen",
+    "duplicate_submit": "submits repeated a msg_id already submitted (ignored)",
+    "resubmit_to_existing": "resubmits named an existing msg_id as the new one (refused)",
+}
+
+
+def describe(anomalies: Anomalies) -> str:
+    """The anomaly counts in words ("none" when there are none)."""
+    return "; ".join(f"{n:,} {ANOMALIES.get(name, name)}" for name, n in sorted(anomalies.items()) if n) or "none"
 
 
 def ms(value: Any) -> Any:

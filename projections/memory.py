@@ -12,6 +12,8 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from tasklog.errors import ProjectionError
+
 from .base import Projection, Records
 from .fold import is_tombstone
 from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
@@ -42,9 +44,20 @@ class DictProjection(Projection):
                  cull_fraction: float = 0.1) -> None:
         super().__init__()
         self.spec = "dict"
+        for name, value, low in (("record_limit", record_limit, 1), ("size_limit", size_limit, 0)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ProjectionError(f"dict option {name} must be a whole number >= {low}, got {value!r}")
+        if not (isinstance(cull_fraction, (int, float)) and 0 < cull_fraction <= 1):
+            raise ProjectionError(f"dict option cull_fraction must be in (0, 1], got {cull_fraction!r}")
         self.record_limit = record_limit
         self.size_limit = size_limit
         self.cull_fraction = cull_fraction
+        self.culled_count = 0
+        self.buffers_dropped = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        """Forget every record (the settings stay)."""
         self._records: dict[str, dict[str, Any]] = {}
         self._tombs: dict[str, dict[str, Any]] = {}
         self._culled: set[str] = set()
@@ -53,13 +66,6 @@ class DictProjection(Projection):
         self._open: set[str] = set()  # records whose completed is None
         self._submitted = SortedIndex("submitted")
         self._size = 0
-        self.culled_count = 0
-        self.buffers_dropped = 0
-
-    def clear(self) -> None:
-        """Forget every record."""
-        limits = (self.record_limit, self.size_limit, self.cull_fraction)
-        self.__init__(*limits)  # type: ignore[misc]
 
     def _load(self, msg_ids: set[str]) -> Records:
         out: Records = {}

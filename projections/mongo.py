@@ -76,6 +76,8 @@ class MongoProjection(Projection):
             self._records.create_index(field)
         doc = self._meta.find_one({"_id": "checkpoint"})
         self.last_seq = int(doc["seq"]) if doc else 0
+        marks = self._meta.find_one({"_id": "marks"}) or {}
+        self.log_identity, self.pinned = marks.get("log_identity"), marks.get("pinned")
 
     def _load(self, msg_ids: set[str]) -> Records:
         def fetch() -> Records:
@@ -117,14 +119,17 @@ class MongoProjection(Projection):
     def drop_all(self) -> None:
         """Drop the whole database (records, checkpoint, indexes)."""
         self._guard(self._client.drop_database, self._db.name)
-        self.last_seq = 0
+        self.last_seq, self.log_identity, self.pinned = 0, None, None
 
-    def clear(self) -> None:
+    def _clear(self) -> None:
         """Delete every record and the checkpoint."""
         self._guard(self._records.delete_many, {})
-        self._guard(self._meta.delete_many, {})
-        self.last_seq = 0
-        self.anomalies.clear()
+        self._guard(self._meta.delete_one, {"_id": "checkpoint"})
+
+    def _save_marks(self) -> None:
+        """Store which log the records come from and the event they are pinned at."""
+        self._guard(self._meta.replace_one, {"_id": "marks"},
+                    {"_id": "marks", "log_identity": self.log_identity, "pinned": self.pinned}, True)
 
     def close(self) -> None:
         """Close the client."""

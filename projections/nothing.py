@@ -37,11 +37,10 @@ class NoProjection(Projection):
 
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Skip the snapshot's records; only its position counts."""
-        self.last_seq = last_seq
+        self.last_seq = self.restored_from = last_seq
 
-    def clear(self) -> None:
-        """Nothing to forget but the checkpoint."""
-        self.last_seq = 0
+    def _clear(self) -> None:
+        """Nothing to forget but the checkpoint, which clear() resets."""
 
     def _refuse(self) -> NoReturn:
         raise KeyError(_WHY)

@@ -10,7 +10,7 @@ when the projection starts empty.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -43,7 +43,7 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
     anomalies: Anomalies = {}
     with gc_paused():
         if base:
-            header, items = retention.read_snapshot(log, base)
+            header, items = _read(log, base)
             anomalies = dict(header.get("anomalies", {}))
             records = {rec["msg_id"]: rec for rec in items}
         elif log.start_seq > 1:
@@ -54,13 +54,23 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
             if progress is not None:
                 progress(len(chunk))
         header = {"seq": at, "records": len(records), "anomalies": anomalies,
-                  "created": datetime.now(timezone.utc)}
+                  "created": datetime.now(timezone.utc), "log_identity": log.identity}
         path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
     return SnapshotInfo(at, len(records), path, base)
 
 
-def _restore(proj: Projection, log: TaskLog, seq: int) -> None:
+def _read(log: TaskLog, seq: int) -> tuple[dict[str, Any], Iterator[Any]]:
+    """A snapshot of this log: one copied in from another log is refused, not folded in."""
     header, items = retention.read_snapshot(log, seq)
+    theirs = header.get("log_identity")
+    if theirs is not None and log.identity is not None and theirs != log.identity:
+        raise ProjectionError(f"snapshot {seq} in {log.path} was taken of log {theirs}, not of this log "
+                              f"({log.identity}); remove it")
+    return header, items
+
+
+def _restore(proj: Projection, log: TaskLog, seq: int) -> None:
+    header, items = _read(log, seq)
     proj.restore(items, seq, header.get("anomalies", {}))
 
 
@@ -76,7 +86,14 @@ def _pick(log: TaskLog, proj: Projection, stop: int | None) -> int | None:
 
 def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: int | None = None,
              progress: Callable[[int], None] | None = None) -> int:
-    """Bring ``proj`` to event ``stop`` (default: the last), from a snapshot when it must or can."""
+    """Bring ``proj`` to event ``stop`` (default: the last), from a snapshot when it must or can.
+
+    A projection folded from another log is refused. Without ``stop`` a pinned projection is
+    released to follow the log again.
+    """
+    proj.bind(log.identity)
+    if stop is None:
+        proj.pin(None)
     if proj.last_seq > log.last_seq:
         # The projection applied events an async log had not yet committed when its process died:
         # those numbers will be reused by new events, so the log's own history must be rebuilt.

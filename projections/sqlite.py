@@ -137,6 +137,8 @@ class SQLiteProjection(Projection):
         if schema < SCHEMA_VERSION:
             self._upgrade(schema)
         self.last_seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
+        marks = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('log_identity', 'pinned')").fetchall())
+        self.log_identity, self.pinned = marks.get("log_identity"), marks.get("pinned")
 
     def _upgrade(self, schema: int) -> None:
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
@@ -154,14 +156,19 @@ class SQLiteProjection(Projection):
             db.execute("ROLLBACK")
             raise
 
-    def clear(self) -> None:
+    def _clear(self) -> None:
         """Delete every record and reset the checkpoint, in one transaction."""
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM records")
         self._db.execute("UPDATE meta SET value=0 WHERE key='last_seq'")
         self._db.execute("COMMIT")
-        self.last_seq = 0
-        self.anomalies.clear()
+
+    def _save_marks(self) -> None:
+        """Store which log the records come from and the event they are pinned at."""
+        with self._db:  # the sqlite3 connection as a context: one transaction
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 [("log_identity", self.log_identity), ("pinned", self.pinned)])
 
     def _load(self, msg_ids: set[str]) -> Records:
         out: Records = {}

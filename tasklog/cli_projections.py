@@ -1,104 +1,228 @@
-"""CLI commands that compose the log with projections (registered into tasklog.cli).
+"""Commands that fold the log into projections: demo, query, replay, snapshot.
 
-Only this module and the ipyparallel adapter import both packages; the log core never
-imports ``projections``.
+With the ipyparallel adapter, these are the only modules of ``tasklog`` that import
+``projections``: the CLI is an edge that composes the two packages.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+import sys
+import time
+from datetime import timedelta
+from typing import Any
 
-from . import cli
-from .errors import QueryError
+import projections
+from projections import snapshot
+from projections.fold import describe
+from projections.live import attach
+
+from .cli_common import Command, add_log, at_least, iso_time, leave_nothing, positive
+from .demo import simulate
+from .errors import InterfaceError, QueryError
+from .events import utcnow
 from .jsonfmt import dumps, loads
-from .log import TaskLog
+from .log import DURABILITY, TaskLog
 from .progress import Progress
 
-__all__ = ["cmd_query", "cmd_replay", "cmd_snapshot"]
+__all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
+
+_AS_OF_HELP = "what had been committed by this ISO time (without a zone: local time, as a naive datetime is)"
+_NO_RECORDS = "the none projection keeps no records (like ipyparallel's NoDB)"
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    """Catch the projection up from the log, then print the matching records."""
-    import projections
+def _local_file(spec: str) -> str | None:
+    """The file a spec creates when it is new (SQLite), so a failing command can remove it."""
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else None
+    return None if path in (None, "", ":memory:") else path
 
-    query = loads(args.query)
-    if not isinstance(query, dict):
-        raise QueryError("QUERY must be a JSON object")
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
-    with TaskLog.open(args.log, readonly=True) as log, projections.open(args.projection) as proj:
-        bar = Progress(max(log.last_seq - proj.last_seq, 0), "catch-up")
-        projections.replay(log, proj, progress=bar.update)
-        bar.close()
-        for record in proj.find_records(query, keys=keys):
-            print(dumps(record))
+
+# -- demo ---------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a hub under heavy load."""
+    spec = args.projection
+    with leave_nothing(args.log, _local_file(spec) if spec else None):
+        # The projection first: an unreachable server must fail before a log is made for it.
+        proj = projections.open(spec) if spec else None
+        with TaskLog.open(args.log, args.durability) as log:
+            live = attach(log, proj) if proj is not None else None
+            _simulate_into(log, args)
+            if live is not None:
+                _demo_queries(live)
+                live.close()
     return 0
 
 
-def _register(add: Callable[[str, cli.Command, str], argparse.ArgumentParser]) -> None:
-    import projections
+def _simulate_into(log: TaskLog, args: argparse.Namespace) -> None:
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    before = log.last_seq
+    bar = Progress(None, "demo", "ev")
+    t0 = time.perf_counter()
+    n = 0
+    for event in simulate(args.tasks, seed=seed):  # a new seed each run: new tasks, never the same ids again
+        log.append(event)
+        n += 1
+        if n % 512 == 0:
+            bar.update(512)
+    bar.update(n % 512)
+    log.flush()
+    elapsed = time.perf_counter() - t0
+    bar.close()
+    print(f"{n:,} events for {args.tasks:,} tasks in {elapsed:.2f} s: {n / elapsed:,.0f} events/s "
+          f"({args.durability} durability: {DURABILITY[args.durability].promise}); seed {seed}")
+    print(f"log {log.path}: events {before + 1}..{log.last_seq}, {log.disk_bytes() / 1e6:.1f} MB on disk")
 
-    p = add("query", cmd_query, "catch a projection up from the log, then print matching records "
-            "as MongoDB Extended JSON, one per line")
-    p.add_argument("--log", default=cli.DEFAULT_LOG)
-    p.add_argument("--projection", default="dict", metavar="SPEC", help=projections.SPEC_HELP)
-    p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'')
-    p.add_argument("--keys", metavar="A,B", help="fields to print (msg_id is always included)")
+
+def _demo_queries(projection: Any) -> None:
+    if projection.spec == "none":
+        print(f"projection none: {_NO_RECORDS}; no sample queries")
+        return
+    hour_ago = utcnow() - timedelta(hours=1)
+    samples: list[tuple[str, dict[str, Any]]] = [
+        ("incomplete tasks", {"completed": None}),
+        ("failed tasks", {"result_content.status": "error"}),
+        ("resubmitted tasks", {"resubmitted": {"$ne": None}}),
+        ("on engine-0 or engine-1", {"engine_uuid": {"$in": ["engine-0", "engine-1"]}}),
+        ("started in the last hour by client-0", {"started": {"$gte": hour_ago}, "client_uuid": "client-0"}),
+        ("labels job-1*", {"label": {"$glob": "job-1*"}}),
+    ]
+    print(f"projection {projection.spec}: {projection.count({}):,} records; "
+          f"noted while folding: {describe(projection.anomalies)}")
+    for title, query in samples:
+        print(f"  {title:40s} {dumps(query)}: {projection.count(query):,}")
 
 
-cli._EXTRA_COMMANDS.append(_register)
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--tasks", type=positive, default=20000, help="number of tasks (default 20000)")
+    p.add_argument("--projection", metavar="SPEC", help="attach a live projection: dict, sqlite:///path, "
+                   "mongodb://host:port/db or none, and run sample queries at the end")
+    p.add_argument("--durability", choices=sorted(DURABILITY), default="async")
+    p.add_argument("--seed", type=int, help="repeat a run's tasks (default: a new seed, so new tasks, each run)")
+
+
+# -- query --------------------------------------------------------------------------
+
+
+def _read_query(text: str) -> dict[str, Any]:
+    """QUERY as given: Extended JSON, ``-`` for standard input, or ``@FILE``."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            with open(text[1:]) as f:
+                text = f.read()
+        except OSError as exc:
+            raise InterfaceError(f"cannot read the query from {text[1:]}: {exc.strerror}") from None
+    query = loads(text)
+    if not isinstance(query, dict):
+        raise QueryError("QUERY must be a JSON object")
+    return query
 
 
 def _stop(log: TaskLog, args: argparse.Namespace) -> int | None:
+    """The event --to or --as-of names (None: the end of the log), checked against the log."""
     if args.to is not None and args.as_of is not None:
-        raise QueryError("give --to or --as-of, not both")
-    if args.to is not None:
-        return int(args.to)
+        raise InterfaceError("give --to or --as-of, not both")
     if args.as_of is not None:
-        return log.seq_at(cli.iso_time(args.as_of, "--as-of"))
-    return None
+        return log.seq_at(iso_time(args.as_of, "--as-of"))
+    if args.to is not None and args.to > log.last_seq:
+        raise InterfaceError(f"--to {args.to} is past the log's last event, {log.last_seq}")
+    return args.to  # type: ignore[no-any-return]
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Catch the projection up from the log (or build it as of --to/--as-of), then print the matches."""
+    query = _read_query(args.query)
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
+    if args.projection == "none":
+        raise InterfaceError(f"{_NO_RECORDS}: query needs dict, sqlite:///PATH or mongodb://HOST/DB")
+    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(args.projection)):
+        stop = _stop(log, args)
+        if stop is not None and args.projection != "dict":
+            raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
+                                 "use `tasklog replay --to/--as-of` and query that file")
+        with _answering(log, args.projection, stop) as proj:
+            for record in proj.find_records(query, keys=keys):
+                print(dumps(record))
+    return 0
+
+
+def _answering(log: TaskLog, spec: str, stop: int | None) -> projections.Projection:
+    """The projection to answer from: caught up, built as of ``stop``, or pinned where a replay left it."""
+    proj = projections.open(spec)
+    try:
+        if proj.pinned is not None:
+            proj.bind(log.identity)
+            print(f"tasklog query: {proj.spec} is pinned at event {proj.pinned} (built by replay --to/--as-of): "
+                  "answering as of then; `tasklog replay` without --to/--as-of moves it on", file=sys.stderr)
+            return proj
+        bar = Progress(max((log.last_seq if stop is None else stop) - proj.last_seq, 0), "catch-up")
+        projections.replay(log, proj, stop=stop, progress=bar.update)
+        bar.close()
+    except BaseException:
+        proj.close()
+        raise
+    return proj
+
+
+def _query_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--projection", default="dict", metavar="SPEC", help=projections.SPEC_HELP)
+    p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'; '
+                   "- reads it from standard input, @FILE from a file")
+    p.add_argument("--keys", metavar="A,B", help="fields to print (msg_id is always included)")
+    p.add_argument("--to", type=at_least(0), metavar="SEQ", help="answer as of this event (dict projection)")
+    p.add_argument("--as-of", metavar="ISO_TIME", help=_AS_OF_HELP + " (dict projection)")
+
+
+# -- replay -------------------------------------------------------------------------
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a projection from the log, or catch it up; --to/--as-of for an earlier state."""
-    import projections
-
-    with TaskLog.open(args.log, readonly=True) as log:
+    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(args.projection)):
         stop = _stop(log, args)
-        end = log.last_seq if stop is None else min(stop, log.last_seq)
+        if args.from_seq is not None and stop is not None and args.from_seq > stop:
+            raise InterfaceError(f"--from {args.from_seq} is after the last event to apply, {stop}")
+        end = log.last_seq if stop is None else stop
         bar = Progress(max(end - (args.from_seq or 1) + 1, 0), "replay")
         proj = projections.replay(log, args.projection, start=args.from_seq, stop=stop,
                                   rebuild=args.rebuild or stop is not None, progress=bar.update)
         bar.close()
-        elapsed = bar.elapsed
         with proj:
-            st = proj.stats()
-            rate = proj.applied / elapsed if elapsed > 0 else 0.0
-            print(f"replayed {proj.applied:,} events into {proj.spec} in {elapsed:.2f} s ({rate:,.0f} events/s); "
-                  f"at event {proj.last_seq}: {st['records']:,} records, anomalies {st['anomalies'] or 'none'}")
+            _report_replay(proj, bar.elapsed)
     return 0
 
 
-def _register_replay(add: Callable[[str, cli.Command, str], argparse.ArgumentParser]) -> None:
-    import projections
+def _report_replay(proj: projections.Projection, elapsed: float) -> None:
+    st = proj.stats()
+    rate = proj.applied / elapsed if elapsed > 0 else 0.0
+    origin = f" after restoring snapshot {proj.restored_from}" if proj.restored_from is not None else ""
+    pinned = f" (pinned there: queries answer as of event {proj.pinned})" if proj.pinned is not None else ""
+    print(f"replayed {proj.applied:,} events{origin} into {proj.spec} in {elapsed:.2f} s ({rate:,.0f} events/s); "
+          f"at event {proj.last_seq}: {st['records']:,} records{pinned}; "
+          f"noted while folding: {describe(st['anomalies'])}")
 
-    p = add("replay", cmd_replay, "rebuild a projection from the log (or catch it up from its checkpoint); "
-            "--to/--as-of rebuild the state as of that point")
-    p.add_argument("--log", default=cli.DEFAULT_LOG)
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
     p.add_argument("--projection", required=True, metavar="SPEC", help=projections.SPEC_HELP)
-    p.add_argument("--from", dest="from_seq", type=int, metavar="SEQ", help="first event to apply")
-    p.add_argument("--to", type=int, metavar="SEQ", help="last event to apply (inclusive)")
-    p.add_argument("--as-of", metavar="ISO_TIME", help="apply what was committed by then")
+    p.add_argument("--from", dest="from_seq", type=positive, metavar="SEQ", help="first event to apply")
+    p.add_argument("--to", type=at_least(0), metavar="SEQ",
+                   help="last event to apply (inclusive); the projection stays there until replayed without it")
+    p.add_argument("--as-of", metavar="ISO_TIME", help=_AS_OF_HELP)
     p.add_argument("--rebuild", action="store_true", help="forget the projection's records first")
 
 
-cli._EXTRA_COMMANDS.append(_register_replay)
+# -- snapshot -----------------------------------------------------------------------
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Fold the log up to an event and write the records as a snapshot in the log directory."""
-    from projections import snapshot
-
     with TaskLog.open(args.log, readonly=True) as log:
         at = log.last_seq if args.at is None else args.at
         bar = Progress(at, "snapshot")
@@ -109,11 +233,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_snapshot(add: Callable[[str, cli.Command, str], argparse.ArgumentParser]) -> None:
-    p = add("snapshot", cmd_snapshot, "write the folded records as of an event into the log directory "
-            "(replay starts from the newest snapshot; prune may then drop the events it covers)")
-    p.add_argument("--log", default=cli.DEFAULT_LOG)
-    p.add_argument("--at", type=int, metavar="SEQ", help="the event to snapshot at (default: the last)")
+def _snapshot_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--at", type=at_least(0), metavar="SEQ", help="the event to snapshot at (default: the last)")
 
 
-cli._EXTRA_COMMANDS.append(_register_snapshot)
+DEMO = Command("demo", "simulate a hub under heavy load and report events/s", _demo_args, cmd_demo)
+QUERY = Command("query", "catch a projection up from the log (or build it as of --to/--as-of), then print "
+                "matching records as MongoDB Extended JSON, one per line", _query_args, cmd_query)
+REPLAY = Command("replay", "rebuild a projection from the log (or catch it up from its checkpoint); "
+                 "--to/--as-of rebuild the state as of that point", _replay_args, cmd_replay)
+SNAPSHOT = Command("snapshot", "write the folded records as of an event into the log directory "
+                   "(replay starts from the newest snapshot; prune may then drop the events it covers)",
+                   _snapshot_args, cmd_snapshot)

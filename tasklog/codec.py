@@ -26,6 +26,7 @@ __all__ = [
     "pack_key",
     "unpack_key",
     "unpack_value",
+    "event_type",
 ]
 
 SCHEMA_VERSION = 1
@@ -104,6 +105,19 @@ def _bad_field(event: Event) -> str | None:
             _local.packer = None
             return field
     return None
+
+
+_NAMES = {code: name for name, code in TYPE_CODES.items()}
+
+
+def event_type(value: bytes, seq: int = 0) -> str:
+    """The type name of a stored event, read from its first bytes (the payload is not decoded)."""
+    # Every event is a msgpack fixarray (at most 15 items) whose first item is a small int code.
+    if len(value) > _HEAD.size + 1 and 0x91 <= value[_HEAD.size] <= 0x9F:
+        name = _NAMES.get(value[_HEAD.size + 1])
+        if name is not None:
+            return name
+    return decode(value, seq).type
 
 
 def decode(value: bytes, seq: int = 0) -> Event:

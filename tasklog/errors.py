@@ -18,6 +18,7 @@ __all__ = [
     "CorruptEventError",
     "CorruptSnapshotError",
     "LogBusyError",
+    "ReadOnlyLogError",
     "StorageFullError",
     "CommitError",
     "QueryError",
@@ -89,6 +90,12 @@ class CorruptSnapshotError(StorageError):
 
 class LogBusyError(StorageError):
     """Another process holds the log in a mode that excludes this one."""
+
+
+class ReadOnlyLogError(StorageError):
+    """A writer was asked for where nothing can be written (a read-only filesystem or directory)."""
+
+    hint = "open the log read-only: reading commands work on it"
 
 
 class StorageFullError(StorageError):

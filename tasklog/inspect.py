@@ -36,12 +36,13 @@ class LogStats:
 
 
 def stats(log: TaskLog) -> LogStats:
-    """Count the events of ``log`` by type."""
-    out = LogStats(first_seq=log.first_seq, last_seq=log.last_seq, disk_bytes=log.disk_bytes(),
-                   start_seq=log.start_seq, snapshots=retention.list_snapshots(log))
-    for _, event in log.read():
-        out.events += 1
-        out.by_type[event.type] += 1
+    """Count the events of ``log`` by type, every figure from one read transaction."""
+    # Figures read one by one under a live writer disagreed ("events": 13100, "last_seq": 12800).
+    with log.view() as view:
+        out = LogStats(first_seq=view.first_seq, last_seq=view.last_seq, start_seq=view.start_seq,
+                       events=len(view), by_type=Counter(codec.event_type(raw, seq) for seq, raw in view.raw()))
+    out.disk_bytes = log.disk_bytes()
+    out.snapshots = retention.list_snapshots(log)
     return out
 
 

@@ -11,15 +11,20 @@ number in between).
 
 from __future__ import annotations
 
+import ctypes
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import shutil
 import struct
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,13 +38,14 @@ from .errors import (
     LogBusyError,
     LogClosedError,
     NotATaskLogError,
+    ReadOnlyLogError,
     SchemaVersionError,
     StorageError,
     StorageFullError,
 )
 from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, utc, validate
 
-__all__ = ["TaskLog", "Receipt", "DURABILITY", "MARKER", "Listener"]
+__all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here"]
 
 MARKER = "TASKLOG"
 _LMDB_FILES = ("data.mdb", "lock.mdb")
@@ -116,6 +122,34 @@ class _SharedEnv:
 
 _ENVS: dict[str, _SharedEnv] = {}
 _ENVS_LOCK = threading.Lock()
+_OPEN: weakref.WeakSet[TaskLog] = weakref.WeakSet()
+
+
+def open_here(path: str) -> bool:
+    """Whether this process has the log at ``path`` open."""
+    with _ENVS_LOCK:
+        return os.path.abspath(path) in _ENVS
+
+
+def _after_fork_in_child() -> None:
+    """Leave the parent's logs to the parent: a forked child holds none of their locks.
+
+    ipyparallel forks its schedulers after the Hub opened its log; they inherited the flocks,
+    and after a SIGKILL of the controller those orphans kept the next controller out. LMDB
+    forbids using an environment across fork() anyway.
+    """
+    global _ENVS_LOCK
+    _ENVS_LOCK = threading.Lock()  # another thread may have held it at the fork
+    for shared in _ENVS.values():
+        # Never close the parent's environment here: mdb_env_close clears the reader slots of the
+        # pid that opened it -- the parent's, still in use. So it must never be freed in the child.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(shared.env))
+    _ENVS.clear()
+    for log in list(_OPEN):
+        log._leave_to_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Gate:
@@ -158,17 +192,20 @@ def _share_users_lock(path: str) -> int | None:
     name = os.path.join(path, "users.lock")
     try:
         fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:  # a read-only directory: nobody can compact it either
-        return None
+    except OSError as exc:  # a read-only directory or filesystem: nobody can compact it either
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return None
+        raise
     # Blocking: a compaction in progress swaps data.mdb, which must not be opened half-way.
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
 
-def _check_path(path: str) -> bool:
-    """Return True if ``path`` is an existing tasklog; raise if it is something else."""
+def _check_path(path: str) -> str | None:
+    """None when ``path`` does not exist, "empty" for a directory a log may be made in, "log" for
+    a tasklog; raise if it is something else."""
     if not os.path.exists(path):
-        return False
+        return None
     if not os.path.isdir(path):
         raise NotATaskLogError(f"{path} is not a tasklog: it is a file, not a directory")
     names = set(os.listdir(path))
@@ -182,12 +219,18 @@ def _check_path(path: str) -> bool:
         if version > codec.SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{path} was written with schema version {version}; this tasklog reads {codec.SCHEMA_VERSION}")
-        return True
+        return "log"
     if "data.mdb" in names:
         raise NotATaskLogError(f"{path} is not a tasklog: it holds another LMDB environment")
     if names - _OWN_FILES:
         raise NotATaskLogError(f"{path} is not a tasklog: the directory is not empty")
-    return False
+    return "empty"
+
+
+def _writable(path: str) -> bool:
+    """Whether this process may create and change files in ``path`` (False on a read-only mount)."""
+    return os.access(path, os.W_OK)
+
 
 
 def _storage_error(exc: lmdb.Error, doing: str) -> StorageError:
@@ -202,11 +245,11 @@ class TaskLog:
 
     def __init__(self, path: str, durability: str = "sync", *, commit_interval: float = 0.002,
                  queue_size: int = 100_000, map_size: int = 64 * _MIB, readonly: bool = False,
-                 max_map_size: int | None = None) -> None:
+                 max_map_size: int | None = None, create: bool = True, lock_timeout: float = 0.0) -> None:
         if durability not in DURABILITY:
             raise InterfaceError(f"unknown durability {durability!r}; choose one of {sorted(DURABILITY)}")
-        if commit_interval <= 0 or queue_size < 1:
-            raise InterfaceError("commit_interval must be > 0 and queue_size >= 1")
+        if commit_interval <= 0 or queue_size < 1 or lock_timeout < 0:
+            raise InterfaceError("commit_interval must be > 0, queue_size >= 1 and lock_timeout >= 0")
         self.path = os.path.abspath(path)
         self.durability = durability
         self.readonly = readonly
@@ -215,28 +258,20 @@ class TaskLog:
         #: Largest map the log may grow to (None: as large as the disk allows). Raise it to go on.
         self.max_map_size = max_map_size
         self._mode = DURABILITY[durability]
-        existed = _check_path(self.path)
-        if readonly and not existed:
-            raise NotATaskLogError(f"{self.path} is not a tasklog: it does not exist")
-        os.makedirs(self.path, exist_ok=True)
         self._lockfile: int | None = None
-        self._userlock = _share_users_lock(self.path)
-        if not readonly:
-            self._take_writer_lock()
-        self._shared = self._open_env(map_size)
-        self._env = self._shared.env
-        self._gate = self._shared.gate
-        try:
-            self._events = self._env.open_db(b"events", create=not readonly)
-            self._keys = self._env.open_db(b"keys", create=not readonly)
-            self._meta = self._env.open_db(b"meta", create=not readonly)
-            # Commit times, keyed by each commit's first sequence number: "what did the hub know at T".
-            self._times = self._env.open_db(b"times", create=not readonly)
-        except lmdb.Error as exc:
-            self._close_env()
-            self._release_lock()
-            raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
-        self._check_schema(existed)
+        self._userlock: int | None = None
+        # Every step that takes something registers its undo: a failed open leaves nothing behind
+        # (not even the directory it made) and holds nothing.
+        with ExitStack() as undo:
+            self._take_directory(undo, create, lock_timeout)
+            self._shared = self._open_env(map_size)
+            undo.callback(self._close_env)
+            self._env = self._shared.env
+            self._gate = self._shared.gate
+            self._open_dbs()
+            self.identity: str | None = self._check_schema()
+            undo.pop_all()
+        self._why_closed = "is closed"
         # A plain Lock under the Condition: entering it directly is a C call, which the async
         # hot path uses (Condition.__enter__ is Python-level and showed up in profiles).
         self._mutex = threading.Lock()
@@ -261,6 +296,7 @@ class TaskLog:
         if self._mode.background and not readonly:
             self._thread = threading.Thread(target=self._commit_loop, name="tasklog-commit", daemon=True)
             self._thread.start()
+        _OPEN.add(self)
 
     # -- opening -----------------------------------------------------------
 
@@ -269,17 +305,52 @@ class TaskLog:
         """Create or open the log directory at ``path``."""
         return cls(path, durability, **options)
 
-    def _take_writer_lock(self) -> None:
+    def _take_directory(self, undo: ExitStack, create: bool, lock_timeout: float) -> None:
+        state = _check_path(self.path)
+        if state != "log" and (self.readonly or not create):
+            what = "does not exist" if state is None else "is an empty directory"
+            raise NotATaskLogError(f"{self.path} is not a tasklog: it {what}")
+        if state is None:
+            try:
+                os.makedirs(self.path)
+            except OSError as exc:
+                raise ReadOnlyLogError(f"cannot create a log at {self.path}: {exc.strerror}") from None
+            undo.callback(shutil.rmtree, self.path, True)
+        elif not self.readonly and not _writable(self.path):
+            raise ReadOnlyLogError(f"{self.path} is on a read-only filesystem or not writable by this user; "
+                                   "reading works (open it with readonly=True)")
+        undo.callback(self._release_lock)
+        self._userlock = _share_users_lock(self.path)
+        if not self.readonly:
+            self._take_writer_lock(lock_timeout)
+
+    def _take_writer_lock(self, timeout: float) -> None:
         fd = os.open(os.path.join(self.path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, self._mode.lock | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            self._release_lock()
-            other = "an async writer" if self._mode.lock == fcntl.LOCK_SH else "another writer"
-            raise LogBusyError(f"{self.path} is held by {other}; an async log needs the directory "
-                               "to itself, sync/process logs can share it") from None
         self._lockfile = fd
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, self._mode.lock | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        other = "an async writer" if self._mode.lock == fcntl.LOCK_SH else "another writer"
+        waited = f" (waited {timeout:g} s)" if timeout > 0 else ""
+        raise LogBusyError(f"{self.path} is held by {other}{waited}; an async log needs the directory "
+                           "to itself, sync/process logs can share it")
+
+    def _open_dbs(self) -> None:
+        create = not self.readonly
+        try:
+            self._events = self._env.open_db(b"events", create=create)
+            self._keys = self._env.open_db(b"keys", create=create)
+            self._meta = self._env.open_db(b"meta", create=create)
+            # Commit times, keyed by each commit's first sequence number: "what did the hub know at T".
+            self._times = self._env.open_db(b"times", create=create)
+        except lmdb.Error as exc:
+            raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
 
     def _open_env(self, map_size: int) -> _SharedEnv:
         # LMDB forbids opening one environment twice in a process: share it, counted.
@@ -287,7 +358,6 @@ class TaskLog:
             shared = _ENVS.get(self.path)
             if shared is not None:
                 if not self.readonly and shared.flags != (self._mode.sync, self._mode.metasync, False):
-                    self._release_lock()
                     raise LogBusyError(f"{self.path} is already open in this process read-only or with "
                                        "other durability settings; share that TaskLog")
                 shared.users += 1
@@ -299,19 +369,21 @@ class TaskLog:
     def _new_env(self, map_size: int) -> lmdb.Environment:
         data = os.path.join(self.path, "data.mdb")
         size = max(map_size, 2 * os.path.getsize(data)) if os.path.exists(data) else map_size
+        # A log on a read-only filesystem (an archive, a backup, a snapshot mount) cannot take
+        # LMDB's reader table in lock.mdb; nothing can write it there either, so none is needed.
+        lockfile = os.path.join(self.path, "lock.mdb")
+        lock = os.access(lockfile, os.W_OK) if os.path.exists(lockfile) else _writable(self.path)
         try:
             env = lmdb.open(self.path, map_size=size, max_dbs=4, max_readers=512, subdir=True,
                             sync=self._mode.sync, metasync=self._mode.metasync, writemap=False,
-                            readonly=self.readonly, lock=True, readahead=False)
+                            readonly=self.readonly, lock=lock, readahead=False)
         except lmdb.Error as exc:
-            self._release_lock()
             raise StorageError(f"cannot open {self.path}: {exc}") from None
         # Reading a page past the end of a truncated file is a SIGBUS, not an exception.
         need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         have = os.path.getsize(data) if os.path.exists(data) else 0
         if have < need:
             env.close()
-            self._release_lock()
             raise StorageError(f"{data} is truncated: {have} bytes, its last page ends at {need}")
         return env
 
@@ -322,22 +394,42 @@ class TaskLog:
                 _ENVS.pop(self.path, None)
                 self._env.close()
 
-    def _check_schema(self, existed: bool) -> None:
+    def _check_schema(self) -> str | None:
+        """Check the stored schema; a writer marks a new log and gives it its identity. Return it."""
         with self._env.begin() as txn:
             stored = txn.get(b"schema", db=self._meta)
-        if stored is None and not self.readonly:
-            with self._env.begin(write=True) as txn:
-                txn.put(b"schema", str(codec.SCHEMA_VERSION).encode(), db=self._meta)
-            marker = os.path.join(self.path, MARKER)
-            tmp = f"{marker}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"format": "tasklog", "schema": codec.SCHEMA_VERSION}, f)
-            os.replace(tmp, marker)
-        elif stored is not None and int(stored) > codec.SCHEMA_VERSION:
-            self._close_env()
-            self._release_lock()
+            identity = txn.get(b"identity", db=self._meta)
+        if stored is not None and int(stored) > codec.SCHEMA_VERSION:
             raise SchemaVersionError(f"{self.path} was written with schema version {int(stored)}; "
                                      f"this tasklog reads {codec.SCHEMA_VERSION}")
+        if self.readonly or (stored is not None and identity is not None):
+            return None if identity is None else bytes(identity).decode()
+        # A log made by an older tasklog gets its identity from the first writer that opens it.
+        identity = str(uuid.uuid4()).encode()
+        with self._env.begin(write=True) as txn:
+            txn.put(b"schema", str(codec.SCHEMA_VERSION).encode(), db=self._meta, overwrite=stored is None)
+            if not txn.put(b"identity", identity, db=self._meta, overwrite=False):
+                identity = txn.get(b"identity", db=self._meta)  # another writer gave it one first
+        marker = os.path.join(self.path, MARKER)
+        tmp = f"{marker}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"format": "tasklog", "schema": codec.SCHEMA_VERSION, "identity": identity.decode()}, f)
+        os.replace(tmp, marker)
+        return identity.decode()
+
+    def _leave_to_parent(self) -> None:
+        """In a forked child: drop the inherited lock descriptors (the parent's locks stay held
+        by the parent alone, and go with it) and refuse every further use."""
+        for fd in (self._lockfile, self._userlock):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # not flock(LOCK_UN): that would release the parent's lock
+        self._lockfile = self._userlock = None
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._thread = None
+        self._closed = True
+        self._why_closed = "belongs to the process that opened it; a forked child must open it again"
 
     def _release_lock(self) -> None:
         if self._lockfile is not None:
@@ -369,6 +461,7 @@ class TaskLog:
                 self._cond.wait()
         self._close_env()
         self._release_lock()
+        _OPEN.discard(self)
 
     @property
     def closed(self) -> bool:
@@ -377,7 +470,7 @@ class TaskLog:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise LogClosedError(f"log {self.path} is closed")
+            raise LogClosedError(f"log {self.path} {self._why_closed}")
         if self.readonly:
             raise InterfaceError(f"log {self.path} was opened read-only")
 
@@ -796,7 +889,7 @@ class TaskLog:
     @contextmanager
     def _reader(self) -> Iterator[lmdb.Transaction]:
         if self._closed:
-            raise LogClosedError(f"log {self.path} is closed")
+            raise LogClosedError(f"log {self.path} {self._why_closed}")
         while True:
             with self._gate.reading():
                 try:
@@ -810,6 +903,12 @@ class TaskLog:
                         txn.abort()
                     return
             self._adopt_map_size()  # another process grew the map
+
+    @contextmanager
+    def view(self) -> Iterator[LogView]:
+        """One read transaction: every figure read through the view describes the same moment."""
+        with self._reader() as txn:
+            yield LogView(txn, self._events, self._meta)
 
     def read_raw(self, start: int = 1, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Yield ``(seq, stored bytes)`` for start <= seq < stop, in short read transactions."""
@@ -883,6 +982,41 @@ class TaskLog:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
         return f"<TaskLog {self.path} {state}>"
+
+
+class LogView:
+    """The log as one read transaction sees it (``TaskLog.view()``); valid inside that block only."""
+
+    def __init__(self, txn: lmdb.Transaction, events: Any, meta: Any) -> None:
+        self._txn, self._events, self._meta = txn, events, meta
+
+    def _edge(self, last: bool) -> int:
+        cur = self._txn.cursor(db=self._events)
+        return codec.unpack_key(cur.key()) if (cur.last() if last else cur.first()) else 0
+
+    @property
+    def first_seq(self) -> int:
+        """The first event still in the log (0 when empty)."""
+        return self._edge(False)
+
+    @property
+    def last_seq(self) -> int:
+        """The last committed event (0 when empty)."""
+        return self._edge(True)
+
+    @property
+    def start_seq(self) -> int:
+        """Where the log's events start (1 unless a prune removed older ones)."""
+        raw = self._txn.get(b"start_seq", db=self._meta)
+        return int(raw) if raw is not None else 1
+
+    def __len__(self) -> int:
+        return int(self._txn.stat(self._events)["entries"])
+
+    def raw(self) -> Iterator[tuple[int, bytes]]:
+        """Every ``(seq, stored bytes)`` in order."""
+        for key, value in self._txn.cursor(db=self._events):
+            yield codec.unpack_key(key), value
 
 
 def _key(key: str | bytes | None) -> bytes | None:

@@ -11,6 +11,7 @@ stream whose first object is a header dict and the rest are the items.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -24,8 +25,16 @@ import lmdb
 import msgpack
 
 from . import codec
-from .errors import CorruptSnapshotError, InterfaceError, LogBusyError, SchemaVersionError
-from .log import _ENVS, _ENVS_LOCK, TaskLog
+from .errors import (
+    CorruptSnapshotError,
+    InterfaceError,
+    LogBusyError,
+    ReadOnlyLogError,
+    SchemaVersionError,
+    StorageError,
+    StorageFullError,
+)
+from .log import TaskLog, open_here
 
 __all__ = ["PruneReport", "SNAPSHOT_DIR", "list_snapshots", "write_snapshot",
            "read_snapshot", "check_snapshot", "prune", "compact"]
@@ -89,15 +98,24 @@ def write_snapshot(log: TaskLog, seq: int, header: dict[str, Any], items: Iterab
     if not log.start_seq - 1 <= seq <= log.last_seq:
         raise InterfaceError(f"cannot snapshot at event {seq}: the log holds events "
                              f"{log.start_seq}..{log.last_seq}")
-    os.makedirs(_dir(log), exist_ok=True)
     final = _path(log, seq)
+    try:
+        os.makedirs(_dir(log), exist_ok=True)
+        _write_atomically(final, seq, _chain(header, items))
+        _fsync_dir(_dir(log))
+    except OSError as exc:
+        raise _file_error(exc, f"cannot write snapshot {final}") from None
+    return final
+
+
+def _write_atomically(final: str, seq: int, objects: Iterable[Any]) -> None:
     tmp = f"{final}.{os.getpid()}.tmp"
     packer = msgpack.Packer(datetime=True)
     crc = 0
     try:
         with open(tmp, "wb") as f:
             f.write(_HEAD.pack(_MAGIC, codec.SCHEMA_VERSION, seq, 0))
-            for obj in _chain(header, items):
+            for obj in objects:
                 data = packer.pack(obj)
                 crc = zlib.crc32(data, crc)
                 f.write(data)
@@ -107,12 +125,18 @@ def write_snapshot(log: TaskLog, seq: int, header: dict[str, Any], items: Iterab
             os.fsync(f.fileno())
         # The rename publishes the file whole; a crash before it leaves only a temp file behind.
         os.replace(tmp, final)
-        _fsync_dir(_dir(log))
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return final
+
+
+def _file_error(exc: OSError, doing: str) -> StorageError:
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ReadOnlyLogError(f"{doing}: {exc.strerror}")
+    if exc.errno == errno.ENOSPC:
+        return StorageFullError(f"{doing}: {exc.strerror}")
+    return StorageError(f"{doing}: {exc.strerror}")
 
 
 def _chain(header: dict[str, Any], items: Iterable[Any]) -> Iterator[Any]:
@@ -165,22 +189,24 @@ def read_snapshot(log: TaskLog, seq: int) -> tuple[dict[str, Any], Iterator[Any]
 def prune(log: TaskLog, before: int, progress: Callable[[int], None] | None = None) -> PruneReport:
     """Remove the events before ``before`` that the newest snapshot covers; never the last event.
 
-    Only a snapshot taken before ``before`` counts: pruning up to a snapshot at S keeps every
-    state from S on rebuildable (time travel included), so nothing a snapshot does not cover goes.
+    A snapshot at S holds the state after event S, so every event up to S may go. Only a
+    snapshot at or before ``before`` counts: pruning up to it keeps every state from S on
+    rebuildable (time travel included), so nothing a snapshot does not cover goes.
     """
     if log.readonly:
         raise InterfaceError(f"log {log.path} was opened read-only")
     start, last = log.start_seq, log.last_seq
     usable = [s for s in list_snapshots(log) if s >= start - 1]
-    covered = [s for s in usable if s < before]
+    covered = [s for s in usable if s <= before]
     if not covered:
-        raise InterfaceError(f"no snapshot covers any event before {before}: prune needs a snapshot at an "
-                             f"event below {before} (snapshots: {usable or 'none'}; take one with "
+        raise InterfaceError(f"no snapshot covers any event before {before}: prune needs a snapshot at event "
+                             f"{before} or earlier (snapshots: {usable or 'none'}; take one with "
                              "`tasklog snapshot --at SEQ`)")
     base = covered[-1]
     check_snapshot(log, base)
-    # The newest event stays: the next sequence number is read from the last key.
-    limit = min(base + 1, last)
+    # Events before ``before`` and up to the snapshot go; the newest event stays (the next
+    # sequence number is read from the last key).
+    limit = min(base + 1, before, last)
     bytes_before = log.disk_bytes()
     removed = _delete_front(log, start, limit, progress)
     dropped = 0
@@ -218,9 +244,8 @@ def compact(path: str) -> tuple[int, int]:
     """Rewrite ``data.mdb`` without its free pages; the log must not be open anywhere. (before, after) bytes."""
     path = os.path.abspath(path)
     TaskLog(path, readonly=True).close()  # the usual checks: a tasklog, a schema we read
-    with _ENVS_LOCK:
-        if path in _ENVS:
-            raise LogBusyError(f"{path} is open in this process; close it before compacting")
+    if open_here(path):
+        raise LogBusyError(f"{path} is open in this process; close it before compacting")
     fd = os.open(os.path.join(path, "users.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

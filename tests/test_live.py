@@ -115,5 +115,9 @@ def test_cli_query(tmp_path: Path) -> None:
     assert sorted(again.stdout.splitlines()) == sorted(out.stdout.splitlines())
     bad = run_cli("query", "--log", log, '{"label": {"$nope": 1}}')
     assert bad.returncode != 0 and "$nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    demo = run_cli("demo", "--log", str(tmp_path / "log2"), "--tasks", "200", "--projection", db, check=True)
+    other = run_cli("demo", "--log", str(tmp_path / "log2"), "--tasks", "200", "--projection", db)
+    assert other.returncode == 2 and "not from this log" in other.stderr  # q.db belongs to the first log
+    assert not (tmp_path / "log2").exists()  # the failed command left nothing behind
+    db2 = f"sqlite:///{tmp_path / 'q2.db'}"
+    demo = run_cli("demo", "--log", str(tmp_path / "log2"), "--tasks", "200", "--projection", db2, check=True)
     assert "incomplete tasks" in demo.stdout and "records" in demo.stdout

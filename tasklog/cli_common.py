@@ -1,0 +1,74 @@
+"""What every ``tasklog`` command shares: the command record, the --log argument, times, cleanup."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import InterfaceError
+
+__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "positive", "at_least"]
+
+DEFAULT_LOG = "./tasklog-data"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, what it does, its arguments and the function that runs it."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def add_log(parser: argparse.ArgumentParser) -> None:
+    """The --log argument, the same in every command."""
+    parser.add_argument("--log", default=DEFAULT_LOG, metavar="DIR",
+                        help=f"the log directory (default {DEFAULT_LOG})")
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"needs a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    convert.__name__ = f"whole number >= {low}"
+    return convert
+
+
+positive = at_least(1)
+
+
+def iso_time(value: str, flag: str, what: str = "an ISO time") -> datetime:
+    """Parse an ISO time given on the command line (``Z`` allowed); the error names the flag."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InterfaceError(f"{flag} needs {what} like 2026-11-25T14:02:00Z, got {value!r}") from None
+
+
+@contextmanager
+def leave_nothing(*paths: str | None) -> Iterator[None]:
+    """Remove what a failing command created among ``paths`` (files or directories new to it)."""
+    fresh = [p for p in paths if p is not None and not os.path.exists(p)]
+    try:
+        yield
+    except BaseException:
+        for path in fresh:
+            for made in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+                if os.path.isdir(made):
+                    shutil.rmtree(made, ignore_errors=True)
+                elif os.path.exists(made):
+                    os.unlink(made)
+        raise

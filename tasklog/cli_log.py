@@ -1,0 +1,134 @@
+"""Commands over the log alone: stats, tail, verify, prune. None of them folds events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from . import inspect, retention
+from .cli_common import Command, add_log, at_least, iso_time, positive
+from .errors import TaskLogError
+from .jsonfmt import dumps, event_to_doc
+from .log import TaskLog
+from .progress import Progress
+
+__all__ = ["STATS", "TAIL", "VERIFY", "PRUNE"]
+
+
+def _open_ro(args: argparse.Namespace) -> TaskLog:
+    return TaskLog.open(args.log, readonly=True)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Counts per event type, sequence range, bytes on disk."""
+    with _open_ro(args) as log:
+        st = inspect.stats(log)
+    if args.json:
+        print(json.dumps(st.as_dict()))
+        return 0
+    print(f"log         {log.path}")
+    print(f"identity    {log.identity or 'none yet (a writer gives it one)'}")
+    print(f"events      {st.events:,}")
+    print(f"first seq   {st.first_seq}")
+    print(f"last seq    {st.last_seq}")
+    if st.start_seq > 1:
+        print(f"pruned      events 1..{st.start_seq - 1}")
+    print(f"snapshots   {', '.join(map(str, st.snapshots)) or 'none'}")
+    print(f"disk bytes  {st.disk_bytes:,}")
+    for name, count in sorted(st.by_type.items()):
+        print(f"  {name:10s} {count:,}")
+    return 0
+
+
+def _show(seq: int, event: Any, as_json: bool) -> None:
+    if as_json:
+        print(dumps(event_to_doc(seq, event)), flush=True)
+    else:
+        fields = " ".join(f"{k}={v!r:.80}" for k, v in event._asdict().items() if v not in (None, {}, []))
+        print(f"{seq:>10} {event.type:9s} {fields}", flush=True)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print events, one per line; --follow waits for more."""
+    with _open_ro(args) as log:
+        start = args.from_seq if args.from_seq is not None else max(log.last_seq - args.lines + 1, 1)
+        source = log.follow(start) if args.follow else log.read(start)
+        try:
+            for seq, event in source:
+                _show(seq, event, args.json)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every event's checksum and the density of sequence numbers."""
+    try:
+        log = _open_ro(args)
+    except TaskLogError as exc:
+        print(f"{args.log}: unsound: {exc}")
+        return 1
+    with log:
+        bar = Progress(max(log.last_seq - log.start_seq + 1, 0), "verify")
+        problems = inspect.verify(log, bar)
+        bar.close()
+        first, last = log.start_seq, log.last_seq
+    if problems:
+        print(f"{log.path}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  {p}")
+        return 1
+    print(f"{log.path}: sound, events {first}..{last}")
+    return 0
+
+
+def _before(log: TaskLog, value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    return log.seq_at(iso_time(value, "--before", "a sequence number or an ISO time")) + 1
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Drop the events before SEQ or ISO_TIME that the newest snapshot covers."""
+    with TaskLog.open(args.log, create=False) as log:  # a prune never makes a log
+        before = _before(log, args.before)
+        bar = Progress(max(min(before, log.last_seq) - log.start_seq, 0), "prune")
+        report = retention.prune(log, before, progress=bar.update)
+        bar.close()
+        print(f"pruned {report.removed:,} events: the log now starts at event {report.start_seq} "
+              f"(covered by snapshot {report.snapshot}; {report.snapshots_removed} older snapshot(s) removed)")
+    if args.compact:
+        before, after = retention.compact(args.log)
+        print(f"compacted data.mdb: {before:,} -> {after:,} bytes")
+    else:
+        print("freed pages are reused by later appends; --compact shrinks the file now")
+    return 0
+
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _tail_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--from", dest="from_seq", type=positive, metavar="SEQ", help="first sequence number")
+    p.add_argument("-n", "--lines", type=at_least(0), default=10, help="without --from: the last N events")
+    p.add_argument("--follow", "-f", action="store_true", help="wait for new events")
+    p.add_argument("--json", action="store_true", help="MongoDB Extended JSON (relaxed)")
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--before", required=True, metavar="SEQ|ISO_TIME",
+                   help="drop events before this sequence number or commit time (only what a snapshot covers; "
+                        "an ISO time without a zone is local time)")
+    p.add_argument("--compact", action="store_true",
+                   help="then rewrite data.mdb without free pages (the log must not be open elsewhere)")
+
+
+STATS = Command("stats", "counts per event type, sequence range, bytes on disk", _stats_args, cmd_stats)
+TAIL = Command("tail", "print events, one per line", _tail_args, cmd_tail)
+VERIFY = Command("verify", "check checksums and density; exit 1 with the problems listed", add_log, cmd_verify)
+PRUNE = Command("prune", "drop events older than the newest snapshot that covers them", _prune_args, cmd_prune)
