@@ -258,6 +258,7 @@ class TaskLog:
         #: Largest map the log may grow to (None: as large as the disk allows). Raise it to go on.
         self.max_map_size = max_map_size
         self._mode = DURABILITY[durability]
+        self._closed, self._why_closed = True, "did not open"  # until it has
         self._lockfile: int | None = None
         self._userlock: int | None = None
         # Every step that takes something registers its undo: a failed open leaves nothing behind

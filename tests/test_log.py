@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -300,3 +302,81 @@ def test_complete_without_a_time_records_the_call(log_dir: str) -> None:
         done = projections.open("dict", log=log)
         assert done.count({"completed": None}) == 0
         assert before <= done.get_record("t")["completed"] <= tasklog.events.utcnow()
+
+
+def test_each_log_has_an_identity(log_dir: str) -> None:
+    import json as json_
+
+    with TaskLog.open(log_dir) as log:
+        ident = log.identity
+        assert ident and len(ident) == 36
+    with TaskLog.open(log_dir, readonly=True) as log:
+        assert log.identity == ident
+    assert json_.loads((Path(log_dir) / "TASKLOG").read_text())["identity"] == ident
+    # A log made by an older tasklog has none: a reader sees None, the first writer gives it one.
+    with TaskLog.open(log_dir) as log, log._env.begin(write=True) as txn:
+        txn.delete(b"identity", db=log._meta)
+    with TaskLog.open(log_dir, readonly=True) as log:
+        assert log.identity is None
+    with TaskLog.open(log_dir, "async") as log:
+        fresh = log.identity
+    assert fresh and fresh != ident
+    with TaskLog.open(log_dir) as log:
+        assert log.identity == fresh
+
+
+def test_create_false_never_makes_a_log(tmp_path: Path) -> None:
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(tasklog.NotATaskLogError, match="does not exist"):
+        TaskLog.open(str(missing), create=False)
+    with pytest.raises(tasklog.NotATaskLogError, match="is an empty directory"):
+        TaskLog.open(str(empty), create=False)
+    with pytest.raises(tasklog.NotATaskLogError, match="is an empty directory"):
+        TaskLog.open(str(empty), readonly=True)
+    assert not missing.exists() and list(empty.iterdir()) == []
+
+
+def test_a_new_writer_waits_a_bounded_time_for_the_old_one(log_dir: str) -> None:
+    import threading
+
+    holder = TaskLog.open(log_dir, "async")
+    holder.submit("old")
+    with pytest.raises(LogBusyError, match="held by another writer"):
+        TaskLog.open(log_dir, "async")
+    with pytest.raises(LogBusyError, match=r"waited 0.3 s"):
+        TaskLog.open(log_dir, "async", lock_timeout=0.3)
+    threading.Timer(0.5, holder.close).start()  # the old controller goes away
+    with TaskLog.open(log_dir, "async", lock_timeout=30) as log:
+        assert [e.msg_id for _, e in log.read()] == ["old"]
+
+
+def test_a_forked_child_holds_nothing_of_the_log(log_dir: str) -> None:
+    """SIGKILL the process that opened the log; its forked child must not keep the log locked."""
+    import signal
+    import subprocess
+    import sys
+
+    from tasklog import retention
+
+    report = Path(log_dir + ".child")
+    holder = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fork_holder_proc.py"), log_dir,
+                               str(report)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()  # the controller alone; its child lives on, an orphan
+        holder.wait(10)
+        os.kill(child, 0)  # still running
+        with TaskLog.open(log_dir, "async", lock_timeout=5) as log:  # would be LogBusyError before
+            assert [e.msg_id for _, e in log.read()] == ["before-the-kill"]
+            log.submit("after")
+        retention.compact(log_dir)  # needs users.lock to itself: the orphan holds no share of it
+        for _ in range(100):
+            if report.exists() and report.read_text():
+                break
+            time.sleep(0.05)
+        assert "a forked child must open it again" in report.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
