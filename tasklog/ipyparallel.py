@@ -30,6 +30,7 @@ from projections import Projection, snapshot
 from projections.buffered import WriteBehind
 
 from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
+from .errors import LogBusyError
 from .log import DURABILITY, TaskLog
 
 __all__ = ["TaskLogDB", "record_events"]
@@ -130,11 +131,13 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                       help="The log's durability: async (default, never blocks the Hub), process or sync.")
     commit_interval = Float(0.005, config=True, help="Seconds between commits in async durability: "
                             "the most a killed controller can lose.")
+    writer_timeout = Float(30.0, config=True, help="Seconds a new controller waits for the previous one "
+                           "(still shutting down, on the same log) to let the log go before it gives up.")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         path = os.path.join(self.location or _profile_location(), "tasklog")
-        self.tasklog = TaskLog.open(path, self.durability, commit_interval=self.commit_interval)
+        self.tasklog = self._open_log(path)
         spec = f"sqlite:///{os.path.join(path, 'projection.db')}" if self.projection == "sqlite" else self.projection
         try:
             self._proj = projections.open(spec, log=self.tasklog)
@@ -147,6 +150,21 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         atexit.register(self.close)
         self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
                       self.tasklog.start_seq, self.tasklog.last_seq, spec, self.durability)
+
+    def _open_log(self, path: str) -> TaskLog:
+        # A controller restarted at once (ipcluster, ipyparallel's own tests) finds the old one still
+        # exiting with the log held: wait for it, saying so, rather than fail the new controller.
+        try:
+            return TaskLog.open(path, self.durability, commit_interval=self.commit_interval)
+        except LogBusyError:
+            if self.writer_timeout <= 0:
+                raise
+        self.log.warning("tasklog at %s is held by another writer (a controller still exiting?); "
+                         "waiting up to %g s for it", path, self.writer_timeout)
+        log = TaskLog.open(path, self.durability, commit_interval=self.commit_interval,
+                           lock_timeout=self.writer_timeout)
+        self.log.info("tasklog at %s: the previous writer is gone, this controller has the log", path)
+        return log
 
     # -- writes ------------------------------------------------------------------
 

@@ -105,3 +105,86 @@ def test_cluster_records_survive_restart_and_purge(tmp_path: Path) -> None:
     with _cluster(tmp_path, location, 1) as rc:
         assert rc.db_query({"msg_id": {"$in": ids}}) == []
         assert not set(ids) & set(rc.hub_history())
+
+
+@pytest.mark.slow
+def test_a_controller_killed_with_sigkill_can_be_started_again(tmp_path: Path) -> None:
+    """The controller's forked schedulers outlive a SIGKILL; they must not keep the log from the next one."""
+    import contextlib
+    import os
+    import signal
+
+    import psutil
+
+    location = tmp_path / "db"
+    args = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB", f"--TaskLogDB.location={location}"]
+    first = ipp.Cluster(n=1, profile_dir=str(tmp_path / "p1"), controller_args=args, controller_ip="127.0.0.1",
+                        log_level=30)
+    rc = first.start_and_connect_sync(activate=False)
+    orphans: list[psutil.Process] = []
+    try:
+        rc.wait_for_engines(1, timeout=60)
+        done = rc.load_balanced_view().map_async(_speak, range(3), chunksize=1)
+        assert done.get(timeout=30) == [0, 2, 4]
+        ids = done.msg_ids
+        _wait_for_db(rc, {"msg_id": {"$in": ids}, "completed": {"$ne": None}, "stdout": {"$ne": ""}}, 3)
+        time.sleep(0.5)  # past the commit interval: everything the client was told is on disk
+        controller = psutil.Process(first.controller.process.pid)
+        orphans = controller.children(recursive=True)
+        controller.kill()  # SIGKILL, the controller process alone
+        controller.wait(10)
+        assert any(p.is_running() for p in orphans), "no forked scheduler outlived the controller"
+        rc.close()
+        with contextlib.suppress(Exception):
+            first.stop_engines_sync()
+        # No waiting allowed: a lock still held by an orphan would fail this controller at once.
+        again = ipp.Cluster(n=1, profile_dir=str(tmp_path / "p2"), controller_ip="127.0.0.1", log_level=30,
+                            controller_args=[*args, "--TaskLogDB.writer_timeout=0"])
+        rc2 = again.start_and_connect_sync(activate=False)
+        try:
+            rc2.wait_for_engines(1, timeout=60)
+            assert set(ids) <= set(rc2.hub_history())
+            old = rc2.db_query({"msg_id": ids[1]})[0]
+            assert old["stdout"] == "out 1\n" and old["completed"] is not None
+            assert rc2.get_result(ids[1]).get(timeout=30) == [2]  # a map chunk
+        finally:
+            rc2.close()
+            again.stop_cluster_sync()
+    finally:
+        for p in orphans:
+            with contextlib.suppress(psutil.Error):
+                os.kill(p.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            first.stop_cluster_sync()
+
+
+@pytest.mark.slow
+def test_ipcluster_with_the_profile_config_the_readme_documents(tmp_path: Path) -> None:
+    """ipcluster does not forward --IPController.db_class; the profile's ipcontroller_config.py works."""
+    import subprocess
+    import sys
+
+    from tasklog import TaskLog
+
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "ipcontroller_config.py").write_text(
+        'c.IPController.db_class = "tasklog.ipyparallel.TaskLogDB"\n'
+        'c.TaskLogDB.projection = "sqlite"\n'
+        'c.IPController.ip = "127.0.0.1"\n')
+    ipcluster = [sys.executable, "-m", "ipyparallel.cluster", "--profile-dir", str(profile)]
+    subprocess.run([*ipcluster[:3], "start", *ipcluster[3:], "-n", "1", "--daemonize"], check=True, timeout=120)
+    try:
+        rc = ipp.Client(profile_dir=str(profile), timeout=60)
+        try:
+            rc.wait_for_engines(1, timeout=60)
+            ar = rc.load_balanced_view().apply_async(_speak, 21)
+            assert ar.get(timeout=30) == 42
+            assert _wait_for_db(rc, {"msg_id": ar.msg_ids[0], "stdout": "out 21\n"}, 1)
+        finally:
+            rc.close()
+    finally:
+        subprocess.run([*ipcluster[:3], "stop", *ipcluster[3:]], check=False, timeout=120)
+    with TaskLog.open(str(profile / "tasklog"), readonly=True) as log:
+        assert any(getattr(e, "msg_id", None) == ar.msg_ids[0] for _, e in log.read())
+    assert (profile / "tasklog" / "projection.db").exists()

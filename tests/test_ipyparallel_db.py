@@ -240,3 +240,25 @@ def test_killed_hub_loses_nothing_it_flushed(tmp_path: Any, backend: str) -> Non
             assert rec["result_content"] == {"status": "ok"}
     finally:
         db.close()
+
+
+def test_a_new_controller_waits_for_the_old_writer_and_says_so(tmp_path: Any, caplog: Any) -> None:
+    import logging
+    import threading
+
+    from tasklog import LogBusyError
+
+    old = TaskLog.open(str(tmp_path / "tasklog"), "async")
+    old.submit("from-the-old-hub")
+    log = logging.getLogger("tasklog-test")
+    with pytest.raises(LogBusyError, match="waited 0.2 s"):
+        TaskLogDB(location=str(tmp_path), writer_timeout=0.2, log=log)
+    threading.Timer(0.5, old.close).start()  # the old controller finishes exiting
+    with caplog.at_level(logging.INFO, logger="tasklog-test"):
+        db = TaskLogDB(location=str(tmp_path), writer_timeout=30, log=log)
+    try:
+        assert "held by another writer" in caplog.text and "waiting up to 30 s" in caplog.text
+        assert "the previous writer is gone" in caplog.text
+        assert db.get_record("from-the-old-hub")["msg_id"] == "from-the-old-hub"
+    finally:
+        db.close()
