@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from tasklog.events import Event
-
 from tasklog.errors import ProjectionError
+from tasklog.events import Event
 
 from .fold import Anomalies, apply_event, is_tombstone, targets, touched
 from .query import Logical, parse, parse_keys, public_copy

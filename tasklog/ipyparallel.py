@@ -29,8 +29,8 @@ import projections
 from projections import Projection, snapshot
 from projections.buffered import WriteBehind
 
-from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
 from .errors import LogBusyError
+from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
 from .log import DURABILITY, TaskLog
 
 __all__ = ["TaskLogDB", "record_events"]

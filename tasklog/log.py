@@ -11,8 +11,8 @@ number in between).
 
 from __future__ import annotations
 
-import ctypes
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -406,17 +406,17 @@ class TaskLog:
         if self.readonly or (stored is not None and identity is not None):
             return None if identity is None else bytes(identity).decode()
         # A log made by an older tasklog gets its identity from the first writer that opens it.
-        identity = str(uuid.uuid4()).encode()
+        fresh = str(uuid.uuid4())
         with self._env.begin(write=True) as txn:
             txn.put(b"schema", str(codec.SCHEMA_VERSION).encode(), db=self._meta, overwrite=stored is None)
-            if not txn.put(b"identity", identity, db=self._meta, overwrite=False):
-                identity = txn.get(b"identity", db=self._meta)  # another writer gave it one first
+            if not txn.put(b"identity", fresh.encode(), db=self._meta, overwrite=False):
+                fresh = bytes(txn.get(b"identity", db=self._meta) or b"").decode()  # another writer was first
         marker = os.path.join(self.path, MARKER)
         tmp = f"{marker}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"format": "tasklog", "schema": codec.SCHEMA_VERSION, "identity": identity.decode()}, f)
+            json.dump({"format": "tasklog", "schema": codec.SCHEMA_VERSION, "identity": fresh}, f)
         os.replace(tmp, marker)
-        return identity.decode()
+        return fresh
 
     def _leave_to_parent(self) -> None:
         """In a forked child: drop the inherited lock descriptors (the parent's locks stay held
@@ -1017,7 +1017,7 @@ class LogView:
     def raw(self) -> Iterator[tuple[int, bytes]]:
         """Every ``(seq, stored bytes)`` in order."""
         for key, value in self._txn.cursor(db=self._events):
-            yield codec.unpack_key(key), value
+            yield codec.unpack_key(key), value if isinstance(value, bytes) else bytes(value)
 
 
 def _key(key: str | bytes | None) -> bytes | None:

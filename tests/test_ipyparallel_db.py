@@ -251,7 +251,7 @@ def test_a_new_controller_waits_for_the_old_writer_and_says_so(tmp_path: Any, ca
     old = TaskLog.open(str(tmp_path / "tasklog"), "async")
     old.submit("from-the-old-hub")
     log = logging.getLogger("tasklog-test")
-    with pytest.raises(LogBusyError, match="waited 0.2 s"):
+    with pytest.raises(LogBusyError, match=r"waited 0\.2 s"):
         TaskLogDB(location=str(tmp_path), writer_timeout=0.2, log=log)
     threading.Timer(0.5, old.close).start()  # the old controller finishes exiting
     with caplog.at_level(logging.INFO, logger="tasklog-test"):

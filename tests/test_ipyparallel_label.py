@@ -7,7 +7,7 @@ controller finds the old one still exiting with the log held: it must wait for i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 from unittest import TestCase
 
 import pytest
@@ -34,8 +34,8 @@ class _TaskLogLabelTest(TaskLabelTest):
 
 def _launcher(projection: str) -> Any:
     class TaskLogController(LocalControllerLauncher):  # type: ignore[misc]
-        controller_args = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB",
-                           f"--TaskLogDB.projection={projection}"]
+        controller_args: ClassVar[list[str]] = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB",
+                                                f"--TaskLogDB.projection={projection}"]
     return TaskLogController
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
-from bson.regex import Regex
 import pytest
+from bson.regex import Regex
 from conftest import projection_spec, stored
 
 import projections
