@@ -34,6 +34,7 @@ bench-full: $(VENV)/.installed-bench
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check tasklog projections tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks tasklog-data

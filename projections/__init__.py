@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tasklog.errors import ProjectionError, QueryError
 from tasklog.log import TaskLog
 
 from . import snapshot
 from .base import Projection
+from .errors import ProjectionError, QueryError
 from .fold import RECORD_KEYS, fold
 from .memory import DictProjection
 from .nothing import NoProjection

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from tasklog.errors import ProjectionError
 from tasklog.events import Event
 
+from .errors import ProjectionError
 from .fold import Anomalies, apply_event, is_tombstone, targets, touched
 from .query import Logical, parse, parse_keys, public_copy
 

@@ -12,9 +12,8 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from tasklog.errors import ProjectionError
-
 from .base import Projection, Records
+from .errors import ProjectionError
 from .fold import is_tombstone
 from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
 from .sortedindex import SortedIndex

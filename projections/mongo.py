@@ -19,9 +19,8 @@ from bson.codec_options import CodecOptions
 from bson.regex import Regex
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from tasklog.errors import ProjectionError
-
 from .base import Projection, Records
+from .errors import ProjectionError
 from .query import Cond, Logical, Node, Not, glob_to_regex
 
 __all__ = ["MongoProjection", "translate"]

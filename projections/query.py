@@ -21,8 +21,7 @@ from typing import Any
 
 from bson.regex import Regex
 
-from tasklog.errors import QueryError
-
+from .errors import QueryError
 from .fold import HIDDEN
 
 __all__ = [

@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tasklog import retention
-from tasklog.errors import ProjectionError
 from tasklog.log import TaskLog
 
 from .base import Projection, gc_paused
+from .errors import ProjectionError
 from .fold import Anomalies, apply_event
 
 __all__ = ["SnapshotInfo", "take", "catch_up"]

@@ -16,9 +16,8 @@ from typing import Any
 
 import msgpack
 
-from tasklog.errors import ProjectionError
-
 from .base import Projection, Records, gc_paused
+from .errors import ProjectionError
 from .fold import HIDDEN, RECORD_KEYS, is_tombstone
 from .query import Cond, Logical, Node, compile_predicate
 

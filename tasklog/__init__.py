@@ -13,8 +13,6 @@ from .errors import (
     LogBusyError,
     LogClosedError,
     NotATaskLogError,
-    ProjectionError,
-    QueryError,
     ReadOnlyLogError,
     SchemaVersionError,
     StorageError,
@@ -66,7 +64,5 @@ __all__ = [
     "ReadOnlyLogError",
     "StorageFullError",
     "CommitError",
-    "QueryError",
-    "ProjectionError",
     "__version__",
 ]

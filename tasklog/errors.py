@@ -1,5 +1,8 @@
 """One exception hierarchy for tasklog, rooted at :class:`TaskLogError`.
 
+The projection layer adds its own branches (``projections.errors``: ``QueryError``,
+``ProjectionError``) under the same root; the log core knows nothing of them.
+
 Modelled on PEP 249: callers catch the root, or one branch, and each leaf
 carries a hint saying what to do about it.
 """
@@ -21,8 +24,6 @@ __all__ = [
     "ReadOnlyLogError",
     "StorageFullError",
     "CommitError",
-    "QueryError",
-    "ProjectionError",
 ]
 
 
@@ -107,10 +108,3 @@ class StorageFullError(StorageError):
 class CommitError(StorageError):
     """A commit failed; the events of that batch were not written."""
 
-
-class QueryError(InterfaceError, ValueError):
-    """A query is malformed or uses an unknown operator."""
-
-
-class ProjectionError(TaskLogError):
-    """A projection could not be opened, reached or kept in step with its log."""

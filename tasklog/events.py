@@ -358,7 +358,8 @@ def _all_bytes(items: list[Any]) -> bool:
 def _compile_fast(name: str, checks: tuple[Check, ...]) -> Callable[[Any], Any]:
     """Generate a validator for one event type from its row in CHECKS."""
     env: dict[str, Any] = {"datetime": datetime, "UTC": timezone.utc, "QUEUES": QUEUES, "OUTPUT_NAMES": OUTPUT_NAMES,
-                           "_all_bytes": _all_bytes, "_str_keys": str_keys, "_dict_keys": _dict_keys, "cls": EVENT_TYPES[name]}
+                           "_all_bytes": _all_bytes, "_str_keys": str_keys, "_dict_keys": _dict_keys,
+                           "cls": EVENT_TYPES[name]}
     args = [f"a{i}" for i in range(len(checks))]
     lines = ["def fast(event):", f"    {', '.join(args)}, = event", "    changed = False"]
     for i, check in enumerate(checks):

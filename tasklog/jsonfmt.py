@@ -13,7 +13,7 @@ from typing import Any
 from bson import json_util
 from bson.json_util import JSONMode, JSONOptions
 
-from .errors import QueryError
+from .errors import InterfaceError
 
 __all__ = ["dumps", "loads", "event_to_doc"]
 
@@ -36,13 +36,13 @@ def _pairs(pairs: list[tuple[str, Any]]) -> Any:
 
 
 def loads(text: str) -> Any:
-    """Decode Extended JSON (``$regex`` documents stay query operators); errors become QueryError."""
+    """Decode Extended JSON (``$regex`` documents stay query operators); errors become InterfaceError."""
     try:
         return json.loads(text, object_pairs_hook=_pairs)
     except RecursionError:
-        raise QueryError("not valid Extended JSON: nested too deeply") from None
+        raise InterfaceError("not valid Extended JSON: nested too deeply") from None
     except ValueError as exc:
-        raise QueryError(f"not valid Extended JSON: {exc}") from None
+        raise InterfaceError(f"not valid Extended JSON: {exc}") from None
 
 
 def event_to_doc(seq: int, event: Any) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from bson.regex import Regex
 from conftest import HERE, projection_spec, run_cli
 
 import projections
-from tasklog import ProjectionError, TaskLog
+from projections.errors import ProjectionError
+from tasklog import TaskLog
 from tasklog.demo import simulate
 
 

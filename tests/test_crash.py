@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 
 from tasklog import TaskLog
-from tasklog.inspect import verify
+from tasklog.verify import verify
 
 HERE = Path(__file__).parent
 

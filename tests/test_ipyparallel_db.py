@@ -16,7 +16,8 @@ from ipyparallel.tests.test_db import TaskDBTest
 from jupyter_client.session import Session
 
 import projections
-from tasklog import EventError, QueryError, TaskLog
+from projections.errors import QueryError
+from tasklog import EventError, TaskLog
 from tasklog.events import Complete, Output, Resubmit, Start, Submit
 from tasklog.ipyparallel import TaskLogDB, record_events
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import HERE
 
 from tasklog import TaskLog
-from tasklog.inspect import verify
+from tasklog.verify import verify
 
 MODULES = ["test_client", "test_asyncresult", "test_lbview", "test_view", "test_dependency"]
 

@@ -23,7 +23,7 @@ from tasklog.errors import (
     NotATaskLogError,
     SchemaVersionError,
 )
-from tasklog.inspect import verify
+from tasklog.verify import verify
 
 HERE = Path(__file__).parent
 MODES = ["sync", "process", "async"]

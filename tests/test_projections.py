@@ -19,9 +19,9 @@ from bson.regex import Regex
 from conftest import projection_spec, stored
 
 import projections
+from projections.errors import ProjectionError, QueryError
 from projections.query import MAX_DEPTH, compile_predicate
-from tasklog import Annotate, Complete, Drop, Output, QueryError, Resubmit, Start, Submit, TaskLog
-from tasklog.errors import ProjectionError
+from tasklog import Annotate, Complete, Drop, Output, Resubmit, Start, Submit, TaskLog
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=timezone.utc)
 IST = timezone(timedelta(hours=5, minutes=30))

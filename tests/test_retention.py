@@ -16,9 +16,10 @@ from conftest import projection_spec, run_cli, stored
 
 import projections
 from projections import snapshot
-from tasklog import TaskLog, inspect, retention
+from projections.errors import ProjectionError
+from tasklog import TaskLog, retention, verify
 from tasklog.demo import simulate
-from tasklog.errors import CorruptSnapshotError, InterfaceError, LogBusyError, ProjectionError
+from tasklog.errors import CorruptSnapshotError, InterfaceError, LogBusyError
 
 
 def _records(p: projections.Projection) -> list[dict[str, Any]]:
@@ -66,7 +67,7 @@ def test_after_prune_every_projection_rebuilds_the_same_records(
         report = retention.prune(log, last)  # asks for more than the snapshot covers: gets only that
         assert (report.removed, report.start_seq, report.snapshot) == (snap, snap + 1, snap)
         assert log.start_seq == log.first_seq == snap + 1 and log.last_seq == last
-        assert inspect.verify(log) == []
+        assert verify.verify(log) == []
         proj = projections.replay(log, projection_spec(backend, tmp_path, request), rebuild=True)
         try:
             assert proj.last_seq == last
@@ -93,7 +94,7 @@ def test_prune_never_drops_what_no_snapshot_covers(grown: str) -> None:
         assert report.removed == last - 1 and report.snapshots_removed == 1 and log.last_seq == last
         assert retention.list_snapshots(log) == [last]
         seq = log.submit("after-prune")  # numbering goes on densely
-        assert seq == last + 1 and inspect.verify(log) == []
+        assert seq == last + 1 and verify.verify(log) == []
 
 
 def test_time_travel_before_the_pruned_point_is_refused(grown: str) -> None:
@@ -122,7 +123,7 @@ def test_a_damaged_snapshot_is_reported_never_used(grown: str) -> None:
         with pytest.raises(CorruptSnapshotError):
             retention.prune(log, 901)
         assert log.first_seq == 1
-        problems = inspect.verify(log)
+        problems = verify.verify(log)
         assert len(problems) == 1 and "snapshot" in problems[0]
         with open(info.path, "r+b") as f:
             f.truncate(10)
@@ -156,7 +157,7 @@ def test_compact_shrinks_the_file_and_needs_the_log_alone(grown: str) -> None:
     before, after = retention.compact(grown)
     assert after < before / 2
     with TaskLog.open(grown) as log:
-        assert log.last_seq == last and inspect.verify(log) == []
+        assert log.last_seq == last and verify.verify(log) == []
         assert _records(projections.replay(log, "dict")) == truth
         assert log.submit("after-compact") == last + 1
 
@@ -202,7 +203,7 @@ def test_prune_killed_half_way_leaves_a_sound_log(log_dir: str, chunks: int) -> 
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     with TaskLog.open(log_dir) as log:
-        assert inspect.verify(log) == [] and log.last_seq == last
+        assert verify.verify(log) == [] and log.last_seq == last
         assert log.first_seq == log.start_seq < cut + 1, "the kill came after the prune had finished"
         assert _records(projections.replay(log, "dict")) == truth
         retention.prune(log, cut + 1)  # and a second prune finishes the job

@@ -6,12 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from . import inspect, retention
-from .cli_common import Command, add_log, at_least, iso_time, positive
-from .errors import TaskLogError
-from .jsonfmt import dumps, event_to_doc
-from .log import TaskLog
-from .progress import Progress
+from .. import retention, verify
+from ..errors import TaskLogError
+from ..jsonfmt import dumps, event_to_doc
+from ..log import TaskLog
+from ..progress import Progress
+from .common import Command, add_log, at_least, iso_time, positive
 
 __all__ = ["STATS", "TAIL", "VERIFY", "PRUNE"]
 
@@ -23,7 +23,7 @@ def _open_ro(args: argparse.Namespace) -> TaskLog:
 def cmd_stats(args: argparse.Namespace) -> int:
     """Counts per event type, sequence range, bytes on disk."""
     with _open_ro(args) as log:
-        st = inspect.stats(log)
+        st = verify.stats(log)
     if args.json:
         print(json.dumps(st.as_dict()))
         return 0
@@ -71,7 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     with log:
         bar = Progress(max(log.last_seq - log.start_seq + 1, 0), "verify")
-        problems = inspect.verify(log, bar)
+        problems = verify.verify(log, bar)
         bar.close()
         first, last = log.start_seq, log.last_seq
     if problems:

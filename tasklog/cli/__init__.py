@@ -1,5 +1,8 @@
 """The ``tasklog`` command line: one registry naming every command.
 
+An edge of the house, as the ipyparallel adapter is: its projection commands compose the log
+core with ``projections``; nothing below it imports it.
+
 Every error is one line on stderr and a non-zero exit; tracebacks are for bugs.
 """
 
@@ -10,10 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .cli_common import Command
-from .cli_log import PRUNE, STATS, TAIL, VERIFY
-from .cli_projections import DEMO, QUERY, REPLAY, SNAPSHOT
-from .errors import TaskLogError
+from ..errors import TaskLogError
+from .common import Command
+from .log_commands import PRUNE, STATS, TAIL, VERIFY
+from .projection_commands import DEMO, QUERY, REPLAY, SNAPSHOT
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 

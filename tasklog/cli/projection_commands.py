@@ -15,16 +15,17 @@ from typing import Any
 
 import projections
 from projections import snapshot
+from projections.errors import QueryError
 from projections.fold import describe
 from projections.live import attach
 
-from .cli_common import Command, add_log, at_least, iso_time, leave_nothing, positive
-from .demo import simulate
-from .errors import InterfaceError, QueryError
-from .events import utcnow
-from .jsonfmt import dumps, loads
-from .log import DURABILITY, TaskLog
-from .progress import Progress
+from ..demo import simulate
+from ..errors import InterfaceError
+from ..events import utcnow
+from ..jsonfmt import dumps, loads
+from ..log import DURABILITY, TaskLog
+from ..progress import Progress
+from .common import Command, add_log, at_least, iso_time, leave_nothing, positive
 
 __all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from .errors import InterfaceError
+from ..errors import InterfaceError
 
 __all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "positive", "at_least"]
 
