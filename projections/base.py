@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -63,7 +64,7 @@ class Projection(ABC):
 
     def __init__(self) -> None:
         self.last_seq = 0
-        self.anomalies: Anomalies = {}
+        self.anomalies: Anomalies = Counter()
         self.applied = 0
         #: The identity of the log the records were folded from (None: not bound yet).
         self.log_identity: str | None = None
@@ -104,7 +105,7 @@ class Projection(ABC):
         with self._lock:
             self._clear()
             self.last_seq = 0
-            self.anomalies = {}
+            self.anomalies = Counter()
             self.log_identity = None
             self.pinned = None
             self._save_marks()
@@ -200,7 +201,7 @@ class Projection(ABC):
                     chunk = {}
             self._store(chunk, set(chunk), last_seq)
             self.last_seq = last_seq
-            self.anomalies = dict(anomalies)
+            self.anomalies = Counter(anomalies)
             self.restored_from = last_seq
 
     # -- reading ----------------------------------------------------------------

@@ -10,6 +10,7 @@ durable copy, so a crash loses nothing: the projection catches up on open.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from tasklog.events import Event
@@ -29,7 +30,7 @@ class WriteBehind:
         self.batch = batch
         self._overlay: dict[str, dict[str, Any] | None] = {}
         self._pending: list[tuple[int, Event]] = []
-        self._scratch: Anomalies = {}  # the inner projection counts anomalies when it applies
+        self._scratch: Anomalies = Counter()  # the inner projection counts anomalies when it applies
 
     @property
     def last_seq(self) -> int:

@@ -12,6 +12,7 @@ ipyparallel's own stores do; only a store that cannot hold them truncates
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "ms",
     "Anomalies",
     "ANOMALIES",
+    "ANOMALY_RULES",
     "describe",
     "touched",
     "fold_all",
@@ -43,13 +45,14 @@ RECORD_KEYS: tuple[str, ...] = (
     "result_content", "result_buffers", "queue", "execute_input", "execute_result", "display_data",
     "error", "stdout", "stderr", "label", "resubmitted_from",
 )
-# What a resubmitted task inherits from the original request.
-REQUEST_KEYS = ("header", "content", "metadata", "buffers", "queue", "client_uuid", "label")
+# What a submit sets, and what a resubmitted task inherits of it (all but its own time).
+_SUBMIT_FIELDS = Submit._fields[1:]
+REQUEST_KEYS = tuple(f for f in _SUBMIT_FIELDS if f != "submitted")
 TIME_KEYS = frozenset({"submitted", "started", "completed", "received"})
 HIDDEN = frozenset({"_seq", "_dropped"})
 _DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
 
-Anomalies = dict[str, int]
+Anomalies = Counter[str]
 
 # What each anomaly counter means, in words for people. The first is normal on a real Hub.
 ANOMALIES: dict[str, str] = {
@@ -99,10 +102,7 @@ def _fill(rec: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _submit(rec: dict[str, Any], ev: Submit) -> None:
-    for key, value in (("header", ev.header), ("content", ev.content),
-                       ("metadata", ev.metadata), ("buffers", ev.buffers),
-                       ("client_uuid", ev.client_uuid), ("queue", ev.queue),
-                       ("submitted", ev.submitted), ("label", ev.label)):
+    for key, value in zip(_SUBMIT_FIELDS, ev[1:]):
         _fill(rec, key, value)
 
 
@@ -173,6 +173,34 @@ def targets(event: Event) -> list[str]:
     return [event.msg_id]
 
 
+# Anomaly rules: (the state of the record before the event, the event, the record's part in
+# it) -> the counter it goes to. The one table both paths of apply_event read. A record is
+# "missing", "dropped" (a tombstone), "submitted" or a "stub" (events came before its submit);
+# its part is "self" (the event names it), "new" (a resubmit's new task) or "original".
+_ANY = (Submit, Start, Output, Complete, Annotate, Resubmit, Drop)
+ANOMALY_RULES: dict[tuple[str, type, str], str] = {
+    **{("missing", kind, "self"): "stub_created" for kind in (Start, Output, Complete, Annotate)},
+    ("missing", Resubmit, "original"): "stub_created",
+    ("missing", Drop, "self"): "drop_unknown",
+    **{("dropped", kind, part): "after_drop" for kind in _ANY for part in ("self", "new", "original")},
+    ("submitted", Submit, "self"): "duplicate_submit",
+}
+
+
+def _note(anomalies: Anomalies, before: dict[str, Any] | None, kind: type, part: str, seq: int) -> None:
+    if before is None:
+        state = "missing"
+    elif before.get("_dropped"):
+        state = "dropped"
+    elif seq <= before["_seq"]:
+        return  # applied already (a replay after a crash): nothing new to say
+    else:
+        state = "stub" if before.get("submitted") is None else "submitted"
+    name = ANOMALY_RULES.get((state, kind, part))
+    if name is not None:
+        anomalies[name] += 1
+
+
 def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Event,
                 anomalies: Anomalies) -> list[str]:
     """Fold ``event`` into the loaded ``records`` (msg_id -> record or None); return the ids it changed."""
@@ -181,33 +209,22 @@ def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Even
         # for it (a tenth of applying 1M events went to the checks only a resubmit or drop needs).
         msg_id: str = event.msg_id  # type: ignore[union-attr]
         before = records.get(msg_id)
-        if before is None:
-            if event.__class__ is not Submit:
-                anomalies["stub_created"] = anomalies.get("stub_created", 0) + 1
-        elif before.get("_dropped"):
-            anomalies["after_drop"] = anomalies.get("after_drop", 0) + 1
-        elif event.__class__ is Submit and before.get("submitted") is not None and seq > before["_seq"]:
-            # Only the first submit counts (a later one fills nothing a stub lacks): say it happened.
-            anomalies["duplicate_submit"] = anomalies.get("duplicate_submit", 0) + 1
+        _note(anomalies, before, event.__class__, "self", seq)
         after = fold(before, event, seq)
         if after is before:
             return []
         records[msg_id] = after
         return [msg_id]
     if isinstance(event, Resubmit) and not _may_resubmit(records, event):
-        anomalies["resubmit_to_existing"] = anomalies.get("resubmit_to_existing", 0) + 1
+        anomalies["resubmit_to_existing"] += 1
         return []
     changed = []
     for msg_id in targets(event):
         before = records.get(msg_id)
-        if before is None and not isinstance(event, Drop) and not (
-                isinstance(event, Resubmit) and msg_id == event.new_msg_id):
-            anomalies["stub_created"] = anomalies.get("stub_created", 0) + 1
-        elif is_tombstone(before):
-            anomalies["after_drop"] = anomalies.get("after_drop", 0) + 1
-        elif before is None and isinstance(event, Drop):
-            anomalies["drop_unknown"] = anomalies.get("drop_unknown", 0) + 1
-        source = records.get(event.msg_id) if isinstance(event, Resubmit) and msg_id != event.msg_id else None
+        resubmit = isinstance(event, Resubmit)
+        part = ("original" if msg_id == event.msg_id else "new") if resubmit else "self"  # type: ignore[union-attr]
+        _note(anomalies, before, event.__class__, part, seq)
+        source = records.get(event.msg_id) if part == "new" else None  # type: ignore[union-attr]
         after = fold(before, event, seq, msg_id=msg_id, source=source)
         if after is not before:
             records[msg_id] = after
@@ -256,7 +273,7 @@ def fold_all(batch: Sequence[tuple[int, Event]], records: dict[str, dict[str, An
              anomalies: Anomalies | None = None) -> dict[str, dict[str, Any] | None]:
     """Fold a whole batch into a dict of records (a fresh one by default): replay in one call."""
     records = {} if records is None else records
-    anomalies = {} if anomalies is None else anomalies
+    anomalies = Counter() if anomalies is None else anomalies
     for seq, event in batch:
         apply_event(records, seq, event, anomalies)
     return records

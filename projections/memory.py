@@ -12,6 +12,8 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from tasklog.events import INDEXED_FIELDS
+
 from .base import Projection, Records
 from .errors import ProjectionError
 from .fold import is_tombstone
@@ -21,9 +23,10 @@ from .sortedindex import SortedIndex
 __all__ = ["DictProjection"]
 
 
-# Hash indexes on the fields hubs filter on by value. Only str values are indexed; a record
-# holding anything else there (an annotate may set a list) is "irregular" and always a candidate.
-INDEXED = ("engine_uuid", "client_uuid", "label", "queue")
+# Hash indexes on the str fields hubs filter on by value (the datetime ones: the sorted index on
+# submitted and the set of incomplete tasks). Only str values are indexed; a record holding
+# anything else there (an annotate may set a list) is "irregular" and always a candidate.
+INDEXED = tuple(f for f, kind in INDEXED_FIELDS.items() if kind is str)
 _WATCHED = itemgetter(*INDEXED, "completed", "submitted")
 
 

@@ -19,6 +19,8 @@ from bson.codec_options import CodecOptions
 from bson.regex import Regex
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from tasklog.events import INDEXED_FIELDS
+
 from .base import Projection, Records
 from .errors import ProjectionError
 from .query import Cond, Logical, Node, Not, glob_to_regex
@@ -71,7 +73,7 @@ class MongoProjection(Projection):
     def _setup(self) -> None:
         # _id is the msg_id, so it is the unique msg_id index; msg_id is also kept as a field.
         self._records.create_index("msg_id", unique=True)
-        for field in ("submitted", "started", "completed", "engine_uuid", "client_uuid", "label"):
+        for field in INDEXED_FIELDS:
             self._records.create_index(field)
         doc = self._meta.find_one({"_id": "checkpoint"})
         self.last_seq = int(doc["seq"]) if doc else 0

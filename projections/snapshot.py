@@ -10,6 +10,7 @@ when the projection starts empty.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,11 +41,11 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
     at = log.last_seq if at is None else at
     base = max((s for s in retention.list_snapshots(log) if s <= at), default=0)
     records: dict[str, dict[str, Any] | None] = {}
-    anomalies: Anomalies = {}
+    anomalies: Anomalies = Counter()
     with gc_paused():
         if base:
             header, items = _read(log, base)
-            anomalies = dict(header.get("anomalies", {}))
+            anomalies = Counter(header.get("anomalies", {}))
             records = {rec["msg_id"]: rec for rec in items}
         elif log.start_seq > 1:
             raise ProjectionError(f"events before {log.start_seq} were pruned and no snapshot covers them")
@@ -53,7 +54,7 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
                 apply_event(records, seq, event, anomalies)
             if progress is not None:
                 progress(len(chunk))
-        header = {"seq": at, "records": len(records), "anomalies": anomalies,
+        header = {"seq": at, "records": len(records), "anomalies": dict(anomalies),
                   "created": datetime.now(timezone.utc), "log_identity": log.identity}
         path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
     return SnapshotInfo(at, len(records), path, base)

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgpack
 
+from tasklog.events import INDEXED_FIELDS
+
 from .base import Projection, Records, gc_paused
 from .errors import ProjectionError
 from .fold import HIDDEN, RECORD_KEYS, is_tombstone
@@ -27,12 +29,10 @@ __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document"]
 # 3: datetime columns hold microseconds since the epoch (2 held milliseconds: records now keep
 #    the microseconds the Hub gave, and a millisecond column would make the SQL prefilter lie).
 SCHEMA_VERSION = 3
-# Indexed columns and the Python type their values must have to be stored there.
-COLUMNS: dict[str, type] = {
-    "submitted": datetime, "started": datetime, "completed": datetime, "received": datetime,
-    "engine_uuid": str, "client_uuid": str, "label": str, "queue": str, "resubmitted": str,
-}
-INDEXED = ("submitted", "started", "completed", "engine_uuid", "client_uuid", "label")
+# Typed columns and the Python type their values must have to be stored there: the indexed
+# fields, and two more that queries and `keys` read without unpacking a document.
+COLUMNS: dict[str, type] = {**INDEXED_FIELDS, "received": datetime, "resubmitted": str}
+INDEXED = tuple(INDEXED_FIELDS)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _CHUNK = 500
@@ -54,6 +54,9 @@ def _column_value(name: str, value: Any) -> Any:
 
 
 _IRREGULAR = object()
+# Columns named: a file made by an earlier version keeps its own column order.
+_INSERT = (f"INSERT OR REPLACE INTO records (msg_id, seq, dropped, irregular, {', '.join(COLUMNS)}, doc) "
+           f"VALUES ({','.join('?' * (len(COLUMNS) + 5))})")
 _packer = msgpack.Packer(datetime=True)
 _ABSENT = object()
 # The hidden checkpoint has its own slot: a one-key map per record would cost more than it.
@@ -192,12 +195,11 @@ class SQLiteProjection(Projection):
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
-        marks = ",".join("?" * (4 + len(COLUMNS) + 1))
         db = self._db
         # Records and checkpoint in one transaction: a crash leaves both old or both new.
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(f"INSERT OR REPLACE INTO records VALUES ({marks})", rows)
+            db.executemany(_INSERT, rows)
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last_seq,))
             db.execute("COMMIT")
         except BaseException:

@@ -26,24 +26,30 @@ def _task(rng: random.Random, msg_id: str, chunks: int, early: bool, resubmit: b
     engine = rng.choice(ENGINES)
     submitted = t0 + timedelta(milliseconds=rng.randint(0, 50))
     header = {"msg_id": msg_id, "msg_type": "apply_request", "session": "s", "username": "demo"}
-    submit = Submit(msg_id, header, {}, {}, [rng.randbytes(64)], rng.choice(CLIENTS),
-                    rng.choice(("task", "task", "mux")), submitted, f"job-{rng.randint(0, 99)}")
-    outs: list[Event] = [Output(msg_id, "stdout", f"step {i} of {msg_id[:8]}\n", None) for i in range(chunks)]
-    steps: list[Event] = [submit, Start(msg_id, engine, submitted), *outs]
+    submit = Submit(msg_id=msg_id, header=header, content={}, metadata={}, buffers=[rng.randbytes(64)],
+                    client_uuid=rng.choice(CLIENTS), queue=rng.choice(("task", "task", "mux")),
+                    submitted=submitted, label=f"job-{rng.randint(0, 99)}")
+    outs: list[Event] = [Output(msg_id=msg_id, name="stdout", text=f"step {i} of {msg_id[:8]}\n")
+                         for i in range(chunks)]
+    steps: list[Event] = [submit, Start(msg_id=msg_id, engine_uuid=engine, started=submitted), *outs]
     if early and outs:  # IOPub output can beat the request to the hub
         steps.insert(0, steps.pop(2))
     failed = rng.random() < 0.03
     if failed:
-        steps.append(Output(msg_id, "error", None, {"ename": "ValueError", "evalue": "bad input"}))
+        steps.append(Output(msg_id=msg_id, name="error", content={"ename": "ValueError", "evalue": "bad input"}))
     done = submitted + timedelta(milliseconds=rng.randint(1, 500))
-    steps.append(Complete(msg_id, {"msg_id": str(uuid.UUID(int=rng.getrandbits(128))), "msg_type": "apply_reply"},
-                          {"status": "error" if failed else "ok"}, {"engine": engine}, [rng.randbytes(32)],
-                          submitted, done, done, engine))
+    reply = {"msg_id": str(uuid.UUID(int=rng.getrandbits(128))), "msg_type": "apply_reply"}
+    steps.append(Complete(msg_id=msg_id, result_header=reply, result_content={"status": "error" if failed else "ok"},
+                          result_metadata={"engine": engine}, result_buffers=[rng.randbytes(32)],
+                          started=submitted, completed=done, received=done, engine_uuid=engine))
     if resubmit:
         new = str(uuid.UUID(int=rng.getrandbits(128)))
-        steps += [Resubmit(msg_id, new, done), Start(new, rng.choice(ENGINES), done),
-                  Output(new, "stdout", "retry\n", None),
-                  Complete(new, {"msg_id": new}, {"status": "ok"}, {}, [], done, done, done, engine)]
+        steps += [Resubmit(msg_id=msg_id, new_msg_id=new, submitted=done),
+                  Start(msg_id=new, engine_uuid=rng.choice(ENGINES), started=done),
+                  Output(msg_id=new, name="stdout", text="retry\n"),
+                  Complete(msg_id=new, result_header={"msg_id": new}, result_content={"status": "ok"},
+                           result_metadata={}, result_buffers=[], started=done, completed=done, received=done,
+                           engine_uuid=engine)]
     return steps
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Event",
     "EVENT_TYPES",
     "QUEUES",
+    "INDEXED_FIELDS",
     "STREAMS",
     "OUTPUT_NAMES",
     "validate",
@@ -36,6 +37,13 @@ __all__ = [
 ]
 
 QUEUES = frozenset({"mux", "task", "broadcast"})
+# The record fields hubs filter on, with the type a value must have to be indexed: every
+# projection indexes these (the dict projection by value or in order, SQLite in typed columns,
+# MongoDB with an index each). Their values come from the events' fields of the same names.
+INDEXED_FIELDS: dict[str, type] = {
+    "submitted": datetime, "started": datetime, "completed": datetime,
+    "engine_uuid": str, "client_uuid": str, "label": str, "queue": str,
+}
 STREAMS = frozenset({"stdout", "stderr"})
 OUTPUT_NAMES = STREAMS | {"error", "execute_input", "execute_result", "display_data"}
 
@@ -415,6 +423,11 @@ def construct(event_type: str, **fields: Any) -> Event:
     cls = EVENT_TYPES.get(event_type)
     if cls is None:
         raise EventError(str(event_type), None, f"unknown event type; expected one of {sorted(EVENT_TYPES)}")
+    try:
+        built: Event = cls(**fields)
+        return built
+    except TypeError:
+        pass  # say which field, below
     unknown = set(fields) - set(cls._fields)
     if unknown:
         raise EventError(event_type, sorted(unknown)[0], "unknown field")

@@ -35,11 +35,11 @@ from .log import DURABILITY, TaskLog
 
 __all__ = ["TaskLogDB", "record_events"]
 
-# The update keys each event type takes; the rest of an update becomes an annotate.
-_SUBMIT_KEYS = ("header", "content", "metadata", "buffers", "client_uuid", "queue", "submitted", "label")
-_RESULT_KEYS = ("result_header", "result_content", "result_metadata", "result_buffers",
-                "started", "completed", "received", "engine_uuid")
+# The update keys each event type takes (its own fields); the rest of an update becomes an annotate.
+_SUBMIT_KEYS = Submit._fields[1:]
+_RESULT_KEYS = Complete._fields[1:]
 _RESULT_SET = frozenset(_RESULT_KEYS)
+_BUFFERS = frozenset({"buffers", "result_buffers"})
 _STREAMS = ("stdout", "stderr")
 _OUTPUTS = ("error", "execute_input", "execute_result", "display_data")
 _DEFAULT_EMPTY: tuple[Any, ...] = (None, "")
@@ -52,17 +52,18 @@ def _buffers(value: Any) -> Any:
     return value
 
 
+def _taken(rest: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of ``keys`` taken out of an update, None where it has none (buffers as bytes)."""
+    # None, not the event's default: a Hub record without a queue has none yet (a resubmission).
+    return {k: _buffers(rest.pop(k, None)) if k in _BUFFERS else rest.pop(k, None) for k in keys}
+
+
 def _submit(msg_id: str, rest: dict[str, Any]) -> Submit:
-    got = {k: rest.pop(k, None) for k in _SUBMIT_KEYS}
-    return Submit(msg_id, got["header"], got["content"], got["metadata"], _buffers(got["buffers"]),
-                  got["client_uuid"], got["queue"], got["submitted"], got["label"])
+    return Submit(msg_id=msg_id, **_taken(rest, _SUBMIT_KEYS))
 
 
 def _complete(msg_id: str, rest: dict[str, Any]) -> Complete:
-    got = {k: rest.pop(k, None) for k in _RESULT_KEYS}
-    return Complete(msg_id, got["result_header"], got["result_content"], got["result_metadata"],
-                    _buffers(got["result_buffers"]), got["started"], got["completed"], got["received"],
-                    got["engine_uuid"])
+    return Complete(msg_id=msg_id, **_taken(rest, _RESULT_KEYS))
 
 
 def _streams(msg_id: str, rest: dict[str, Any], current: dict[str, Any]) -> list[Event]:
@@ -75,11 +76,11 @@ def _streams(msg_id: str, rest: dict[str, Any], current: dict[str, Any]) -> list
         text, before = rest.pop(name), current.get(name) or ""
         if isinstance(text, str) and text.startswith(before):
             if len(text) > len(before):
-                out.append(Output(msg_id, name, text[len(before):], None))
+                out.append(Output(msg_id=msg_id, name=name, text=text[len(before):]))
         elif text != before:
             fixes[name] = text
     if fixes:
-        out.append(Annotate(msg_id, fixes))
+        out.append(Annotate(msg_id=msg_id, fields=fixes))
     return out
 
 
@@ -96,16 +97,16 @@ def record_events(msg_id: str, rec: dict[str, Any], current: dict[str, Any] | No
     if rest.get("result_header") is not None:
         events.append(_complete(msg_id, rest))
     elif "engine_uuid" in rest:
-        events.append(Start(msg_id, rest.pop("engine_uuid"), rest.pop("started", None)))
+        events.append(Start(msg_id=msg_id, **_taken(rest, Start._fields[1:])))
     events.extend(_streams(msg_id, rest, now))
     for name in _OUTPUTS:
         if rest.get(name) is not None:
-            events.append(Output(msg_id, name, None, rest.pop(name)))
+            events.append(Output(msg_id=msg_id, name=name, content=rest.pop(name)))
     new_id = rest.pop("resubmitted", None)
     if new_id:
-        events.append(Resubmit(msg_id, new_id, submitted_of(new_id)))
+        events.append(Resubmit(msg_id=msg_id, new_msg_id=new_id, submitted=submitted_of(new_id)))
     if rest:
-        events.append(Annotate(msg_id, rest))
+        events.append(Annotate(msg_id=msg_id, fields=rest))
     return events
 
 
@@ -204,7 +205,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         # The Hub's three common updates go straight to their event; anything else is diffed.
         if len(rec) == 1:
             if "engine_uuid" in rec:  # the scheduler reported the destination
-                self._append_one(Start(msg_id, rec["engine_uuid"], None))
+                self._append_one(Start(msg_id=msg_id, engine_uuid=rec["engine_uuid"]))
                 return
             for name in _STREAMS:
                 text = rec.get(name)
@@ -212,7 +213,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                 before = (current.get(name) or "") if current is not None else None
                 if before is not None and text.__class__ is str and text.startswith(before):
                     if len(text) > len(before):
-                        self._append_one(Output(msg_id, name, text[len(before):], None))
+                        self._append_one(Output(msg_id=msg_id, name=name, text=text[len(before):]))
                     return
         elif rec.get("result_header") is not None and _RESULT_SET.issuperset(rec):
             self._append_one(_complete(msg_id, dict(rec)))
@@ -222,13 +223,13 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
     def drop_record(self, msg_id: str) -> None:
         """Purge one task (a drop event); KeyError if there is no such task."""
         self.records.get_record(msg_id)
-        self._append([Drop([msg_id])])
+        self._append([Drop(msg_ids=[msg_id])])
 
     def drop_matching_records(self, check: dict[str, Any]) -> None:
         """Purge every task matching a query."""
         ids = [r["msg_id"] for r in self.records.find_records(check, keys=["msg_id"])]
         if ids:
-            self._append([Drop(ids)])
+            self._append([Drop(msg_ids=ids)])
 
     # -- reads -------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from .errors import (
     StorageError,
     StorageFullError,
 )
-from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, utc, validate
+from .events import Event, construct, utc, validate
 
 __all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here"]
 
@@ -495,37 +495,28 @@ class TaskLog:
 
     # -- appending ---------------------------------------------------------
 
-    def submit(self, msg_id: str, *, header: dict[str, Any] | None = None,
-               content: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-               buffers: list[bytes] | None = None, client_uuid: str | None = None,
-               queue: str = "task", submitted: Any = None, label: str | None = None,
-               key: str | None = None) -> int:
-        """Append a submit event."""
-        return self._one(Submit(msg_id, header, content, metadata, buffers, client_uuid, queue,
-                                submitted, label), key)
+    # The typed appenders take the fields of their event class by keyword: the classes in
+    # tasklog.events declare each field once, and an unknown field is an EventError naming it.
 
-    def start(self, msg_id: str, engine_uuid: str | None = None, started: Any = None, *,
-              key: str | None = None) -> int:
-        """Append a start event: the task reached an engine."""
-        return self._one(Start(msg_id, engine_uuid, started), key)
+    def submit(self, msg_id: str, *, key: str | None = None, **fields: Any) -> int:
+        """Append a submit event (fields of :class:`Submit`: header, content, metadata, buffers, ...)."""
+        return self._one(construct("submit", msg_id=msg_id, **fields), key)
 
-    def output(self, msg_id: str, name: str = "stdout", *, text: str | None = None,
-               content: Any = None, key: str | None = None) -> int:
-        """Append an output event: a stdout/stderr chunk, or a rich output's content."""
-        return self._one(Output(msg_id, name, text, content), key)
+    def start(self, msg_id: str, engine_uuid: str | None = None, *, key: str | None = None, **fields: Any) -> int:
+        """Append a start event: the task reached an engine (fields of :class:`Start`)."""
+        return self._one(construct("start", msg_id=msg_id, engine_uuid=engine_uuid, **fields), key)
 
-    def complete(self, msg_id: str, *, result_header: dict[str, Any] | None = None,
-                 result_content: dict[str, Any] | None = None, result_metadata: dict[str, Any] | None = None,
-                 result_buffers: list[bytes] | None = None, started: Any = None, completed: Any = None,
-                 received: Any = None, engine_uuid: str | None = None, key: str | None = None) -> int:
-        """Append a complete event: the engine's reply reached the hub."""
-        return self._one(Complete(msg_id, result_header, result_content, result_metadata, result_buffers,
-                                  started, completed, received, engine_uuid), key)
+    def output(self, msg_id: str, name: str = "stdout", *, key: str | None = None, **fields: Any) -> int:
+        """Append an output event: a stdout/stderr chunk (``text=``) or a rich output (``content=``)."""
+        return self._one(construct("output", msg_id=msg_id, name=name, **fields), key)
 
-    def resubmit(self, msg_id: str, new_msg_id: str | None = None, submitted: Any = None, *,
-                 key: str | None = None) -> int:
-        """Append a resubmit event; the new msg_id is a fresh uuid unless given."""
-        return self._one(Resubmit(msg_id, new_msg_id, submitted), key)
+    def complete(self, msg_id: str, *, key: str | None = None, **fields: Any) -> int:
+        """Append a complete event: the engine's reply reached the hub (fields of :class:`Complete`)."""
+        return self._one(construct("complete", msg_id=msg_id, **fields), key)
+
+    def resubmit(self, msg_id: str, new_msg_id: str | None = None, *, key: str | None = None, **fields: Any) -> int:
+        """Append a resubmit event; the new msg_id is a fresh uuid unless given (fields of :class:`Resubmit`)."""
+        return self._one(construct("resubmit", msg_id=msg_id, new_msg_id=new_msg_id, **fields), key)
 
     def drop(self, msg_ids: Iterable[str], *, key: str | None = None) -> int:
         """Append a drop tombstone for ``msg_ids``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -78,7 +79,7 @@ def _applied(events: list[Any]) -> tuple[dict[str, Any], dict[str, int]]:
     from projections.fold import apply_event
 
     records: dict[str, Any] = {}
-    anomalies: dict[str, int] = {}
+    anomalies: Counter[str] = Counter()
     for seq, ev in enumerate(events, start=1):
         apply_event(records, seq, ev, anomalies)
     return records, anomalies
