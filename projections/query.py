@@ -12,7 +12,9 @@ table defines as ``>`` and ``<``.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,10 +337,8 @@ def _cmp(op: str) -> Callable[[Any, Any], bool]:
     return compare
 
 
-_PY_CMP: dict[str, Callable[[Any, Any], Any]] = {
-    "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
-    "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b,
-}
+_PY_CMP: dict[str, Callable[[Any, Any], Any]] = {"$gt": operator.gt, "$gte": operator.ge,
+                                                  "$lt": operator.lt, "$lte": operator.le}
 
 
 def _elementwise(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
@@ -363,14 +363,9 @@ def _glob(value: Any, arg: str) -> bool:
     return isinstance(value, str) and _glob_re(arg).match(value) is not None
 
 
-_GLOBS: dict[str, re.Pattern[str]] = {}
-
-
+@functools.lru_cache(maxsize=1024)  # bounded: patterns come from users' queries
 def _glob_re(pattern: str) -> re.Pattern[str]:
-    compiled = _GLOBS.get(pattern)
-    if compiled is None:
-        compiled = _GLOBS[pattern] = re.compile(glob_to_regex(pattern), re.DOTALL)
-    return compiled
+    return re.compile(glob_to_regex(pattern), re.DOTALL)
 
 
 def _all(value: Any, args: list[Any]) -> bool:

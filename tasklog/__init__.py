@@ -9,6 +9,7 @@ from .errors import (
     CorruptSnapshotError,
     EncodeError,
     EventError,
+    FlushTimeoutError,
     InterfaceError,
     LogBusyError,
     LogClosedError,
@@ -64,5 +65,6 @@ __all__ = [
     "ReadOnlyLogError",
     "StorageFullError",
     "CommitError",
+    "FlushTimeoutError",
     "__version__",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "ReadOnlyLogError",
     "StorageFullError",
     "CommitError",
+    "FlushTimeoutError",
 ]
 
 
@@ -108,3 +109,9 @@ class StorageFullError(StorageError):
 class CommitError(StorageError):
     """A commit failed; the events of that batch were not written."""
 
+
+
+class FlushTimeoutError(TaskLogError, TimeoutError):
+    """An async event was not committed within the time waited for it (it may still be)."""
+
+    hint = "wait again, or flush() without a timeout"

@@ -34,6 +34,7 @@ import lmdb
 from . import codec
 from .errors import (
     CommitError,
+    FlushTimeoutError,
     InterfaceError,
     LogBusyError,
     LogClosedError,
@@ -234,8 +235,8 @@ def _writable(path: str) -> bool:
 
 
 def _storage_error(exc: lmdb.Error, doing: str) -> StorageError:
-    if isinstance(exc, lmdb.MapFullError) or getattr(exc, "errno", None) == errno.ENOSPC \
-            or "No space left" in str(exc):
+    # py-lmdb raises DiskError for ENOSPC, MapFullError when the map (not the disk) is full.
+    if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
         return StorageFullError(f"{doing} failed: no space left ({exc})")
     return CommitError(f"{doing} failed: {exc}")
 
@@ -687,6 +688,24 @@ class TaskLog:
         if key is not None:
             txn.put(key, codec.pack_key(seq), db=self._keys)
 
+    def drop_front(self, start: int, stop: int) -> int:
+        """Delete events start <= seq < stop and make ``stop`` the log's start, in one transaction."""
+        if self.readonly:
+            raise InterfaceError(f"log {self.path} was opened read-only")
+
+        def body(txn: lmdb.Transaction) -> int:
+            cur = txn.cursor(db=self._events)
+            n = 0
+            if cur.set_range(codec.pack_key(start)):
+                while cur.key() and codec.unpack_key(cur.key()) < stop:
+                    cur.delete()
+                    n += 1
+            # The start moves with the deletions: a prune killed between transactions leaves a sound log.
+            txn.put(b"start_seq", str(stop).encode(), db=self._meta)
+            return n
+        removed: int = self._write(body)
+        return removed
+
     def _write(self, body: Callable[[lmdb.Transaction], Any]) -> Any:
         """Run ``body`` in a write transaction, growing the map and retrying the whole of it."""
         while True:
@@ -832,7 +851,7 @@ class TaskLog:
                 self._cond.notify_all()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"event {seq} not committed within {timeout} s")
+                    raise FlushTimeoutError(f"event {seq} not committed within {timeout} s")
                 self._cond.wait(left)
 
     def flush(self, timeout: float | None = None) -> int:

@@ -223,16 +223,7 @@ def _delete_front(log: TaskLog, start: int, limit: int, progress: Callable[[int]
     while nxt < limit:
         upto = min(nxt + _PRUNE_CHUNK, limit)
 
-        def body(txn: lmdb.Transaction, lo: int = nxt, hi: int = upto) -> int:
-            cur = txn.cursor(db=log._events)
-            n = 0
-            if cur.set_range(codec.pack_key(lo)):
-                while cur.key() and codec.unpack_key(cur.key()) < hi:
-                    cur.delete()
-                    n += 1
-            txn.put(b"start_seq", str(hi).encode(), db=log._meta)
-            return n
-        done = log._write(body)
+        done = log.drop_front(nxt, upto)
         removed += done
         nxt = upto
         if progress is not None:
