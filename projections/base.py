@@ -73,7 +73,15 @@ class Projection(ABC):
         #: The snapshot the records were last restored from (None: folded from events only).
         self.restored_from: int | None = None
         self._lock = threading.RLock()
-        self._before_read: Callable[[], None] | None = None
+        #: Called before every read (a live projection on an async log flushes the log there).
+        self.before_read: Callable[[], None] | None = None
+        #: What keeps the projection in step with a log (``projections.live.attach`` sets it).
+        self.attachment: Any = None
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock every apply and read holds: hold it to apply several batches as one step."""
+        return self._lock
 
     # -- storage, per backend ------------------------------------------------
 
@@ -207,8 +215,13 @@ class Projection(ABC):
     # -- reading ----------------------------------------------------------------
 
     def _reading(self) -> None:
-        if self._before_read is not None:
-            self._before_read()
+        if self.before_read is not None:
+            self.before_read()
+
+    def records_of(self, msg_ids: set[str]) -> Records:
+        """The stored records (or tombstones) of ``msg_ids``, not copies; absent ids may be left out."""
+        with self._lock:
+            return self._load(msg_ids)
 
     def get_record(self, msg_id: str) -> dict[str, Any]:
         """The record of ``msg_id`` (a copy); KeyError if there is none."""
@@ -233,16 +246,16 @@ class Projection(ABC):
         return f"no task {msg_id!r}"
 
     def find_records(self, query: Any = None, keys: Any = None) -> list[dict[str, Any]]:
-        """Records matching a MongoDB-style query (copies; msg_id always included)."""
-        node = parse(query)
+        """Records matching a MongoDB-style query, or a tree from ``parse`` (copies; msg_id always included)."""
+        node = query if isinstance(query, Logical) else parse(query)
         selected = parse_keys(keys)
         self._reading()
         with self._lock:
             return self._find(node, selected)
 
     def count(self, query: Any = None) -> int:
-        """How many records match ``query``."""
-        node = parse(query)
+        """How many records match ``query`` (a MongoDB-style query, or a tree from ``parse``)."""
+        node = query if isinstance(query, Logical) else parse(query)
         self._reading()
         with self._lock:
             return self._count(node)

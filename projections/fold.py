@@ -28,7 +28,7 @@ __all__ = [
     "fold",
     "targets",
     "apply_event",
-    "public",
+    "strip_hidden",
     "is_tombstone",
     "ms",
     "Anomalies",
@@ -89,9 +89,11 @@ def is_tombstone(record: dict[str, Any] | None) -> bool:
     return record is not None and bool(record.get("_dropped"))
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
-    """The record without its hidden keys (not a deep copy)."""
-    return {k: v for k, v in record.items() if k not in HIDDEN}
+def strip_hidden(record: dict[str, Any]) -> dict[str, Any]:
+    """Remove the hidden keys from a record the caller owns (a fresh copy); return it."""
+    for key in HIDDEN:
+        record.pop(key, None)
+    return record
 
 
 def _fill(rec: dict[str, Any], key: str, value: Any) -> None:

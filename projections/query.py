@@ -24,7 +24,7 @@ from typing import Any
 from bson.regex import Regex
 
 from .errors import QueryError
-from .fold import HIDDEN
+from .fold import strip_hidden
 
 __all__ = [
     "MISSING",
@@ -502,10 +502,7 @@ _CONTAINERS = frozenset({dict, list})
 
 def public_copy(record: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a record without its hidden keys (what every read hands out)."""
-    out: dict[str, Any] = clone(record)
-    for key in HIDDEN:
-        out.pop(key, None)
-    return out
+    return strip_hidden(clone(record))
 
 
 def msg_id_lookup(node: Logical) -> list[str] | None:

@@ -20,7 +20,7 @@ from tasklog.events import INDEXED_FIELDS
 
 from .base import Projection, Records, gc_paused
 from .errors import ProjectionError
-from .fold import HIDDEN, RECORD_KEYS, is_tombstone
+from .fold import RECORD_KEYS, is_tombstone, strip_hidden
 from .query import Cond, Logical, Node, compile_predicate
 
 __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document"]
@@ -90,13 +90,7 @@ def decode_document(blob: bytes, public: bool = False) -> dict[str, Any]:
             rec.update(doc[-1])
     else:
         rec = doc
-    return _hide(rec) if public else rec
-
-
-def _hide(rec: dict[str, Any]) -> dict[str, Any]:
-    for hidden in HIDDEN:
-        rec.pop(hidden, None)
-    return rec
+    return strip_hidden(rec) if public else rec
 
 
 class SQLiteProjection(Projection):
@@ -226,7 +220,7 @@ class SQLiteProjection(Projection):
                 docs = [decode_document(blob, public=True) for (blob,) in rows]
             else:  # the predicate sees the hidden keys, as it does on the dict projection
                 match = compile_predicate(node)
-                docs = [_hide(d) for (blob,) in rows if match(d := decode_document(blob))]
+                docs = [strip_hidden(d) for (blob,) in rows if match(d := decode_document(blob))]
         if keys is None:
             return docs
         return [{k: d[k] for k in keys if k in d} for d in docs]

@@ -146,7 +146,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             self.tasklog.close()
             raise
         # SQLite and MongoDB would pay a transaction or a round trip per Hub call: write behind.
-        self.records: Projection | WriteBehind = WriteBehind(self._proj) if self._proj.persistent else self._proj
+        self.records: Projection = WriteBehind(self._proj) if self._proj.persistent else self._proj
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
         atexit.register(self.close)
         self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
@@ -187,9 +187,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
     def _catch_up_to(self, seq: int) -> None:
         # Another process appended in between (only sync/process logs can be shared): fold its events first.
         if seq > self.records.last_seq + 1:
-            if isinstance(self.records, WriteBehind):
-                self.records.flush()
-            snapshot.catch_up(self._proj, self.tasklog, stop=seq - 1)
+            snapshot.catch_up(self.records, self.tasklog, stop=seq - 1)
 
     def _submitted_of(self, msg_id: str) -> datetime:
         rec = self.records.peek(msg_id)

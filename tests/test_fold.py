@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.fold import fold, fold_all, new_record, public
+from projections.fold import fold, fold_all, new_record, strip_hidden
 from tasklog import Annotate, Complete, Output, Start, Submit
 
 T = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -46,7 +46,7 @@ def _record(events: list[Any]) -> dict[str, Any]:
     recs = fold_all(list(enumerate(events, start=1)))
     rec = recs["t"]
     assert rec is not None
-    return public(rec)
+    return strip_hidden(dict(rec))
 
 
 @settings(max_examples=300, deadline=None)

@@ -62,7 +62,7 @@ class TestTaskLogDBMongo(_TaskLogDBTest, TestCase):
         return f"{self.mongo_uri}/ipp{uuid.uuid4().hex[:10]}"
 
     def tearDown(self) -> None:
-        self.db.records.drop_all()  # type: ignore[attr-defined]
+        self.db.records.inner.drop_all()  # type: ignore[attr-defined]
         super().tearDown()
 
     def test_reopen_sees_every_record(self) -> None:

@@ -380,3 +380,15 @@ def test_a_forked_child_holds_nothing_of_the_log(log_dir: str) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_wait_that_times_out_is_a_tasklog_error(log_dir: str) -> None:
+    import time as time_
+
+    with TaskLog.open(log_dir, "async") as log:
+        log.add_listener(lambda batch: time_.sleep(0.5))  # listeners run before durability is reported
+        receipt = log.start("slow")
+        with pytest.raises(tasklog.FlushTimeoutError, match="not committed within") as caught:
+            receipt.wait(timeout=0.05)
+        assert isinstance(caught.value, tasklog.TaskLogError) and isinstance(caught.value, TimeoutError)
+        assert receipt.wait() == 1
