@@ -47,12 +47,12 @@ def test_verify_lists_problems(log_dir: str) -> None:
     with TaskLog.open(log_dir) as log:
         for i in range(5):
             log.start(f"t{i}")
-        with log._env.begin(write=True) as txn:  # damage one value in place, as a bad disk would
+        with log.store.env.begin(write=True) as txn:  # damage one value in place, as a bad disk would
             key = (3).to_bytes(8, "big")
-            raw = bytearray(txn.get(key, db=log._events))
+            raw = bytearray(txn.get(key, db=log.store.events))
             raw[-1] ^= 0x10
-            txn.put(key, bytes(raw), db=log._events)
-            txn.delete((4).to_bytes(8, "big"), db=log._events)
+            txn.put(key, bytes(raw), db=log.store.events)
+            txn.delete((4).to_bytes(8, "big"), db=log.store.events)
     bad = run_cli("verify", "--log", log_dir)
     assert bad.returncode == 1
     assert "event 3 is corrupt: checksum mismatch" in bad.stdout

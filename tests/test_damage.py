@@ -58,11 +58,11 @@ def test_truncated_data_file_is_refused(log_dir: str) -> None:
 
 def test_event_from_a_newer_schema(log_dir: str) -> None:
     _log(log_dir, 3)
-    with TaskLog.open(log_dir) as log, log._env.begin(write=True) as txn:
-        raw = bytearray(txn.get(pack_key(2), db=log._events))
+    with TaskLog.open(log_dir) as log, log.store.env.begin(write=True) as txn:
+        raw = bytearray(txn.get(pack_key(2), db=log.store.events))
         raw[0] = SCHEMA_VERSION + 1
         raw[1:5] = zlib.crc32(bytes(raw[5:])).to_bytes(4, "big")
-        txn.put(pack_key(2), bytes(raw), db=log._events)
+        txn.put(pack_key(2), bytes(raw), db=log.store.events)
     with TaskLog.open(log_dir, readonly=True) as log, pytest.raises(SchemaVersionError, match="event 2"):
         list(log.read())
     out = run_cli("verify", "--log", log_dir)

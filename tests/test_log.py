@@ -224,7 +224,7 @@ def test_map_grows_without_the_user_choosing_a_size(log_dir: str) -> None:
         for i in range(40):
             log.append_many([tasklog.Output(f"t{i}", "stdout", "x" * 2000, None)] * 50)
         assert log.last_seq == 2000
-        assert log._env.info()["map_size"] > 1 << 20
+        assert log.store.env.info()["map_size"] > 1 << 20
     with TaskLog.open(log_dir) as log:
         assert sum(len(ev.text) for _, ev in log.read()) == 2000 * 2000
 
@@ -275,7 +275,7 @@ def test_bad_options(log_dir: str) -> None:
 def test_read_chunks_match_read_across_chunk_boundaries(log_dir: str) -> None:
     """read_chunks gives read()'s events, in order, grouped in lists, for any start and stop."""
     from tasklog.events import utcnow
-    from tasklog.log import _READ_CHUNK
+    from tasklog.reader import READ_CHUNK as _READ_CHUNK
 
     now = utcnow()
     n = 2 * _READ_CHUNK + 17
@@ -314,8 +314,8 @@ def test_each_log_has_an_identity(log_dir: str) -> None:
         assert log.identity == ident
     assert json_.loads((Path(log_dir) / "TASKLOG").read_text())["identity"] == ident
     # A log made by an older tasklog has none: a reader sees None, the first writer gives it one.
-    with TaskLog.open(log_dir) as log, log._env.begin(write=True) as txn:
-        txn.delete(b"identity", db=log._meta)
+    with TaskLog.open(log_dir) as log, log.store.env.begin(write=True) as txn:
+        txn.delete(b"identity", db=log.store.meta)
     with TaskLog.open(log_dir, readonly=True) as log:
         assert log.identity is None
     with TaskLog.open(log_dir, "async") as log:

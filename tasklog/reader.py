@@ -1,0 +1,122 @@
+"""Reading a log: short read transactions that never block writers, and one-transaction views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import lmdb
+
+from . import codec
+from .events import Event, utc
+from .store import Store
+
+__all__ = ["Reader", "LogView", "READ_CHUNK"]
+
+READ_CHUNK = 2048  # events per read transaction: short ones never hold pages long
+
+
+class LogView:
+    """The log as one read transaction sees it (``TaskLog.view()``); valid inside that block only."""
+
+    def __init__(self, txn: lmdb.Transaction, events: Any, meta: Any) -> None:
+        self._txn, self._events, self._meta = txn, events, meta
+
+    @property
+    def first_seq(self) -> int:
+        """The first event still in the log (0 when empty)."""
+        cur = self._txn.cursor(db=self._events)
+        return codec.unpack_key(cur.key()) if cur.first() else 0
+
+    @property
+    def last_seq(self) -> int:
+        """The last committed event (0 when empty)."""
+        return Store.last_key(self._txn, self._events)
+
+    @property
+    def start_seq(self) -> int:
+        """Where the log's events start (1 unless a prune removed older ones)."""
+        raw = self._txn.get(b"start_seq", db=self._meta)
+        return int(raw) if raw is not None else 1
+
+    def __len__(self) -> int:
+        return int(self._txn.stat(self._events)["entries"])
+
+    def raw(self) -> Iterator[tuple[int, bytes]]:
+        """Every ``(seq, stored bytes)`` in order."""
+        for key, value in self._txn.cursor(db=self._events):
+            yield codec.unpack_key(key), value if isinstance(value, bytes) else bytes(value)
+
+
+class Reader:
+    """The reading side of a log: each call one short read transaction, or a view."""
+
+    def __init__(self, store: Store, check_open: Callable[[], None]) -> None:
+        self._store = store
+        self._check_open = check_open
+
+    @contextmanager
+    def view(self) -> Iterator[LogView]:
+        """One read transaction: every figure read through the view describes the same moment."""
+        self._check_open()
+        with self._store.reader() as txn:
+            yield LogView(txn, self._store.events, self._store.meta)
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last committed event (0 when empty)."""
+        with self.view() as view:
+            return view.last_seq
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the first event still in the log (0 when empty)."""
+        with self.view() as view:
+            return view.first_seq
+
+    @property
+    def start_seq(self) -> int:
+        """The sequence number the log's events start from (1 unless a prune removed older ones)."""
+        with self.view() as view:
+            return view.start_seq
+
+    def count(self) -> int:
+        """How many events the log holds."""
+        with self.view() as view:
+            return len(view)
+
+    def seq_at(self, when: datetime) -> int:
+        """The last sequence number committed at or before ``when`` (0 if none was)."""
+        self._check_open()
+        with self._store.reader() as txn:
+            seq = self._store.commit_time_seq(txn, utc(when).timestamp())
+            return Store.last_key(txn, self._store.events) if seq is None else seq
+
+    def raw_chunks(self, start: int, stop: int | None) -> Iterator[list[tuple[int, bytes]]]:
+        """``(seq, stored bytes)`` for start <= seq < stop, a few thousand per read transaction."""
+        nxt = max(start, 1)
+        seq_of = codec.unpack_key
+        while stop is None or nxt < stop:
+            chunk: list[tuple[int, bytes]] = []
+            self._check_open()
+            with self._store.reader() as txn:
+                cur = txn.cursor(db=self._store.events)
+                if not cur.set_range(codec.pack_key(nxt)):
+                    return
+                for k, v in cur:
+                    seq = seq_of(k)
+                    if (stop is not None and seq >= stop) or len(chunk) >= READ_CHUNK:
+                        break
+                    chunk.append((seq, bytes(v) if isinstance(v, memoryview) else v))
+            if not chunk:
+                return
+            yield chunk
+            nxt = chunk[-1][0] + 1
+
+    def read_chunks(self, start: int = 1, stop: int | None = None) -> Iterator[list[tuple[int, Event]]]:
+        """Decoded events in lists of a few thousand (a replay's path: no per-event generator)."""
+        decode = codec.decode
+        for chunk in self.raw_chunks(start, stop):
+            yield [(seq, decode(raw, seq)) for seq, raw in chunk]
