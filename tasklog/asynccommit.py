@@ -51,9 +51,10 @@ class AsyncCommitter:
     """The writer of an async log: a queue of numbered events and the thread that commits them."""
 
     def __init__(self, store: Store, notify: Notify, commit_interval: float, queue_size: int,
-                 last_seq: int) -> None:
+                 last_seq: int, listeners: Sequence[object] = ()) -> None:
         self._store = store
         self._notify = notify
+        self._listeners = listeners  # the log's own list: the committed events are built only for them
         self.commit_interval = commit_interval
         self.queue_size = queue_size
         # A plain Lock under the Condition: entering it directly is a C call, which the async
@@ -88,7 +89,9 @@ class AsyncCommitter:
             if len(pending) == 1:
                 self._cond.notify_all()  # wake the committer on the first item of a batch
             epoch = self._epoch
-        return self._receipt(seq, epoch)
+        receipt = Receipt(seq)  # inline, not a helper call: this runs once per Hub call
+        receipt._committer, receipt._epoch = self, epoch
+        return receipt
 
     def append(self, items: list[Item]) -> list[int]:
         """Number ``items`` now (a key the log holds gets its original number); commit them soon."""
@@ -177,7 +180,7 @@ class AsyncCommitter:
                 self._next_seq = self._durable_seq + 1
                 self._cond.notify_all()
             return
-        self._notify([(seq, ev) for seq, _, _, ev in batch])
+        self._notify([(seq, ev) for seq, _, _, ev in batch] if self._listeners else ())
         with self._cond:
             self._durable_seq = batch[-1][0]
             for _, _, key, _ in batch:

@@ -99,7 +99,8 @@ class TaskLog:
         if readonly:
             self._writer = _Refusing(InterfaceError(f"log {self.path} was opened read-only"))
         elif self._mode.background:
-            self._writer = AsyncCommitter(self.store, self._notify, commit_interval, queue_size, self.last_seq)
+            self._writer = AsyncCommitter(self.store, self._notify, commit_interval, queue_size, self.last_seq,
+                                          self._listeners)
         else:
             self._writer = GroupCommit(self.store, self._notify)
         self.store.on_abandon.append(self._leave_to_parent)
