@@ -3,6 +3,12 @@
 ``projections.open(spec)`` with ``dict``, ``sqlite:///path/tasks.db``,
 ``mongodb://host:port/dbname`` or ``none``. Given a log, a persistent
 projection catches up from its checkpoint on open.
+
+Bottom up: ``errors``, ``fold`` (the one pure fold and its anomaly rules), ``query`` (parsed
+once into a tree), ``base`` (the ``Projection`` contract: five storage hooks, public hooks for
+live attachment) and ``sortedindex``; the backends ``memory``, ``sqlite``, ``mongo`` and
+``nothing`` as siblings; ``snapshot`` and ``buffered`` (``WriteBehind``, itself a projection);
+``live`` on top. Only ``tasklog``'s core is imported from here, never its edges.
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""tasklog: an append-only LMDB event log of task lifecycles, folded into TaskRecords."""
+"""tasklog: an append-only LMDB event log of task lifecycles, folded into TaskRecords.
+
+The log core, bottom up: ``errors`` (one root, ``TaskLogError``), ``events`` (each event
+field declared once), ``codec`` (bytes on disk), ``store`` (the directory, its locks and shared
+LMDB environment), ``groupcommit``/``asynccommit`` (the writer of each durability mode) and
+``reader``, ``log`` (``TaskLog``, the facade over them), then ``retention``, ``verify``, ``demo``,
+``jsonfmt`` and ``progress``. The core never imports ``projections``. The two edges compose
+both: ``tasklog.cli`` (the ``tasklog`` command) and ``tasklog.ipyparallel`` (``TaskLogDB``).
+``make lint`` checks these layers.
+"""
 
 from __future__ import annotations
 
