@@ -182,9 +182,10 @@ class TaskLog:
         """Append a submit event (fields of :class:`Submit`: header, content, metadata, buffers, ...)."""
         return self._one(construct("submit", msg_id=msg_id, **fields), key)
 
-    def start(self, msg_id: str, engine_uuid: str | None = None, *, key: str | None = None, **fields: Any) -> int:
-        """Append a start event: the task reached an engine (fields of :class:`Start`)."""
-        return self._one(construct("start", msg_id=msg_id, engine_uuid=engine_uuid, **fields), key)
+    def start(self, msg_id: str, engine_uuid: str | None = None, started: Any = None, *,
+              key: str | None = None) -> int:
+        """Append a start event: the task reached an engine (a Start's fields, positional as they always were)."""
+        return self._one(construct("start", msg_id=msg_id, engine_uuid=engine_uuid, started=started), key)
 
     def output(self, msg_id: str, name: str = "stdout", *, key: str | None = None, **fields: Any) -> int:
         """Append an output event: a stdout/stderr chunk (``text=``) or a rich output (``content=``)."""
@@ -194,9 +195,10 @@ class TaskLog:
         """Append a complete event: the engine's reply reached the hub (fields of :class:`Complete`)."""
         return self._one(construct("complete", msg_id=msg_id, **fields), key)
 
-    def resubmit(self, msg_id: str, new_msg_id: str | None = None, *, key: str | None = None, **fields: Any) -> int:
-        """Append a resubmit event; the new msg_id is a fresh uuid unless given (fields of :class:`Resubmit`)."""
-        return self._one(construct("resubmit", msg_id=msg_id, new_msg_id=new_msg_id, **fields), key)
+    def resubmit(self, msg_id: str, new_msg_id: str | None = None, submitted: Any = None, *,
+                 key: str | None = None) -> int:
+        """Append a resubmit event; the new msg_id is a fresh uuid unless given (a Resubmit's fields)."""
+        return self._one(construct("resubmit", msg_id=msg_id, new_msg_id=new_msg_id, submitted=submitted), key)
 
     def drop(self, msg_ids: Iterable[str], *, key: str | None = None) -> int:
         """Append a drop tombstone for ``msg_ids``."""

@@ -392,3 +392,21 @@ def test_a_wait_that_times_out_is_a_tasklog_error(log_dir: str) -> None:
             receipt.wait(timeout=0.05)
         assert isinstance(caught.value, tasklog.TaskLogError) and isinstance(caught.value, TimeoutError)
         assert receipt.wait() == 1
+
+
+def test_appenders_keep_their_positional_signatures(log_dir: str) -> None:
+    """start(msg_id, engine, started) and resubmit(msg_id, new, submitted), as they always took them."""
+    from datetime import datetime, timezone
+
+    t = datetime(2026, 11, 27, tzinfo=timezone.utc)
+    with TaskLog.open(log_dir) as log:
+        log.submit("a", header={"x": 1}, queue="mux")
+        log.start("a", "e1", t)
+        log.output("a", "stdout", text="hi")
+        log.complete("a", result_content={"status": "ok"}, completed=t)
+        log.resubmit("a", "b", t)
+        got = [e for _, e in log.read()]
+    assert got[1] == tasklog.Start("a", "e1", t) and got[4] == tasklog.Resubmit("a", "b", t)
+    assert got[0].queue == "mux" and got[3].completed == t
+    with TaskLog.open(log_dir) as log, pytest.raises(EventError, match=r"submit\.colour: unknown field"):
+        log.submit("c", colour="red")
