@@ -182,11 +182,7 @@ class TaskLog:
 
     def submit(self, msg_id: str, *, key: str | None = None, **fields: Any) -> int:
         """Append a submit event (fields of :class:`Submit`: header, content, metadata, buffers, ...)."""
-        try:
-            event: Event = Submit(msg_id, **fields)
-        except TypeError:
-            event = construct("submit", msg_id=msg_id, **fields)
-        return self._one(event, key)
+        return self._one(_build(Submit, msg_id, fields), key)
 
     def start(self, msg_id: str, engine_uuid: str | None = None, started: Any = None, *,
               key: str | None = None) -> int:
@@ -201,11 +197,7 @@ class TaskLog:
 
     def complete(self, msg_id: str, *, key: str | None = None, **fields: Any) -> int:
         """Append a complete event: the engine's reply reached the hub (fields of :class:`Complete`)."""
-        try:
-            event: Event = Complete(msg_id, **fields)
-        except TypeError:
-            event = construct("complete", msg_id=msg_id, **fields)
-        return self._one(event, key)
+        return self._one(_build(Complete, msg_id, fields), key)
 
     def resubmit(self, msg_id: str, new_msg_id: str | None = None, submitted: Any = None, *,
                  key: str | None = None) -> int:
@@ -344,6 +336,15 @@ class TaskLog:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
         return f"<TaskLog {self.path} {state}>"
+
+
+def _build(cls: Any, msg_id: str, fields: dict[str, Any]) -> Event:
+    """``cls(msg_id, **fields)``; a field the class refuses becomes an EventError naming it."""
+    try:
+        event: Event = cls(msg_id, **fields)
+    except TypeError:
+        event = construct(cls(msg_id).type, msg_id=msg_id, **fields)
+    return event
 
 
 def _key(key: str | bytes | None) -> bytes | None:
