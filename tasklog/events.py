@@ -2,8 +2,9 @@
 
 Each event is a ``NamedTuple`` so the codec can pack it as a plain msgpack
 array and rebuild it with ``_make`` -- no per-field dict on the hot path.
-Validation is a table of ``(field, check)`` pairs per type rather than a
-branch per field, so adding a field is one row.
+Each field is declared once, with its check (``Annotated[type, check]``); the
+table of checks, the generated validators, the typed appenders, the ipyparallel
+adapter's key lists and the fold's request keys all come from these classes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, get_type_hints
 
 from .errors import EncodeError, EventError
 
@@ -51,15 +52,15 @@ OUTPUT_NAMES = STREAMS | {"error", "execute_input", "execute_result", "display_d
 class Submit(NamedTuple):
     """A client's request reached the hub."""
 
-    msg_id: str
-    header: dict[str, Any] | None = None
-    content: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
-    buffers: list[bytes] | None = None
-    client_uuid: str | None = None
-    queue: str | None = "task"
-    submitted: datetime | None = None
-    label: str | None = None
+    msg_id: Annotated[str, _msg_id]
+    header: Annotated[dict[str, Any] | None, _dict] = None
+    content: Annotated[dict[str, Any] | None, _dict] = None
+    metadata: Annotated[dict[str, Any] | None, _dict] = None
+    buffers: Annotated[list[bytes] | None, _buffers] = None
+    client_uuid: Annotated[str | None, _opt_str] = None
+    queue: Annotated[str | None, _queue] = "task"
+    submitted: Annotated[datetime | None, _dt_now] = None
+    label: Annotated[str | None, _opt_str] = None
 
     @property
     def type(self) -> str:
@@ -70,9 +71,9 @@ class Submit(NamedTuple):
 class Start(NamedTuple):
     """The task reached an engine."""
 
-    msg_id: str
-    engine_uuid: str | None = None
-    started: datetime | None = None
+    msg_id: Annotated[str, _msg_id]
+    engine_uuid: Annotated[str | None, _opt_str] = None
+    started: Annotated[datetime | None, _opt_dt] = None
 
     @property
     def type(self) -> str:
@@ -83,10 +84,10 @@ class Start(NamedTuple):
 class Output(NamedTuple):
     """An IOPub output: a stream chunk (text) or a rich output (content)."""
 
-    msg_id: str
-    name: str = "stdout"
-    text: str | None = None
-    content: Any = None
+    msg_id: Annotated[str, _msg_id]
+    name: Annotated[str, _output_name] = "stdout"
+    text: Annotated[str | None, _opt_str] = None
+    content: Annotated[Any, _any] = None
 
     @property
     def type(self) -> str:
@@ -97,15 +98,17 @@ class Output(NamedTuple):
 class Complete(NamedTuple):
     """The engine's reply arrived."""
 
-    msg_id: str
-    result_header: dict[str, Any] | None = None
-    result_content: dict[str, Any] | None = None
-    result_metadata: dict[str, Any] | None = None
-    result_buffers: list[bytes] | None = None
-    started: datetime | None = None
-    completed: datetime | None = None
-    received: datetime | None = None
-    engine_uuid: str | None = None
+    msg_id: Annotated[str, _msg_id]
+    result_header: Annotated[dict[str, Any] | None, _opt_dict] = None
+    result_content: Annotated[dict[str, Any] | None, _opt_dict] = None
+    result_metadata: Annotated[dict[str, Any] | None, _opt_dict] = None
+    result_buffers: Annotated[list[bytes] | None, _opt_buffers] = None
+    started: Annotated[datetime | None, _opt_dt] = None
+    # The time of the call when not given, as a Hub records it: a finished task must not match
+    # {"completed": None}.
+    completed: Annotated[datetime | None, _dt_now] = None
+    received: Annotated[datetime | None, _opt_dt] = None
+    engine_uuid: Annotated[str | None, _opt_str] = None
 
     @property
     def type(self) -> str:
@@ -116,9 +119,9 @@ class Complete(NamedTuple):
 class Resubmit(NamedTuple):
     """The task runs again under ``new_msg_id`` with the original request."""
 
-    msg_id: str
-    new_msg_id: str | None = None
-    submitted: datetime | None = None
+    msg_id: Annotated[str, _msg_id]
+    new_msg_id: Annotated[str | None, _new_id] = None
+    submitted: Annotated[datetime | None, _dt_now] = None
 
     @property
     def type(self) -> str:
@@ -129,7 +132,7 @@ class Resubmit(NamedTuple):
 class Drop(NamedTuple):
     """Records purged by msg_id; kept as a tombstone so replay purges too."""
 
-    msg_ids: list[str]
+    msg_ids: Annotated[list[str], _msg_ids]
 
     @property
     def type(self) -> str:
@@ -140,8 +143,8 @@ class Drop(NamedTuple):
 class Annotate(NamedTuple):
     """Other fields a hub sets on a record (label, user keys)."""
 
-    msg_id: str
-    fields: dict[str, Any]
+    msg_id: Annotated[str, _msg_id]
+    fields: Annotated[dict[str, Any], _fields]
 
     @property
     def type(self) -> str:
@@ -310,18 +313,16 @@ def _fields(v: Any) -> dict[str, Any]:
 
 
 Check = Callable[[Any], Any]
-CHECKS: dict[str, tuple[Check, ...]] = {
-    "submit": (_msg_id, _dict, _dict, _dict, _buffers, _opt_str, _queue, _dt_now, _opt_str),
-    "start": (_msg_id, _opt_str, _opt_dt),
-    "output": (_msg_id, _output_name, _opt_str, _any),
-    # completed: the time of the call when not given, as a Hub records it (a finished task
-    # must not match {"completed": None}).
-    "complete": (_msg_id, _opt_dict, _opt_dict, _opt_dict, _opt_buffers,
-                 _opt_dt, _dt_now, _opt_dt, _opt_str),
-    "resubmit": (_msg_id, _new_id, _dt_now),
-    "drop": (_msg_ids,),
-    "annotate": (_msg_id, _fields),
-}
+
+
+def _checks_of(cls: type[Any]) -> tuple[Check, ...]:
+    """Each field's check, in field order, from the ``Annotated`` declaration of the field."""
+    hints = get_type_hints(cls, include_extras=True)
+    return tuple(hints[name].__metadata__[0] for name in cls._fields)
+
+
+# Derived from the classes above, where each field is declared once with its type and check.
+CHECKS: dict[str, tuple[Check, ...]] = {name: _checks_of(cls) for name, cls in EVENT_TYPES.items()}
 
 
 def _check_output(ev: Output) -> None:
