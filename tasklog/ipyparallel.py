@@ -141,7 +141,8 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         self.tasklog = self._open_log(path)
         spec = f"sqlite:///{os.path.join(path, 'projection.db')}" if self.projection == "sqlite" else self.projection
         try:
-            self._proj = projections.open(spec, log=self.tasklog)
+            # replay, not open: a projection left pinned by a time-travel replay must follow the Hub's log.
+            self._proj = projections.replay(self.tasklog, spec)
         except BaseException:
             self.tasklog.close()
             raise

@@ -263,3 +263,20 @@ def test_a_new_controller_waits_for_the_old_writer_and_says_so(tmp_path: Any, ca
         assert db.get_record("from-the-old-hub")["msg_id"] == "from-the-old-hub"
     finally:
         db.close()
+
+
+def test_a_pinned_projection_follows_the_hub_again(tmp_path: Any) -> None:
+    path = str(tmp_path / "tasklog")
+    spec = f"sqlite:///{tmp_path / 'records.db'}"
+    with TaskLog.open(path) as log:
+        for i in range(5):
+            log.submit(f"t{i}")
+        projections.replay(log, spec, stop=2).close()  # time travel: pinned at event 2
+    db = TaskLogDB(location=str(tmp_path), projection=spec)
+    try:
+        db.add_record("t9", {"msg_id": "t9", "header": {"msg_id": "t9"}, "submitted": _now()})
+        assert set(db.get_history()) == {"t0", "t1", "t2", "t3", "t4", "t9"}
+    finally:
+        db.close()
+    with projections.open(spec) as after:
+        assert after.pinned is None and after.last_seq == 6
