@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit
@@ -22,7 +21,6 @@ from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, St
 __all__ = [
     "RECORD_KEYS",
     "REQUEST_KEYS",
-    "TIME_KEYS",
     "HIDDEN",
     "new_record",
     "fold",
@@ -30,7 +28,6 @@ __all__ = [
     "apply_event",
     "strip_hidden",
     "is_tombstone",
-    "ms",
     "Anomalies",
     "ANOMALIES",
     "ANOMALY_RULES",
@@ -48,7 +45,6 @@ RECORD_KEYS: tuple[str, ...] = (
 # What a submit sets, and what a resubmitted task inherits of it (all but its own time).
 _SUBMIT_FIELDS = Submit._fields[1:]
 REQUEST_KEYS = tuple(f for f in _SUBMIT_FIELDS if f != "submitted")
-TIME_KEYS = frozenset({"submitted", "started", "completed", "received"})
 HIDDEN = frozenset({"_seq", "_dropped"})
 _DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
 
@@ -67,13 +63,6 @@ ANOMALIES: dict[str, str] = {
 def describe(anomalies: Anomalies) -> str:
     """The anomaly counts in words ("none" when there are none)."""
     return "; ".join(f"{n:,} {ANOMALIES.get(name, name)}" for name, n in sorted(anomalies.items()) if n) or "none"
-
-
-def ms(value: Any) -> Any:
-    """A datetime cut to milliseconds (what MongoDB keeps); anything else unchanged."""
-    if value.__class__ is datetime and value.microsecond % 1000:
-        return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
-    return value
 
 
 def new_record(msg_id: str) -> dict[str, Any]:
