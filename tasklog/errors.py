@@ -110,7 +110,6 @@ class CommitError(StorageError):
     """A commit failed; the events of that batch were not written."""
 
 
-
 class FlushTimeoutError(TaskLogError, TimeoutError):
     """An async event was not committed within the time waited for it (it may still be)."""
 

@@ -73,6 +73,7 @@ DURABILITY: dict[str, _Mode] = {
                    "a crash loses at most the last commit interval"),
 }
 
+
 class _SharedEnv:
     __slots__ = ("env", "flags", "gate", "users")
 
@@ -195,14 +196,11 @@ def _writable(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-
 def _storage_error(exc: lmdb.Error, doing: str) -> StorageError:
     # py-lmdb raises DiskError for ENOSPC, MapFullError when the map (not the disk) is full.
     if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
         return StorageFullError(f"{doing} failed: no space left ({exc})")
     return CommitError(f"{doing} failed: {exc}")
-
-
 
 
 class Store:
@@ -215,8 +213,6 @@ class Store:
         self.readonly = readonly
         #: Largest map the log may grow to (None: as large as the disk allows). Raise it to go on.
         self.max_map_size = max_map_size
-        #: Set when a forked child left the store to its parent: every use is refused.
-        self.abandoned = False
         #: Called when a forked child leaves the store to its parent (the log refuses further use).
         self.on_abandon: list[Callable[[], None]] = []
         self._lockfile: int | None = None
@@ -354,7 +350,6 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.close(fd)  # not flock(LOCK_UN): that would release the parent's lock
         self._lockfile = self._userlock = None
-        self.abandoned = True
         for hook in self.on_abandon:
             hook()
 
@@ -421,7 +416,6 @@ class Store:
                         txn.abort()
                     return
             self.adopt_map_size()  # another process grew the map
-
 
     # -- what every writer shares ----------------------------------------------------------
 
