@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -117,16 +119,15 @@ class SQLiteProjection(Projection):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # the log is the durable copy; a lost tail is replayed
         cols = ", ".join(f"{c} {'INTEGER' if t is datetime else 'TEXT'}" for c, t in COLUMNS.items())
-        db.execute("BEGIN")
-        db.execute(f"CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
-                   f"dropped INTEGER NOT NULL DEFAULT 0, irregular INTEGER NOT NULL DEFAULT 0, {cols}, "
-                   "doc BLOB NOT NULL)")
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
-        for c in INDEXED:
-            db.execute(f"CREATE INDEX IF NOT EXISTS records_{c} ON records ({c})")
-        db.execute("CREATE INDEX IF NOT EXISTS records_irregular ON records (irregular) WHERE irregular = 1")
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('last_seq', 0)", (SCHEMA_VERSION,))
-        db.execute("COMMIT")
+        with self._transaction():
+            db.execute(f"CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+                       f"dropped INTEGER NOT NULL DEFAULT 0, irregular INTEGER NOT NULL DEFAULT 0, {cols}, "
+                       "doc BLOB NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+            for c in INDEXED:
+                db.execute(f"CREATE INDEX IF NOT EXISTS records_{c} ON records ({c})")
+            db.execute("CREATE INDEX IF NOT EXISTS records_irregular ON records (irregular) WHERE irregular = 1")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('last_seq', 0)", (SCHEMA_VERSION,))
         schema = int(db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
         if schema > SCHEMA_VERSION:
             raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
@@ -140,31 +141,35 @@ class SQLiteProjection(Projection):
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
         # which the columns then hold exactly in microseconds); the mark stops an older tasklog
         # from misreading what is written from now on. One transaction: all or nothing.
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             if schema < 3:
                 times = [c for c, t in COLUMNS.items() if t is datetime]
                 db.execute("UPDATE records SET " + ", ".join(f"{c} = {c} * 1000" for c in times))
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
-            db.execute("COMMIT")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        db.execute("COMMIT")
 
     def _clear(self) -> None:
         """Delete every record and reset the checkpoint, in one transaction."""
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM records")
-        self._db.execute("UPDATE meta SET value=0 WHERE key='last_seq'")
-        self._db.execute("COMMIT")
+        with self._transaction() as db:
+            db.execute("DELETE FROM records")
+            db.execute("UPDATE meta SET value=0 WHERE key='last_seq'")
 
     def _save_marks(self) -> None:
         """Store which log the records come from and the event they are pinned at."""
-        with self._db:  # the sqlite3 connection as a context: one transaction
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                 [("log_identity", self.log_identity), ("pinned", self.pinned)])
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [("log_identity", self.log_identity), ("pinned", self.pinned)])
 
     def _load(self, msg_ids: set[str]) -> Records:
         out: Records = {}
@@ -189,16 +194,10 @@ class SQLiteProjection(Projection):
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
-        db = self._db
         # Records and checkpoint in one transaction: a crash leaves both old or both new.
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(_INSERT, rows)
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last_seq,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _where(self, node: Logical) -> tuple[str, list[Any], bool]:
         compiled = _compile(node)
