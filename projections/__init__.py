@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tasklog.log import TaskLog
 
 from . import snapshot
-from .base import Projection
+from .base import BUFFER_MODES, Projection
 from .errors import ProjectionError, QueryError
 from .fold import RECORD_KEYS, fold
 from .memory import DictProjection
@@ -31,7 +31,8 @@ __all__ = ["open", "replay", "Projection", "DictProjection", "NoProjection", "RE
            "QueryError", "ProjectionError", "SPEC_HELP"]
 
 SPEC_HELP = "dict[?record_limit=N&size_limit=BYTES&cull_fraction=F], sqlite:///path/tasks.db, " \
-            "mongodb://host:port/dbname, or none"
+            "mongodb://host:port/dbname, or none; any of them with buffers=inline to keep buffers in the " \
+            "records instead of reading them from the log"
 _DICT_OPTIONS = {"record_limit": int, "size_limit": int, "cull_fraction": float}
 
 
@@ -48,9 +49,37 @@ def _dict_options(query: str) -> dict[str, Any]:
     return opts
 
 
+def _split_buffers(spec: str) -> tuple[str, str]:
+    """Take the ``buffers=`` option out of a spec's query (every backend has it); the rest stays."""
+    base, sep, query = spec.partition("?")
+    if not sep:
+        return spec, "ref"
+    mode = "ref"
+    rest = []
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "buffers":
+            if value not in BUFFER_MODES:
+                raise ProjectionError(f"option buffers must be one of {list(BUFFER_MODES)}, got {value!r}")
+            mode = value
+        else:
+            rest.append(part)
+    return (f"{base}?{'&'.join(rest)}" if rest else base), mode
+
+
 def _build(spec: str, options: dict[str, Any]) -> Projection:
     if not isinstance(spec, str) or not spec:
         raise ProjectionError(f"a projection spec must be a non-empty string: {SPEC_HELP}")
+    spec, mode = _split_buffers(spec)
+    buffers = options.pop("buffers", mode)
+    if buffers not in BUFFER_MODES:
+        raise ProjectionError(f"option buffers must be one of {list(BUFFER_MODES)}, got {buffers!r}")
+    proj = _backend(spec, options)
+    proj.buffers = buffers
+    return proj
+
+
+def _backend(spec: str, options: dict[str, Any]) -> Projection:
     if spec == "none":
         return NoProjection()
     if spec == "dict" or spec.startswith("dict?"):

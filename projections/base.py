@@ -14,15 +14,31 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from tasklog.events import Event
+from tasklog.errors import LogClosedError
+from tasklog.events import Event, Resubmit
 
 from .errors import ProjectionError
-from .fold import Anomalies, apply_event, is_tombstone, targets, touched
-from .query import Logical, parse, parse_keys, public_copy
+from .fold import BUFFER_KEYS, Anomalies, apply_event, is_tombstone, ref_seq, refer_buffers, targets, touched
+from .query import Logical, compile_predicate, fields_of, parse, parse_keys, public_copy
 
-__all__ = ["Projection", "Records", "gc_paused"]
+__all__ = ["Projection", "Records", "gc_paused", "BUFFER_MODES", "EventSource"]
+
+#: How a projection keeps buffers: "ref" (the default: the number of the event that carried them,
+#: read back from the log when a record is returned) or "inline" (the bytes, for a projection
+#: read without its log). "ref" applies only while the projection is fed from a log.
+BUFFER_MODES = ("ref", "inline")
+
+
+class EventSource(Protocol):
+    """What a projection reads from its log: one event by number, one task's events."""
+
+    def event(self, seq: int) -> Event:
+        """Event ``seq``."""
+
+    def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """The events naming ``msg_id``, in order."""
 
 Records = dict[str, "dict[str, Any] | None"]
 _RESTORE_CHUNK = 5000
@@ -77,6 +93,20 @@ class Projection(ABC):
         self.before_read: Callable[[], None] | None = None
         #: What keeps the projection in step with a log (``projections.live.attach`` sets it).
         self.attachment: Any = None
+        #: The log the records are folded from, read for buffers kept by reference and for
+        #: re-folding a task (``read_from`` sets it; None: records keep their buffers inline).
+        self.source: EventSource | None = None
+        #: "ref" or "inline": see BUFFER_MODES.
+        self.buffers = "ref"
+
+    def read_from(self, source: EventSource | None) -> None:
+        """Read events from ``source`` (the log): buffers by reference, tasks re-folded on demand."""
+        self.source = source
+
+    @property
+    def by_reference(self) -> bool:
+        """Whether buffers folded now are kept as references to their events."""
+        return self.source is not None and self.buffers == "ref"
 
     @property
     def lock(self) -> threading.RLock:
@@ -154,8 +184,11 @@ class Projection(ABC):
                 return 0
             records = self._load(touched(fresh))
             changed: set[str] = set()
+            refer = self.by_reference
             for seq, event in fresh:
                 changed.update(apply_event(records, seq, event, self.anomalies))
+                if refer:
+                    refer_buffers(records, seq, event)
             self._store(records, changed, fresh[-1][0])
             self.last_seq = fresh[-1][0]
             self.applied += len(fresh)
@@ -167,7 +200,10 @@ class Projection(ABC):
             if seq <= self.last_seq:
                 return 0
             records = self._load(set(targets(event)))
-            self._store(records, set(apply_event(records, seq, event, self.anomalies)), seq)
+            changed = apply_event(records, seq, event, self.anomalies)
+            if self.by_reference:
+                refer_buffers(records, seq, event)
+            self._store(records, set(changed), seq)
             self.last_seq = seq
             self.applied += 1
             return 1
@@ -201,7 +237,10 @@ class Projection(ABC):
         with self._lock, gc_paused():
             self._clear()  # the marks stay: the snapshot is of the log the projection is bound to
             chunk: Records = {}
+            inline = self.buffers == "inline" and self.source is not None
             for rec in records:
+                if inline and not is_tombstone(rec):
+                    rec = self.resolve_buffers(rec)  # a snapshot keeps references; this projection may not
                 chunk[rec["msg_id"]] = rec
                 if len(chunk) >= _RESTORE_CHUNK:
                     # Checkpoint 0 until the last chunk: a crash half-way must not look restored.
@@ -232,7 +271,47 @@ class Projection(ABC):
             rec = self._load({msg_id}).get(msg_id)
             if rec is None or is_tombstone(rec):
                 raise KeyError(self._missing_reason(msg_id, rec))
-            return public_copy(rec)
+            return self.resolve_buffers(public_copy(rec))
+
+    def resolve_buffers(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Put the buffers back in a record the caller owns, read from the events that carried them."""
+        for key in BUFFER_KEYS:
+            seq = ref_seq(record.get(key))
+            if seq is not None:
+                if self.source is None:
+                    raise ProjectionError(f"{self.spec}: the {key} of {record.get('msg_id')!r} are in the log "
+                                          f"(event {seq}); open the projection with its log, or build it "
+                                          "with buffers=inline to read it without one")
+                try:
+                    record[key] = list(getattr(self.source.event(seq), key))
+                except LogClosedError:
+                    raise ProjectionError(f"{self.spec}: the {key} of {record.get('msg_id')!r} are read from "
+                                          "the log, which is closed; read records while it is open, or open "
+                                          "the projection with buffers=inline") from None
+        return record
+
+    def refold(self, msg_id: str, before: int | None = None) -> dict[str, Any] | None:
+        """The record of ``msg_id`` folded again from its own events (those before ``before``).
+
+        What an unbounded projection holds for it, buffers kept the same way: a resubmit reads
+        the other task's state as of just before it, as the fold did.
+        """
+        if self.source is None:
+            return None
+        records: Records = {}
+        refer = self.by_reference
+        scratch: Anomalies = Counter()
+        for seq, event in self.source.events_of(msg_id):
+            if before is not None and seq >= before:
+                break
+            if isinstance(event, Resubmit):
+                other = event.new_msg_id if event.msg_id == msg_id else event.msg_id
+                if other is not None and other not in records:
+                    records[other] = self.refold(other, seq)  # the other side, as it was just before
+            apply_event(records, seq, event, scratch)
+            if refer:
+                refer_buffers(records, seq, event)
+        return records.get(msg_id)
 
     def peek(self, msg_id: str) -> dict[str, Any] | None:
         """The stored record of ``msg_id`` itself, not a copy (None if absent or dropped); never mutate it."""
@@ -251,14 +330,33 @@ class Projection(ABC):
         selected = parse_keys(keys)
         self._reading()
         with self._lock:
-            return self._find(node, selected)
+            if self._reads_references(node):
+                return self._find_resolved(node, selected)
+            found = self._find(node, selected)
+            if selected is None or any(k in selected for k in BUFFER_KEYS):
+                for rec in found:
+                    self.resolve_buffers(rec)
+            return found
 
     def count(self, query: Any = None) -> int:
         """How many records match ``query`` (a MongoDB-style query, or a tree from ``parse``)."""
         node = query if isinstance(query, Logical) else parse(query)
         self._reading()
         with self._lock:
+            if self._reads_references(node):
+                return len(self._find_resolved(node, ["msg_id"]))
             return self._count(node)
+
+    def _reads_references(self, node: Logical) -> bool:
+        """Whether the query tests buffers that may be stored as references to events."""
+        return self.source is not None and not fields_of(node).isdisjoint(BUFFER_KEYS)
+
+    def _find_resolved(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
+        # A query on the bytes of buffers (rare: the Hub never asks one) is answered on the
+        # records with their buffers read back: every record is read, so it is slow but exact.
+        match = compile_predicate(node)
+        hits = [rec for rec in self._find(Logical("$and"), None) if match(self.resolve_buffers(rec))]
+        return hits if keys is None else [{k: r[k] for k in keys if k in r} for r in hits]
 
     def get_history(self) -> list[str]:
         """msg_ids of all records, ordered by submission time."""

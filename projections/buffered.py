@@ -38,6 +38,7 @@ class WriteBehind(Projection):
         self.datetime_resolution = inner.datetime_resolution
         self.last_seq = inner.last_seq
         self.log_identity, self.pinned = inner.log_identity, inner.pinned
+        self.source, self.buffers = inner.source, inner.buffers
         self._overlay: dict[str, dict[str, Any] | None] = {}
         self._pending: list[tuple[int, Event]] = []
         self._scratch: Anomalies = Counter()  # the inner projection counts anomalies when it applies
@@ -92,6 +93,11 @@ class WriteBehind(Projection):
         self.inner.bind(identity)
         self.log_identity = self.inner.log_identity
 
+    def read_from(self, source: Any) -> None:
+        """Read events from ``source``, here and in the projection."""
+        self.inner.read_from(source)
+        self.source = source
+
     def pin(self, seq: int | None) -> None:
         """Pin the projection at ``seq`` (None: let it follow the log)."""
         self.flush()
@@ -140,7 +146,7 @@ class WriteBehind(Projection):
         with self._lock:
             rec = self._overlay.get(msg_id) if isinstance(msg_id, str) else None
             if rec is not None and not is_tombstone(rec):
-                return public_copy(rec)
+                return self.resolve_buffers(public_copy(rec))
             self.flush()
             return self.inner.get_record(msg_id)
 

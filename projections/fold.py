@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit
+from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
 
 __all__ = [
     "RECORD_KEYS",
@@ -34,6 +34,10 @@ __all__ = [
     "describe",
     "touched",
     "fold_all",
+    "BUFFER_KEYS",
+    "buffer_ref",
+    "ref_seq",
+    "refer_buffers",
 ]
 
 RECORD_KEYS: tuple[str, ...] = (
@@ -155,13 +159,41 @@ def fold(record: dict[str, Any] | None, event: Event, seq: int, *, msg_id: str |
     return rec
 
 
-def targets(event: Event) -> list[str]:
-    """The msg_ids of the records ``event`` changes."""
-    if isinstance(event, Drop):
-        return list(event.msg_ids)
-    if isinstance(event, Resubmit):
-        return [event.msg_id, str(event.new_msg_id)]
-    return [event.msg_id]
+targets = task_ids  # the records an event changes are the tasks it names
+
+
+# -- buffers by reference ---------------------------------------------------------------------
+# A projection fed from a log may keep, in place of a record's buffers, the number of the event
+# that carried them: a one-key document every store can hold, never a list of bytes (what the
+# field holds otherwise), so the two cannot be confused.
+BUFFER_KEYS = ("buffers", "result_buffers")
+_REF = "tasklog_event"
+# The event field that carries each record key's buffers (the same name on Submit and Complete).
+_CARRIERS: dict[type, str] = {Submit: "buffers", Complete: "result_buffers"}
+
+
+def buffer_ref(seq: int) -> dict[str, int]:
+    """What a record holds in place of buffers that event ``seq`` carries."""
+    return {_REF: seq}
+
+
+def ref_seq(value: Any) -> int | None:
+    """The event number a buffers value refers to (None: the value is the buffers themselves)."""
+    if value.__class__ is dict and len(value) == 1 and _REF in value:
+        return int(value[_REF])
+    return None
+
+
+def refer_buffers(records: dict[str, dict[str, Any] | None], seq: int, event: Event) -> None:
+    """After folding ``event``: replace the buffers it put in its record by a reference to it."""
+    key = _CARRIERS.get(event.__class__)
+    if key is None:
+        return
+    value = getattr(event, key)
+    rec = records.get(event.msg_id)  # type: ignore[union-attr]
+    # Only buffers this event set (identity): a duplicate submit leaves the first one's in place.
+    if value and rec is not None and rec.get(key) is value:
+        rec[key] = buffer_ref(seq)
 
 
 # Anomaly rules: (the state of the record before the event, the event, the record's part in

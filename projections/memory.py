@@ -1,9 +1,12 @@
-"""The dict projection: records in memory, with DictDB-style limits that never lose a running task.
+"""The dict projection: records in memory, with limits that evict completed tasks and lose nothing.
 
 ipyparallel's DictDB culls its oldest records when over a limit, running or
 not; the Hub then cannot store their results and clients wait forever
-(ipyparallel issue 203). Here only completed tasks are culled, and before
-culling any, the buffers of completed tasks are dropped and their metadata kept.
+(ipyparallel issue 203), and a culled record is gone. Here only completed tasks
+are evicted, least recently used first, and a projection fed from a log re-folds
+an evicted task from its own events when it is asked for (or named by a late
+event): ``get_record`` answers exactly what an unbounded projection would.
+Queries and the history see the resident records only.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ INDEXED = tuple(f for f, kind in INDEXED_FIELDS.items() if kind is str)
 _WATCHED = itemgetter(*INDEXED, "completed", "submitted")
 
 
-def _buffer_bytes(rec: dict[str, Any]) -> int:
-    return sum(len(b) for key in ("buffers", "result_buffers") for b in (rec.get(key) or ()))
+def _record_bytes(rec: dict[str, Any]) -> int:
+    """What size_limit counts: inline buffers and the output streams (a reference counts nothing)."""
+    size = 0
+    for key in ("buffers", "result_buffers"):
+        value = rec.get(key)
+        if value.__class__ is list:
+            size += sum(len(b) for b in value if b.__class__ is bytes)
+    for key in ("stdout", "stderr"):
+        text = rec.get(key)
+        size += len(text) if text.__class__ is str else 0
+    return size
 
 
 def _completed(rec: dict[str, Any]) -> bool:
@@ -40,7 +52,8 @@ def _completed(rec: dict[str, Any]) -> bool:
 
 
 class DictProjection(Projection):
-    """Records in a dict; optional record_limit, size_limit (buffer bytes) and cull_fraction."""
+    """Records in a dict; optional record_limit, size_limit (bytes of buffers and output) and
+    cull_fraction (how far below a limit one eviction goes)."""
 
     def __init__(self, record_limit: int | None = None, size_limit: int | None = None,
                  cull_fraction: float = 0.1) -> None:
@@ -54,15 +67,17 @@ class DictProjection(Projection):
         self.record_limit = record_limit
         self.size_limit = size_limit
         self.cull_fraction = cull_fraction
-        self.culled_count = 0
-        self.buffers_dropped = 0
+        self.evicted_count = 0
+        self.refolded_count = 0
         self._clear()
 
     def _clear(self) -> None:
         """Forget every record (the settings stay)."""
         self._records: dict[str, dict[str, Any]] = {}
         self._tombs: dict[str, dict[str, Any]] = {}
-        self._culled: set[str] = set()
+        self._evicted: set[str] = set()
+        # Resident completed tasks, least recently used first: the only ones eviction may take.
+        self._done: dict[str, None] = {}
         self._index: dict[str, dict[str, set[str]]] = {f: {} for f in INDEXED}
         self._irregular: dict[str, set[str]] = {f: set() for f in INDEXED}
         self._open: set[str] = set()  # records whose completed is None
@@ -73,11 +88,26 @@ class DictProjection(Projection):
         out: Records = {}
         for m in msg_ids:
             rec = self._records.get(m) or self._tombs.get(m)
+            if rec is None and m in self._evicted:
+                rec = self._readmit(m)
             if rec is not None:
                 out[m] = rec
-            elif m in self._culled:  # a late event about a culled task must not resurrect it
-                out[m] = {"msg_id": m, "_seq": 1 << 62, "_dropped": True}
+                if m in self._done:  # used: to the back of the eviction queue
+                    del self._done[m]
+                    self._done[m] = None
         return out
+
+    def _readmit(self, m: str) -> dict[str, Any]:
+        """Bring an evicted task back, re-folded from its events."""
+        rec = self.refold(m)
+        if rec is None:
+            # No log to read (or its events are gone): a late event about it must not resurrect
+            # a stub, so it reads as a tombstone, and get_record says why it is missing.
+            return {"msg_id": m, "_seq": 1 << 62, "_dropped": True, "_evicted": True}
+        self._evicted.discard(m)
+        self.refolded_count += 1
+        self._store({m: rec}, {m}, self.last_seq)
+        return rec
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         sized = self.size_limit is not None
@@ -85,18 +115,23 @@ class DictProjection(Projection):
             rec = records[m]
             old = self._records.get(m)
             if sized and old is not None:
-                self._size -= _buffer_bytes(old)
+                self._size -= _record_bytes(old)
+            self._done.pop(m, None)
             if rec is None or is_tombstone(rec):
                 if self._records.pop(m, None) is not None:
                     self._reindex(m, old, None)
                 if rec is not None:
                     self._tombs[m] = rec
+                    self._evicted.discard(m)
                 continue
-            self._records[m] = rec  # an existing key keeps its place: culling goes by first seen
+            self._records[m] = rec
+            self._evicted.discard(m)
             self._reindex(m, old, rec)
+            if _completed(rec):
+                self._done[m] = None
             if sized:
-                self._size += _buffer_bytes(rec)
-        self._cull()
+                self._size += _record_bytes(rec)
+        self._evict()
 
     def _reindex(self, m: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if old is not None and new is not None:
@@ -158,34 +193,33 @@ class DictProjection(Projection):
             return [v for v in self._index[c.path] if match({c.path: v})]
         return None
 
-    def _cull(self) -> None:
-        if self.size_limit is not None and self._size > self.size_limit:
-            for rec in list(self._records.values()):
-                if self._size <= self.size_limit:
-                    break
-                size = _buffer_bytes(rec)
-                if size and _completed(rec):
-                    rec["buffers"], rec["result_buffers"] = [], []
-                    self._size -= size
-                    self.buffers_dropped += 1
-        over_count = self.record_limit is not None and len(self._records) > self.record_limit
-        if not over_count:
+    def _over(self, fraction: float) -> bool:
+        """Whether the resident records exceed a limit scaled by ``fraction``."""
+        return ((self.record_limit is not None and len(self._records) > self.record_limit * fraction)
+                or (self.size_limit is not None and self._size > self.size_limit * fraction))
+
+    def _evict(self) -> None:
+        if not self._done or not self._over(1.0):
             return
-        assert self.record_limit is not None
-        target = self.record_limit - int(self.cull_fraction * self.record_limit)
-        for m, rec in list(self._records.items()):
-            if len(self._records) <= target:
-                break
-            if _completed(rec):
-                del self._records[m]
-                self._reindex(m, rec, None)
-                self._culled.add(m)
-                self.culled_count += 1
+        # Down to (1 - cull_fraction) of the limit at once: evicting one record per event over
+        # the limit would make every new task pay for an eviction.
+        floor = 1.0 - self.cull_fraction
+        while self._done and self._over(floor):
+            m = next(iter(self._done))
+            del self._done[m]
+            rec = self._records.pop(m)
+            self._reindex(m, rec, None)
+            if self.size_limit is not None:
+                self._size -= _record_bytes(rec)
+            self._evicted.add(m)
+            self.evicted_count += 1
 
     def _missing_reason(self, msg_id: str, record: dict[str, Any] | None) -> str:
-        if msg_id in self._culled:
-            return (f"task {msg_id!r} was culled from the dict projection (record_limit="
-                    f"{self.record_limit}, size_limit={self.size_limit}); replay the log to see it")
+        if record is not None and record.get("_evicted"):
+            why = ("no log is attached to re-fold it from" if self.source is None
+                   else "its events are no longer in the log")
+            return (f"task {msg_id!r} was evicted from the dict projection (record_limit="
+                    f"{self.record_limit}, size_limit={self.size_limit}) and {why}")
         return super()._missing_reason(msg_id, record)
 
     def _candidates(self, node: Logical) -> Any:

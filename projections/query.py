@@ -463,6 +463,13 @@ def compile_predicate(node: Node) -> Predicate:
     return lambda doc: not any(p(doc) for p in preds)
 
 
+def fields_of(node: Node) -> set[str]:
+    """The top-level record fields a query tree reads."""
+    if isinstance(node, Logical):
+        return {f for child in node.children for f in fields_of(child)}
+    return {node.path.split(".", 1)[0]}
+
+
 def parse_keys(keys: Any) -> list[str] | None:
     """Validate a ``keys`` selection (a list of field names, or one name); msg_id always comes first."""
     if keys is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -21,7 +21,7 @@ from tasklog.log import TaskLog
 
 from .base import Projection, gc_paused
 from .errors import ProjectionError
-from .fold import Anomalies, apply_event
+from .fold import BUFFER_KEYS, Anomalies, apply_event, ref_seq, refer_buffers
 
 __all__ = ["SnapshotInfo", "take", "catch_up"]
 
@@ -52,12 +52,21 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
         for chunk in log.read_chunks(base + 1, at + 1):
             for seq, event in chunk:
                 apply_event(records, seq, event, anomalies)
+                refer_buffers(records, seq, event)  # buffers stay in the log: a snapshot stays small
             if progress is not None:
                 progress(len(chunk))
         header = {"seq": at, "records": len(records), "anomalies": dict(anomalies),
-                  "created": datetime.now(timezone.utc), "log_identity": log.identity}
+                  "created": datetime.now(timezone.utc), "log_identity": log.identity,
+                  "keeps": _referenced(records.values())}
         path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
     return SnapshotInfo(at, len(records), path, base)
+
+
+def _referenced(records: Iterable[dict[str, Any] | None]) -> list[int]:
+    """The events whose buffers the records refer to: a prune keeps them for this snapshot."""
+    seqs = {ref_seq(rec.get(key)) for rec in records if rec is not None for key in BUFFER_KEYS}
+    seqs.discard(None)
+    return sorted(s for s in seqs if s is not None)
 
 
 def _read(log: TaskLog, seq: int) -> tuple[dict[str, Any], Iterator[Any]]:
@@ -93,6 +102,7 @@ def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: 
     released to follow the log again.
     """
     proj.bind(log.identity)
+    proj.read_from(log)
     if stop is None:
         proj.pin(None)
     if proj.last_seq > log.last_seq:

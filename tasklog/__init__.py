@@ -22,6 +22,7 @@ from .errors import (
     InterfaceError,
     LogBusyError,
     LogClosedError,
+    MissingEventError,
     NotATaskLogError,
     ReadOnlyLogError,
     SchemaVersionError,
@@ -39,6 +40,7 @@ from .events import (
     Start,
     Submit,
     make,
+    task_ids,
     validate,
 )
 from .log import DURABILITY, Receipt, TaskLog
@@ -59,6 +61,7 @@ __all__ = [
     "Drop",
     "Annotate",
     "make",
+    "task_ids",
     "validate",
     "TaskLogError",
     "InterfaceError",
@@ -69,6 +72,7 @@ __all__ = [
     "NotATaskLogError",
     "SchemaVersionError",
     "CorruptEventError",
+    "MissingEventError",
     "CorruptSnapshotError",
     "LogBusyError",
     "ReadOnlyLogError",

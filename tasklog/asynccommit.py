@@ -17,7 +17,7 @@ import lmdb
 
 from . import codec
 from .errors import CommitError, FlushTimeoutError, LogClosedError, StorageError
-from .events import Event
+from .events import Event, task_ids
 from .groupcommit import Item
 from .store import Store, put_run
 
@@ -63,6 +63,9 @@ class AsyncCommitter:
         self._cond = threading.Condition(self._mutex)
         self._closed = False
         self._pending: list[Pending] = []
+        # The batch being committed: out of the queue, not yet readable from LMDB. Reads of
+        # uncommitted events (a Hub reading its own writes) look here and in the queue.
+        self._inflight: list[Pending] = []
         self._pending_keys: dict[bytes, int] = {}
         self._durable_seq = last_seq  # durable_seq trails the numbers handed out
         self._next_seq = last_seq + 1
@@ -145,6 +148,7 @@ class AsyncCommitter:
                     self._cond.wait(left)
                 batch = self._pending[:_MAX_BATCH]
                 del self._pending[:_MAX_BATCH]
+                self._inflight = batch
                 self._flush_wanted = bool(self._pending)
                 self._cond.notify_all()  # room in the queue again
             self._commit(batch)
@@ -152,6 +156,7 @@ class AsyncCommitter:
     def _commit(self, batch: list[Pending]) -> None:
         store = self._store
         pairs = [(codec.pack_key(seq), payload) for seq, payload, _, _ in batch]
+        rows = store.index_rows((seq, ev) for seq, _, _, ev in batch)
 
         def body(txn: lmdb.Transaction) -> None:
             # py-lmdb releases the GIL around every put; with a producer thread running, each
@@ -164,6 +169,7 @@ class AsyncCommitter:
                 if last + 1 != batch[0][0]:
                     raise CommitError(f"log end moved to {last} under an async writer")
                 put_run(cur, pairs)
+                store.index(txn, rows)
                 store.stamp(txn, batch[0][0])
                 for seq, _, key, _ in batch:
                     if key is not None:
@@ -176,6 +182,7 @@ class AsyncCommitter:
                 self._failed[self._epoch] = (exc, self._durable_seq)
                 self._epoch += 1
                 self._pending = []
+                self._inflight = []
                 self._pending_keys.clear()
                 self._next_seq = self._durable_seq + 1
                 self._cond.notify_all()
@@ -183,10 +190,29 @@ class AsyncCommitter:
         self._notify([(seq, ev) for seq, _, _, ev in batch] if self._listeners else ())
         with self._cond:
             self._durable_seq = batch[-1][0]
+            self._inflight = []
             for _, _, key, _ in batch:
                 if key is not None:
                     self._pending_keys.pop(key, None)
             self._cond.notify_all()
+
+    def pending(self, seq: int) -> Event | None:
+        """The event ``seq`` if it is numbered but not yet readable from the log (else None)."""
+        with self._mutex:
+            if seq <= self._durable_seq:
+                return None
+            for queue in (self._inflight, self._pending):
+                if queue and queue[0][0] <= seq <= queue[-1][0]:
+                    # Numbers in a queue are dense and ascending: index, no search.
+                    item = queue[seq - queue[0][0]]
+                    return item[3] if item[0] == seq else None
+        return None
+
+    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
+        """The uncommitted events past ``after`` that name ``msg_id``, in order."""
+        with self._mutex:
+            queued = [item for queue in (self._inflight, self._pending) for item in queue if item[0] > after]
+        return [(seq, ev) for seq, _, _, ev in queued if msg_id in task_ids(ev)]
 
     def settled(self, seq: int, epoch: int) -> bool:
         """Whether the event ``seq`` of ``epoch`` is committed, or its commit failed."""

@@ -20,6 +20,7 @@ from .events import EVENT_TYPES, Event, utc
 
 __all__ = [
     "SCHEMA_VERSION",
+    "LOG_SCHEMA",
     "TYPE_CODES",
     "encode",
     "decode",
@@ -29,7 +30,10 @@ __all__ = [
     "event_type",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # of each stored event (its first byte)
+# Of the log directory as a whole. 2: the stream index (msg_id -> its events) and kept events.
+# A log of schema 1 is indexed by the first writer that opens it; an older tasklog refuses schema 2.
+LOG_SCHEMA = 2
 TYPE_CODES: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES, start=1)}
 _CLASSES = {code: EVENT_TYPES[name] for name, code in TYPE_CODES.items()}
 _HEAD = struct.Struct(">BI")

@@ -25,6 +25,7 @@ __all__ = [
     "StorageFullError",
     "CommitError",
     "FlushTimeoutError",
+    "MissingEventError",
 ]
 
 
@@ -82,6 +83,16 @@ class CorruptEventError(StorageError):
     def __init__(self, seq: int, problem: str) -> None:
         self.seq = seq
         super().__init__(f"event {seq} is corrupt: {problem}")
+
+
+class MissingEventError(StorageError):
+    """An event asked for by number is not in the log: pruned (and kept by no snapshot), or never committed."""
+
+    def __init__(self, seq: int, problem: str) -> None:
+        self.seq = seq
+        super().__init__(f"event {seq} {problem}")
+
+    hint = "take snapshots before pruning: prune keeps the events a snapshot's records still need"
 
 
 class CorruptSnapshotError(StorageError):

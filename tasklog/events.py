@@ -31,6 +31,8 @@ __all__ = [
     "STREAMS",
     "OUTPUT_NAMES",
     "validate",
+    "task_ids",
+    "MAX_ID_BYTES",
     "make",
     "construct",
     "utc",
@@ -46,6 +48,8 @@ INDEXED_FIELDS: dict[str, type] = {
     "engine_uuid": str, "client_uuid": str, "label": str, "queue": str,
 }
 STREAMS = frozenset({"stdout", "stderr"})
+# LMDB keys hold at most 511 bytes, and every msg_id is a key of the log's stream index.
+MAX_ID_BYTES = 511
 OUTPUT_NAMES = STREAMS | {"error", "execute_input", "execute_result", "display_data"}
 
 
@@ -182,6 +186,8 @@ def utc(value: datetime) -> datetime:
 def _msg_id(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"must be a non-empty str, got {v!r:.60}")
+    if len(v) > MAX_ID_BYTES // 4 and len(v.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise ValueError(f"must be at most {MAX_ID_BYTES} bytes in UTF-8 (the stream index's key), got {v!r:.60}")
     return v
 
 
@@ -336,7 +342,7 @@ def _check_output(ev: Output) -> None:
 # An expression per check that is true when the value is already normal, so the
 # common case costs one inlined test per field instead of a function call.
 _ALREADY_NORMAL: dict[Check, str] = {
-    _msg_id: "{x}.__class__ is str and {x}",
+    _msg_id: "{x}.__class__ is str and 0 < len({x}) <= 127",
     _opt_str: "{x} is None or {x}.__class__ is str",
     _dict: "{x}.__class__ is dict and _dict_keys({x})",
     _opt_dict: "{x} is None or ({x}.__class__ is dict and _dict_keys({x}))",
@@ -379,6 +385,16 @@ def _compile_fast(name: str, checks: tuple[Check, ...]) -> Callable[[Any], Any]:
 
 
 _BY_CLASS = {EVENT_TYPES[name]: (name, _compile_fast(name, checks)) for name, checks in CHECKS.items()}
+
+
+def task_ids(event: Event) -> list[str]:
+    """The msg_ids an event names: the task of its stream (a resubmit names two, a drop each one)."""
+    cls = event.__class__
+    if cls is Drop:
+        return list(event.msg_ids)  # type: ignore[union-attr]
+    if cls is Resubmit:
+        return [event.msg_id, str(event.new_msg_id)]  # type: ignore[union-attr]
+    return [event.msg_id]  # type: ignore[union-attr]
 
 
 def validate(event: Any) -> Event:

@@ -53,6 +53,14 @@ class GroupCommit:
         """No shortcut here: None sends one event down the general path, ``append``."""
         return None
 
+    def pending(self, seq: int) -> Event | None:
+        """Nothing is ever uncommitted here once its append returned."""
+        return None
+
+    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
+        """Nothing is ever uncommitted here once its append returned."""
+        return []
+
     def flush(self, timeout: float | None = None) -> int:
         """Everything appended is committed already: the last sequence number."""
         with self._store.reader() as txn:
@@ -122,7 +130,9 @@ class GroupCommit:
             seqs = list(range(last + 1, last + 1 + len(items)))
             put_run(cur, [(codec.pack_key(s), payload) for s, (payload, _, _) in zip(seqs, items)])
             store.stamp(txn, seqs[0])
-            return seqs, [(s, ev) for s, (_, _, ev) in zip(seqs, items)]
+            written = [(s, ev) for s, (_, _, ev) in zip(seqs, items)]
+            store.index(txn, store.index_rows(written))
+            return seqs, written
         seqs = []
         written: list[tuple[int, Event]] = []
         seen: dict[bytes, int] = {}
@@ -146,6 +156,7 @@ class GroupCommit:
             written.append((last, event))
         if written:
             store.stamp(txn, written[0][0])
+            store.index(txn, store.index_rows(written))
         return seqs, written
 
     def close(self) -> None:

@@ -23,11 +23,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ipyparallel.controller.dictdb import BaseDB
-from traitlets import Enum, Float, Unicode
+from traitlets import Enum, Float, Int, Unicode
 
 import projections
 from projections import Projection, snapshot
 from projections.buffered import WriteBehind
+from projections.fold import BUFFER_KEYS, ref_seq
+from projections.maintenance import Maintenance, Policy
 
 from .errors import LogBusyError
 from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
@@ -125,15 +127,25 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     location = Unicode("", config=True, help="Directory that holds the log (a `tasklog` directory inside it). "
                        "Default: the profile directory, as SQLiteDB does.")
-    projection = Unicode("dict", config=True, help="Where records are folded for queries: 'dict' (default: "
-                         "in memory, rebuilt from the log at start), 'sqlite' (a file in the log directory), "
-                         "sqlite:///path.db, mongodb://host:port/db or none.")
+    projection = Unicode("sqlite", config=True, help="Where records are folded for queries: 'sqlite' (default: "
+                         "a file in the log directory; bounded memory, every task answerable, kept across "
+                         "restarts), 'dict' (in memory, rebuilt from the log at start; add ?record_limit=N "
+                         "to bound it), sqlite:///path.db, mongodb://host:port/db or none. Buffers stay in "
+                         "the log unless the spec says ?buffers=inline.")
     durability = Enum(sorted(DURABILITY), "async", config=True,
                       help="The log's durability: async (default, never blocks the Hub), process or sync.")
     commit_interval = Float(0.005, config=True, help="Seconds between commits in async durability: "
                             "the most a killed controller can lose.")
     writer_timeout = Float(30.0, config=True, help="Seconds a new controller waits for the previous one "
                            "(still shutting down, on the same log) to let the log go before it gives up.")
+    snapshot_events = Int(100_000, config=True, help="Take a snapshot every this many events (0: never), "
+                          "in a background thread: a restart or `tasklog query` starts from the newest.")
+    snapshot_seconds = Float(3600.0, config=True, help="Take a snapshot at least this often, in seconds, "
+                             "when events arrived (0: never).")
+    retain_seconds = Float(0.0, config=True, help="Retention (off: 0): after each snapshot, prune the events "
+                           "it covers that are older than this many seconds.")
+    retain_bytes = Int(0, config=True, help="Retention (off: 0): after each snapshot, prune every event it "
+                       "covers while the log directory is larger than this.")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -148,6 +160,13 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             raise
         # SQLite and MongoDB would pay a transaction or a round trip per Hub call: write behind.
         self.records: Projection = WriteBehind(self._proj) if self._proj.persistent else self._proj
+        try:
+            policy = Policy(self.snapshot_events, self.snapshot_seconds, self.retain_seconds, self.retain_bytes)
+        except BaseException:
+            self.tasklog.close()
+            self._proj.close()
+            raise
+        self.maintenance = Maintenance(self.tasklog, policy).start()
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
         atexit.register(self.close)
         self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
@@ -195,9 +214,17 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         when = rec.get("submitted") if rec is not None else None
         return when if isinstance(when, datetime) else datetime.now(timezone.utc)
 
+    def _current(self, msg_id: str, rec: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored record to diff ``rec`` against; its buffers read back when ``rec`` sets some."""
+        current = self.records.peek(msg_id)
+        if current is not None and any(ref_seq(current.get(k)) is not None for k in BUFFER_KEYS if k in rec):
+            # The Hub re-sends whole records (a merged iopub stub): the same buffers change nothing.
+            current = self.records.resolve_buffers(dict(current))
+        return current
+
     def add_record(self, msg_id: str, rec: dict[str, Any]) -> None:
         """Record a new task (a submit, or a stub when its output arrived first)."""
-        self._append(record_events(msg_id, rec, self.records.peek(msg_id), self._submitted_of))
+        self._append(record_events(msg_id, rec, self._current(msg_id, rec), self._submitted_of))
 
     def update_record(self, msg_id: str, rec: dict[str, Any]) -> None:
         """Record what changed in a task: start, output, complete, resubmit or other fields."""
@@ -217,7 +244,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         elif rec.get("result_header") is not None and _RESULT_SET.issuperset(rec):
             self._append_one(_complete(msg_id, dict(rec)))
             return
-        self._append(record_events(msg_id, rec, self.records.peek(msg_id), self._submitted_of))
+        self._append(record_events(msg_id, rec, self._current(msg_id, rec), self._submitted_of))
 
     def drop_record(self, msg_id: str) -> None:
         """Purge one task (a drop event); KeyError if there is no such task."""
@@ -247,6 +274,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
     def close(self) -> None:
         """Commit what is queued and release the log and the projection."""
         if not self.tasklog.closed:
+            self.maintenance.stop()
             self.tasklog.close()
             self.records.close()
         atexit.unregister(self.close)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from .asynccommit import AsyncCommitter, Receipt
 from .errors import InterfaceError, LogClosedError
 from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
 from .groupcommit import GroupCommit, Item
+from .progress import Progress
 from .reader import LogView, Reader
 from .store import DURABILITY, MARKER, Store, open_here
 
@@ -40,6 +41,12 @@ class Writer(Protocol):
 
     def flush(self, timeout: float | None = None) -> int:
         """Make everything appended durable; return the last sequence number."""
+
+    def pending(self, seq: int) -> Event | None:
+        """The event ``seq`` if it is numbered but not yet committed (async), else None."""
+
+    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
+        """The uncommitted events past ``after`` naming ``msg_id``."""
 
     def close(self) -> None:
         """Refuse new appends and commit what is queued."""
@@ -62,6 +69,14 @@ class _Refusing:
     def flush(self, timeout: float | None = None) -> int:
         """Refuse."""
         raise self._error
+
+    def pending(self, seq: int) -> Event | None:
+        """Nothing is pending here."""
+        return None
+
+    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
+        """Nothing is pending here."""
+        return []
 
     def close(self) -> None:
         """Nothing to close."""
@@ -89,6 +104,8 @@ class TaskLog:
         self.store = Store(self.path, self._mode, readonly=readonly, map_size=map_size,
                            max_map_size=max_map_size, create=create, lock_timeout=lock_timeout)
         self.identity: str | None = self.store.identity
+        if not readonly and not self.store.indexed:
+            self._upgrade()
         self._reader = Reader(self.store, self._check_readable)
         self._listeners: list[Listener] = []
         self.listener_errors: list[BaseException] = []
@@ -104,6 +121,18 @@ class TaskLog:
         else:
             self._writer = GroupCommit(self.store, self._notify)
         self.store.on_abandon.append(self._leave_to_parent)
+
+    def _upgrade(self) -> None:
+        """Index a log an older tasklog wrote (schema 1), once, with a progress bar on a terminal."""
+        try:
+            with self.store.reader() as txn:
+                total = int(txn.stat(self.store.events)["entries"])
+            bar = Progress(total, label=f"indexing the streams of {self.path}")
+            self.store.build_index(bar.update)
+            bar.close()
+        except BaseException:
+            self.store.close()  # the open fails whole: nothing held (the index resumes next time)
+            raise
 
     @classmethod
     def open(cls, path: str, durability: str = "sync", **options: Any) -> TaskLog:
@@ -250,12 +279,21 @@ class TaskLog:
     def _enqueue(self, items: list[Item]) -> list[int]:
         return self._writer.append(items) if items else []
 
-    def drop_front(self, start: int, stop: int) -> int:
-        """Delete events start <= seq < stop and make ``stop`` the log's start, in one transaction."""
+    def drop_front(self, start: int, stop: int, keep: Collection[int] = ()) -> int:
+        """Delete events start <= seq < stop and make ``stop`` the log's start, in one transaction;
+        the events numbered in ``keep`` stay readable by ``event()`` (a snapshot needs their buffers)."""
+        self._check_writable()
+        return self.store.drop_front(start, stop, keep)
+
+    def release_kept(self, keep: Collection[int]) -> int:
+        """Forget the kept events not in ``keep``; return how many went."""
+        self._check_writable()
+        return self.store.release_kept(keep)
+
+    def _check_writable(self) -> None:
         if self.readonly:
             raise InterfaceError(f"log {self.path} was opened read-only")
         self._check_readable()
-        return self.store.drop_front(start, stop)
 
     def flush(self, timeout: float | None = None) -> int:
         """Commit and sync everything appended so far; return the last durable sequence number."""
@@ -281,6 +319,29 @@ class TaskLog:
     def seq_at(self, when: datetime) -> int:
         """The last sequence number committed at or before ``when`` (0 if none was)."""
         return self._reader.seq_at(when)
+
+    def event(self, seq: int) -> Event:
+        """Event ``seq``: from the log, from the events a prune kept for a snapshot, or (async) not
+        yet committed; MissingEventError when it is in none of them."""
+        self._check_readable()
+        ev = self._writer.pending(seq)
+        return ev if ev is not None else self._reader.event(seq)
+
+    def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """The events naming ``msg_id`` (its stream), in order, uncommitted async ones included.
+
+        Costs what the task's own events cost: the log keeps an index from each msg_id to its
+        events (a resubmit is in the streams of both its ids, a drop in each one's).
+        """
+        self._check_readable()
+        # The queue first: an event committed between the two reads is then in the log's read.
+        queued = self._writer.pending_of(msg_id, 0)
+        found = self._reader.events_of(msg_id)
+        if queued:
+            seen = {seq for seq, _ in found}
+            found += [item for item in queued if item[0] not in seen]
+            found.sort(key=lambda item: item[0])
+        return found
 
     def view(self) -> Any:
         """One read transaction (a context manager yielding a LogView): figures that agree."""

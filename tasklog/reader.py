@@ -10,7 +10,8 @@ from typing import Any
 import lmdb
 
 from . import codec
-from .events import Event, utc
+from .errors import MissingEventError
+from .events import Event, task_ids, utc
 from .store import Store
 
 __all__ = ["Reader", "LogView", "READ_CHUNK"]
@@ -93,6 +94,34 @@ class Reader:
         with self._store.reader() as txn:
             seq = self._store.commit_time_seq(txn, utc(when).timestamp())
             return Store.last_key(txn, self._store.events) if seq is None else seq
+
+    def event(self, seq: int) -> Event:
+        """Event ``seq`` from the log, or from the events kept past a prune; MissingEventError if neither."""
+        store = self._store
+        key = codec.pack_key(seq)
+        with store.reader() as txn:
+            raw = txn.get(key, db=store.events)
+            if raw is None and store.kept is not None:
+                raw = txn.get(key, db=store.kept)
+            if raw is not None:
+                return codec.decode(raw, seq)
+            first, last = LogView(txn, store.events, store.meta).first_seq, store.last_key(txn, store.events)
+        if seq > last:
+            raise MissingEventError(seq, f"is not committed (the log ends at {last})")
+        raise MissingEventError(seq, f"was pruned (the log holds {first}..{last}) and no snapshot kept it")
+
+    def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """The committed events naming ``msg_id``, in order (a scan of the whole log if it is unindexed)."""
+        store = self._store
+        if not store.indexed:
+            return [(seq, ev) for chunk in self.read_chunks() for seq, ev in chunk if msg_id in task_ids(ev)]
+        out = []
+        with store.reader() as txn:
+            for seq in store.stream(txn, msg_id):
+                raw = txn.get(codec.pack_key(seq), db=store.events)
+                if raw is not None:  # a stale entry (an unreadable pruned event) is reported by verify
+                    out.append((seq, codec.decode(raw, seq)))
+        return out
 
     def raw_chunks(self, start: int, stop: int | None) -> Iterator[list[tuple[int, bytes]]]:
         """``(seq, stored bytes)`` for start <= seq < stop, a few thousand per read transaction."""

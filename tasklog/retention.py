@@ -191,7 +191,9 @@ def prune(log: TaskLog, before: int, progress: Callable[[int], None] | None = No
 
     A snapshot at S holds the state after event S, so every event up to S may go. Only a
     snapshot at or before ``before`` counts: pruning up to it keeps every state from S on
-    rebuildable (time travel included), so nothing a snapshot does not cover goes.
+    rebuildable (time travel included), so nothing a snapshot does not cover goes. The events
+    whose buffers the snapshot's records refer to are kept (readable by ``TaskLog.event``)
+    until a later snapshot no longer refers to them (their tasks were purged).
     """
     if log.readonly:
         raise InterfaceError(f"log {log.path} was opened read-only")
@@ -208,7 +210,9 @@ def prune(log: TaskLog, before: int, progress: Callable[[int], None] | None = No
     # sequence number is read from the last key).
     limit = min(base + 1, before, last)
     bytes_before = log.disk_bytes()
-    removed = _delete_front(log, start, limit, progress)
+    keep = _keeps(log, base)
+    removed = _delete_front(log, start, limit, keep, progress)
+    log.release_kept(keep)  # after the deletions: a prune killed half-way has lost nothing
     dropped = 0
     for old in list_snapshots(log):
         if old < base:
@@ -217,13 +221,21 @@ def prune(log: TaskLog, before: int, progress: Callable[[int], None] | None = No
     return PruneReport(removed, log.start_seq, base, dropped, bytes_before, log.disk_bytes())
 
 
-def _delete_front(log: TaskLog, start: int, limit: int, progress: Callable[[int], None] | None) -> int:
+def _keeps(log: TaskLog, seq: int) -> frozenset[int]:
+    """The events the snapshot at ``seq`` needs kept past a prune (its records' buffers)."""
+    header, items = read_snapshot(log, seq)
+    items.close()  # type: ignore[attr-defined]
+    return frozenset(int(s) for s in header.get("keeps", ()))
+
+
+def _delete_front(log: TaskLog, start: int, limit: int, keep: frozenset[int],
+                  progress: Callable[[int], None] | None) -> int:
     removed = 0
     nxt = start
     while nxt < limit:
         upto = min(nxt + _PRUNE_CHUNK, limit)
 
-        done = log.drop_front(nxt, upto)
+        done = log.drop_front(nxt, upto, keep)
         removed += done
         nxt = upto
         if progress is not None:

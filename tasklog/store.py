@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ import lmdb
 from . import codec
 from .errors import (
     CommitError,
+    CorruptEventError,
     LogBusyError,
     NotATaskLogError,
     ReadOnlyLogError,
@@ -36,6 +37,7 @@ from .errors import (
     StorageError,
     StorageFullError,
 )
+from .events import Event, task_ids
 
 __all__ = ["Store", "DURABILITY", "MARKER", "open_here", "put_run"]
 
@@ -43,6 +45,7 @@ MARKER = "TASKLOG"
 _LMDB_FILES = ("data.mdb", "lock.mdb")
 _OWN_FILES = frozenset({MARKER, "writer.lock", "users.lock", *_LMDB_FILES})
 _TIME = struct.Struct(">d")
+_INDEX_CHUNK = 20_000  # events indexed per transaction when a schema-1 log is upgraded
 
 
 def put_run(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
@@ -180,9 +183,9 @@ def _check_path(path: str) -> str | None:
             version = int(meta["schema"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise NotATaskLogError(f"{path} has an unreadable {MARKER} file ({exc})") from None
-        if version > codec.SCHEMA_VERSION:
+        if version > codec.LOG_SCHEMA:
             raise SchemaVersionError(
-                f"{path} was written with schema version {version}; this tasklog reads {codec.SCHEMA_VERSION}")
+                f"{path} was written with schema version {version}; this tasklog reads {codec.LOG_SCHEMA}")
         return "log"
     if "data.mdb" in names:
         raise NotATaskLogError(f"{path} is not a tasklog: it holds another LMDB environment")
@@ -276,6 +279,20 @@ class Store:
             self.times = self.env.open_db(b"times", create=create)
         except lmdb.Error as exc:
             raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
+        # Schema 2. Each task's stream: msg_id -> the sequence numbers of the events naming it
+        # (dupsort: a task's numbers sit together, in order). Kept: events a prune removed from
+        # the log whose bytes a snapshot's records still refer to (their buffers).
+        # A read-only open of a schema-1 log has neither: events_of() then scans the log.
+        self.streams: Any = self._optional_db(b"streams", create, dupsort=True, dupfixed=True)
+        self.kept: Any = self._optional_db(b"kept", create)
+
+    def _optional_db(self, name: bytes, create: bool, **flags: bool) -> Any:
+        try:
+            return self.env.open_db(name, create=create, **flags)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.Error as exc:
+            raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
 
     def _open_env(self, map_size: int) -> _SharedEnv:
         # LMDB forbids opening one environment twice in a process: share it, counted.
@@ -299,7 +316,7 @@ class Store:
         lockfile = os.path.join(self.path, "lock.mdb")
         lock = os.access(lockfile, os.W_OK) if os.path.exists(lockfile) else _writable(self.path)
         try:
-            env = lmdb.open(self.path, map_size=size, max_dbs=4, max_readers=512, subdir=True,
+            env = lmdb.open(self.path, map_size=size, max_dbs=8, max_readers=512, subdir=True,
                             sync=self.mode.sync, metasync=self.mode.metasync, writemap=False,
                             readonly=self.readonly, lock=lock, readahead=False)
         except lmdb.Error as exc:
@@ -324,23 +341,102 @@ class Store:
         with self.env.begin() as txn:
             stored = txn.get(b"schema", db=self.meta)
             identity = txn.get(b"identity", db=self.meta)
-        if stored is not None and int(stored) > codec.SCHEMA_VERSION:
-            raise SchemaVersionError(f"{self.path} was written with schema version {int(stored)}; "
-                                     f"this tasklog reads {codec.SCHEMA_VERSION}")
+        #: The schema the log was written with (1: no stream index yet; a writer builds it).
+        self.schema = codec.LOG_SCHEMA if stored is None else int(stored)
+        if self.schema > codec.LOG_SCHEMA:
+            raise SchemaVersionError(f"{self.path} was written with schema version {self.schema}; "
+                                     f"this tasklog reads {codec.LOG_SCHEMA}")
         if self.readonly or (stored is not None and identity is not None):
             return None if identity is None else bytes(identity).decode()
         # A log made by an older tasklog gets its identity from the first writer that opens it.
         fresh = str(uuid.uuid4())
         with self.env.begin(write=True) as txn:
-            txn.put(b"schema", str(codec.SCHEMA_VERSION).encode(), db=self.meta, overwrite=stored is None)
+            # A new log is schema 2 at once; an older log keeps its number until it is indexed.
+            txn.put(b"schema", str(self.schema).encode(), db=self.meta, overwrite=stored is None)
             if not txn.put(b"identity", fresh.encode(), db=self.meta, overwrite=False):
                 fresh = bytes(txn.get(b"identity", db=self.meta) or b"").decode()  # another writer was first
+        self._write_marker(self.schema, fresh)
+        return fresh
+
+    def _write_marker(self, schema: int, identity: str | None) -> None:
         marker = os.path.join(self.path, MARKER)
         tmp = f"{marker}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"format": "tasklog", "schema": codec.SCHEMA_VERSION, "identity": fresh}, f)
+            json.dump({"format": "tasklog", "schema": schema, "identity": identity}, f)
         os.replace(tmp, marker)
-        return fresh
+
+    # -- the stream index -------------------------------------------------------------------
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the log has its stream index (schema 2)."""
+        return self.schema >= 2 and self.streams is not None
+
+    @staticmethod
+    def index_rows(written: Iterable[tuple[int, Event]]) -> list[tuple[bytes, bytes]]:
+        """The stream-index rows of some events, sorted (built outside the write transaction)."""
+        pack = codec.pack_key
+        rows = [(m.encode(), pack(seq)) for seq, ev in written for m in task_ids(ev)]
+        # Sorted, the rows of one batch land on neighbouring pages instead of all over the tree.
+        rows.sort()
+        return rows
+
+    def index(self, txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]]) -> None:
+        """Add events to the streams of the tasks they name, in the transaction that writes them."""
+        if rows:
+            txn.cursor(db=self.streams).putmulti(rows, dupdata=True)
+
+    def unindex(self, txn: lmdb.Transaction, seq: int, raw: bytes) -> None:
+        """Remove event ``seq`` (stored as ``raw``) from its tasks' streams."""
+        try:
+            event = codec.decode(raw, seq)
+        except CorruptEventError:
+            return  # its streams cannot be known: verify reports the entries left pointing at nothing
+        key = codec.pack_key(seq)
+        for m in task_ids(event):
+            txn.delete(m.encode(), key, db=self.streams)
+
+    def stream(self, txn: lmdb.Transaction, msg_id: str) -> list[int]:
+        """The sequence numbers of the events naming ``msg_id``, in order."""
+        cur = txn.cursor(db=self.streams)
+        if not cur.set_key(msg_id.encode()):
+            return []
+        return [codec.unpack_key(v) for v in cur.iternext_dup()]
+
+    def build_index(self, progress: Callable[[int], None] | None = None) -> int:
+        """Index a schema-1 log (resuming where an interrupted build stopped); mark it schema 2."""
+        done = 0
+        while True:
+            count = self.write(self._index_chunk)
+            if not count:
+                break
+            done += count
+            if progress is not None:
+                progress(count)
+        self.write(lambda txn: txn.put(b"schema", str(codec.LOG_SCHEMA).encode(), db=self.meta))
+        self.schema = codec.LOG_SCHEMA
+        self._write_marker(self.schema, self.identity)
+        return done
+
+    def _index_chunk(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"indexed_to", db=self.meta)
+        nxt = int(raw) + 1 if raw is not None else 1
+        cur = txn.cursor(db=self.events)
+        if not cur.set_range(codec.pack_key(nxt)):
+            return 0
+        batch: list[tuple[int, Event]] = []
+        for key, value in cur:
+            seq = codec.unpack_key(key)
+            try:
+                batch.append((seq, codec.decode(bytes(value), seq)))
+            except CorruptEventError:
+                pass  # verify names it; its streams cannot be known
+            nxt = seq
+            if len(batch) >= _INDEX_CHUNK:
+                break
+        self.index(txn, self.index_rows(batch))
+        txn.put(b"indexed_to", str(nxt).encode(), db=self.meta)
+        return len(batch) or 1
 
     def leave_to_parent(self) -> None:
         """In a forked child: drop the inherited lock descriptors (the parent's locks stay held
@@ -436,14 +532,23 @@ class Store:
         cur = txn.cursor(db=db)
         return codec.unpack_key(cur.key()) if cur.last() else 0
 
-    def drop_front(self, start: int, stop: int) -> int:
-        """Delete events start <= seq < stop and make ``stop`` the log's start, in one transaction."""
+    def drop_front(self, start: int, stop: int, keep: Collection[int] = ()) -> int:
+        """Delete events start <= seq < stop and make ``stop`` the log's start, in one transaction.
+
+        The events numbered in ``keep`` move to the kept database instead of going (a snapshot's
+        records refer to their buffers); every deleted event leaves its tasks' streams.
+        """
 
         def body(txn: lmdb.Transaction) -> int:
             cur = txn.cursor(db=self.events)
             n = 0
             if cur.set_range(codec.pack_key(start)):
                 while cur.key() and codec.unpack_key(cur.key()) < stop:
+                    seq, raw = codec.unpack_key(cur.key()), bytes(cur.value())
+                    if self.streams is not None:
+                        self.unindex(txn, seq, raw)
+                    if seq in keep:
+                        txn.put(codec.pack_key(seq), raw, db=self.kept)
                     cur.delete()
                     n += 1
             # The start moves with the deletions: a prune killed between transactions leaves a sound log.
@@ -451,3 +556,15 @@ class Store:
             return n
         removed: int = self.write(body)
         return removed
+
+    def release_kept(self, keep: Collection[int]) -> int:
+        """Delete the kept events not numbered in ``keep`` (no snapshot refers to them any more)."""
+
+        def body(txn: lmdb.Transaction) -> int:
+            cur = txn.cursor(db=self.kept)
+            gone = [key for key in cur.iternext(values=False) if codec.unpack_key(key) not in keep]
+            for key in gone:
+                txn.delete(key, db=self.kept)
+            return len(gone)
+        released: int = self.write(body) if self.kept is not None else 0
+        return released

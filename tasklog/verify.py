@@ -10,10 +10,11 @@ import lmdb
 
 from . import codec, retention
 from .errors import TaskLogError
+from .events import task_ids
 from .log import TaskLog
 from .progress import Progress
 
-__all__ = ["LogStats", "stats", "verify"]
+__all__ = ["LogStats", "stats", "verify", "check_index"]
 
 
 @dataclass
@@ -64,9 +65,44 @@ def verify(log: TaskLog, progress: Progress | None = None) -> list[str]:
                 progress.update()
     except lmdb.Error as exc:
         problems.append(f"LMDB error after event {expected - 1}: {exc}")
+    problems += check_index(log)
     for seq in retention.list_snapshots(log):
         try:
             retention.check_snapshot(log, seq)
         except TaskLogError as exc:
             problems.append(str(exc))
     return problems
+
+
+def check_index(log: TaskLog) -> list[str]:
+    """Check the stream index against the events: every entry names an event that names its task,
+    and there are as many entries as the events name tasks (so none is missing)."""
+    store = log.store
+    if not store.indexed:
+        return [] if log.readonly else ["the log has no stream index (a writer builds it on open)"]
+    problems: list[str] = []
+    with store.reader() as txn:  # one transaction: a live writer cannot make the two sides disagree
+        expected = 0
+        for key, raw in txn.cursor(db=store.events):
+            seq = codec.unpack_key(key)
+            try:
+                expected += len(task_ids(codec.decode(raw, seq)))
+            except TaskLogError:
+                pass  # reported by verify's own pass
+        entries = 0
+        for key, value in txn.cursor(db=store.streams):
+            entries += 1
+            msg_id, seq = bytes(key).decode(), codec.unpack_key(value)
+            raw = txn.get(value, db=store.events)
+            if raw is None:
+                problems.append(f"stream index: {msg_id!r} lists event {seq}, which is not in the log")
+            elif msg_id not in task_ids(codec.decode(raw, seq)):
+                problems.append(f"stream index: {msg_id!r} lists event {seq}, which does not name it")
+        if entries != expected:
+            problems.append(f"stream index: {entries} entries, but the events name tasks {expected} times")
+        for key, raw in txn.cursor(db=store.kept) if store.kept is not None else ():
+            try:
+                codec.decode(raw, codec.unpack_key(key))
+            except TaskLogError as exc:
+                problems.append(f"kept {exc}")
+    return problems[:100]

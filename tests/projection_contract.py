@@ -216,11 +216,11 @@ class ProjectionContract:
     @classmethod
     def proj(cls, request: pytest.FixtureRequest, history: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[projections.Projection]:
-        """The projection under test, caught up from the history."""
+        """The projection under test, caught up from the history (whose log stays open: buffers by reference)."""
         with TaskLog.open(history, readonly=True) as log:
             p = cls.make(log, tmp_path_factory.mktemp("projection"), request)
-        yield p
-        cls.dispose(p)
+            yield p
+            cls.dispose(p)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -246,11 +246,11 @@ class ProjectionContract:
     def test_records_identical_everywhere(self, proj: projections.Projection, history: str) -> None:
         with TaskLog.open(history, readonly=True) as log:
             expected = projections.open("dict", log=log)
-        for msg_id in expected.get_history():
-            assert proj.get_record(msg_id) == stored(proj, expected.get_record(msg_id))
-        assert proj.get_history() == expected.get_history()
-        assert sorted(proj.find_records({}), key=lambda r: r["msg_id"]) == \
-            sorted(stored(proj, expected.find_records({})), key=lambda r: r["msg_id"])
+            for msg_id in expected.get_history():
+                assert proj.get_record(msg_id) == stored(proj, expected.get_record(msg_id))
+            assert proj.get_history() == expected.get_history()
+            assert sorted(proj.find_records({}), key=lambda r: r["msg_id"]) == \
+                sorted(stored(proj, expected.find_records({})), key=lambda r: r["msg_id"])
 
     def test_datetimes_keep_their_microseconds(self, proj: projections.Projection) -> None:
         """What the Hub gave comes back (ipyparallel's serial_time depends on it); MongoDB keeps ms."""
@@ -302,6 +302,25 @@ class ProjectionContract:
             proj.find_records(query)
         with pytest.raises(QueryError):
             proj.count(query)
+
+    def test_buffers_round_trip_byte_exact(self, proj: projections.Projection, history: str) -> None:
+        """Every buffer comes back as the events carried it, by reference or inline, whole or by keys."""
+        with TaskLog.open(history, readonly=True) as log:
+            want = {r["msg_id"]: r for r in projections.open("dict?buffers=inline", log=log).find_records({})}
+        carried = [m for m, r in want.items() if r.get("buffers") or r.get("result_buffers")]
+        assert carried
+        for m in carried:
+            rec = proj.get_record(m)
+            assert (rec["buffers"], rec["result_buffers"]) == (want[m]["buffers"], want[m]["result_buffers"])
+            assert all(type(b) is bytes for b in rec["buffers"] + (rec["result_buffers"] or []))
+        for rec in proj.find_records({"msg_id": {"$in": carried}}, keys=["buffers", "result_buffers"]):
+            assert (rec["buffers"], rec["result_buffers"]) == (want[rec["msg_id"]]["buffers"],
+                                                                want[rec["msg_id"]]["result_buffers"])
+        stored = proj.records_of(set(carried)) if not hasattr(proj, "inner") else {}
+        by_ref = proj.buffers == "ref" and proj.source is not None
+        for rec in stored.values():
+            assert rec is not None
+            assert isinstance(rec["buffers"], dict) == (by_ref and bool(want[rec["msg_id"]]["buffers"]))
 
     def test_bad_keys(self, proj: projections.Projection) -> None:
         for keys in (["result_content.status"], [3], {"a": 1}):

@@ -69,7 +69,7 @@ def _completed(msg_id: str) -> list[Any]:
                                                           result_content={"status": "ok"})]
 
 
-def test_dict_culls_only_completed_tasks(tmp_path: Path) -> None:
+def test_dict_without_a_log_evicts_only_completed_tasks_and_says_so(tmp_path: Path) -> None:
     from tasklog import Submit
     p = projections.open("dict?record_limit=10&cull_fraction=0.5")
     events: list[Any] = [Submit(f"running-{i}") for i in range(8)]
@@ -79,26 +79,32 @@ def test_dict_culls_only_completed_tasks(tmp_path: Path) -> None:
     ids = set(p.get_history())
     assert {f"running-{i}" for i in range(8)} <= ids  # ipyparallel issue 203: never lose a running task
     assert len(ids) <= 10
-    culled = next(f"done-{i}" for i in range(20) if f"done-{i}" not in ids)
-    with pytest.raises(KeyError, match="culled"):
-        p.get_record(culled)
+    evicted = next(f"done-{i}" for i in range(20) if f"done-{i}" not in ids)
+    with pytest.raises(KeyError, match="evicted .* no log is attached"):
+        p.get_record(evicted)
     from tasklog import Output
-    p.apply([(len(events) + 1, Output(culled, "stdout", "late", None))])
-    with pytest.raises(KeyError, match="culled"):  # a late event does not resurrect it
-        p.get_record(culled)
+    p.apply([(len(events) + 1, Output(evicted, "stdout", "late", None))])
+    with pytest.raises(KeyError, match="evicted"):  # a late event does not resurrect a stub of it
+        p.get_record(evicted)
 
 
-def test_dict_size_limit_drops_buffers_of_completed_first(tmp_path: Path) -> None:
-    from tasklog import Submit
-    p = projections.open("dict", size_limit=1000)
-    events: list[Any] = [Submit(f"running-{i}", buffers=[b"r" * 100]) for i in range(3)]
-    for i in range(5):
-        events += _completed(f"done-{i}")
-    p.apply(list(enumerate(events, start=1)))
-    assert p.count({}) == 8  # nothing culled: dropping buffers was enough
-    assert all(p.get_record(f"running-{i}")["buffers"] == [b"r" * 100] for i in range(3))
-    stripped = [i for i in range(5) if p.get_record(f"done-{i}")["buffers"] == []]
-    assert stripped and p.get_record(f"done-{stripped[0]}")["result_content"] == {"status": "ok"}
+def test_dict_size_limit_evicts_completed_tasks_and_refolds_them_from_the_log(tmp_path: Path) -> None:
+    from tasklog import Output, Submit
+    with TaskLog.open(str(tmp_path / "log")) as log:
+        unbounded = attach(log, "dict?buffers=inline")
+        p = attach(log, "dict?size_limit=1000&buffers=inline")
+        log.append_many([Submit(f"running-{i}", buffers=[b"r" * 100]) for i in range(3)])
+        for i in range(12):
+            log.append_many(_completed(f"done-{i}"))
+        assert p.count({}) < 15 and p.evicted_count > 0  # type: ignore[attr-defined]
+        assert {f"running-{i}" for i in range(3)} <= set(p.get_history())
+        for m in unbounded.get_history():
+            assert p.get_record(m) == unbounded.get_record(m)  # evicted or not: the same answer
+        log.output("done-0", "stdout", text="late")  # a late event about an evicted task
+        assert p.get_record("done-0") == unbounded.get_record("done-0")
+        assert p.get_record("done-0")["stdout"] == "late"
+        with pytest.raises(KeyError, match="no task 'never'"):
+            p.get_record("never")
 
 
 def test_cli_query(tmp_path: Path) -> None:

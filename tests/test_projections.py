@@ -82,16 +82,16 @@ def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> Non
         con.close()
         p = projections.open(f"sqlite:///{db}", log=log)  # catches up the last 3 events
         fresh = projections.open("dict", log=log)
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 3
-    shapes = {type(msgpack.unpackb(b, timestamp=3)).__name__ for (b,) in con.execute("SELECT doc FROM records")}
-    con.close()
-    assert shapes == {"dict", "list"}  # old documents left as they were, the caught-up ones rewritten
-    assert p.get_history() == fresh.get_history()
-    assert {m: p.get_record(m) for m in p.get_history()} == {m: fresh.get_record(m) for m in fresh.get_history()}
-    query = {"label": {"$exists": True}}
-    assert sorted(p.find_records(query), key=lambda r: r["msg_id"]) == \
-        sorted(fresh.find_records(query), key=lambda r: r["msg_id"])
+        con = sqlite3.connect(db)
+        assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 3
+        shapes = {type(msgpack.unpackb(b, timestamp=3)).__name__ for (b,) in con.execute("SELECT doc FROM records")}
+        con.close()
+        assert shapes == {"dict", "list"}  # old documents left as they were, the caught-up ones rewritten
+        assert p.get_history() == fresh.get_history()
+        assert {m: p.get_record(m) for m in p.get_history()} == {m: fresh.get_record(m) for m in fresh.get_history()}
+        query = {"label": {"$exists": True}}
+        assert sorted(p.find_records(query), key=lambda r: r["msg_id"]) == \
+            sorted(fresh.find_records(query), key=lambda r: r["msg_id"])
     p.close()
 
 
@@ -216,7 +216,7 @@ def test_sqlite_millisecond_columns_of_schema_2_are_upgraded(history: str, tmp_p
     db = str(tmp_path / "v2.db")
     in_ms = SimpleNamespace(datetime_resolution=timedelta(milliseconds=1))
     with TaskLog.open(history, readonly=True) as log:
-        projections.open(f"sqlite:///{db}", log=log).close()
+        projections.open(f"sqlite:///{db}?buffers=inline", log=log).close()
     con = sqlite3.connect(db)
     for msg_id, blob in con.execute("SELECT msg_id, doc FROM records").fetchall():
         con.execute("UPDATE records SET doc=? WHERE msg_id=?", (encode_document(stored(in_ms, decode_document(blob))),

@@ -88,8 +88,14 @@ def test_deleted_projection_is_rebuilt(tmp_path: Path, request: pytest.FixtureRe
     if kind == "sqlite":
         os.remove(str(tmp_path / "t.db"))
         run_cli("replay", "--log", path, "--projection", spec, check=True)
+        with TaskLog.open(path, readonly=True) as log, projections.open(spec, log=log) as p:
+            assert _records(p) == stored(p, reference)  # the file the CLI built, buffers read from the log
+        with projections.open(spec) as p, pytest.raises(projections.ProjectionError, match="buffers=inline"):
+            _records(p)  # without its log: said plainly, never an empty or wrong buffer
+        os.remove(str(tmp_path / "t.db"))
+        run_cli("replay", "--log", path, "--projection", spec + "?buffers=inline", check=True)
         with projections.open(spec) as p:
-            assert _records(p) == stored(p, reference)
+            assert _records(p) == stored(p, reference)  # inline: readable without the log
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "mongo"])
