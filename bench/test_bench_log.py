@@ -155,3 +155,11 @@ def test_threads8_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> 
     record(benchmark, per * 8, "sync", "write", role="threads8_sync", baseline="one_sync_per_event",
            baseline_events=n)
     benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, 8), {}), rounds=ROUNDS)
+
+
+@pytest.mark.parametrize("n", sizes("one_sync"))
+def test_threads64_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
+    per = max(n * 4 // 64, 1)
+    record(benchmark, per * 64, "sync", "write", role="threads64_sync", baseline="one_sync_per_event",
+           baseline_events=n)
+    benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, 64), {}), rounds=ROUNDS)

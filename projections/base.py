@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from tasklog.errors import LogClosedError
-from tasklog.events import Event, Resubmit
+from tasklog.events import Event, Resubmit, Submit
 
 from .errors import ProjectionError
 from .fold import BUFFER_KEYS, Anomalies, apply_event, is_tombstone, ref_seq, refer_buffers, targets, touched
@@ -33,6 +33,10 @@ BUFFER_MODES = ("ref", "inline")
 
 class EventSource(Protocol):
     """What a projection reads from its log: one event by number, one task's events."""
+
+    @property
+    def start_seq(self) -> int:
+        """Where the log's events start (past 1: a prune removed older ones)."""
 
     def event(self, seq: int) -> Event:
         """Event ``seq``."""
@@ -56,6 +60,15 @@ def gc_paused() -> Iterator[None]:
     finally:
         if paused:
             gc.enable()
+
+
+def _begins(stream: list[tuple[int, Event]], msg_id: str) -> bool:
+    """Whether a stream starts where its task did: its submit, or the resubmit that made it."""
+    if not stream:
+        return False
+    first = stream[0][1]
+    return (isinstance(first, Submit) and first.msg_id == msg_id) or \
+        (isinstance(first, Resubmit) and first.new_msg_id == msg_id)
 
 
 def _batches(events: Iterable[tuple[int, Event]], size: int) -> Iterator[list[tuple[int, Event]]]:
@@ -208,6 +221,15 @@ class Projection(ABC):
             self.applied += 1
             return 1
 
+    def store_folded(self, records: Records, last_seq: int, anomalies: Anomalies, events: int) -> None:
+        """Store records folded elsewhere from this projection's own, up to event ``last_seq``
+        (what a write-behind overlay hands over: ``events`` events, meeting ``anomalies``)."""
+        with self._lock:
+            self._store(records, set(records), last_seq)
+            self.last_seq = last_seq
+            self.applied += events
+            self.anomalies.update(anomalies)
+
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:
         """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
@@ -301,7 +323,10 @@ class Projection(ABC):
         records: Records = {}
         refer = self.by_reference
         scratch: Anomalies = Counter()
-        for seq, event in self.source.events_of(msg_id):
+        stream = self.source.events_of(msg_id)
+        if self.source.start_seq > 1 and not _begins(stream, msg_id):
+            return None  # its first events may have been pruned: no partial record, ever
+        for seq, event in stream:
             if before is not None and seq >= before:
                 break
             if isinstance(event, Resubmit):

@@ -300,3 +300,4 @@ def fold_all(batch: Sequence[tuple[int, Event]], records: dict[str, dict[str, An
     for seq, event in batch:
         apply_event(records, seq, event, anomalies)
     return records
+

@@ -37,7 +37,7 @@ from .errors import (
     StorageError,
     StorageFullError,
 )
-from .events import Event, task_ids
+from .events import Drop, Event, Resubmit, task_ids
 
 __all__ = ["Store", "DURABILITY", "MARKER", "open_here", "put_run"]
 
@@ -374,11 +374,19 @@ class Store:
 
     @staticmethod
     def index_rows(written: Iterable[tuple[int, Event]]) -> list[tuple[bytes, bytes]]:
-        """The stream-index rows of some events, sorted (built outside the write transaction)."""
+        """The stream-index rows of some events (built outside the write transaction if it can be)."""
         pack = codec.pack_key
-        rows = [(m.encode(), pack(seq)) for seq, ev in written for m in task_ids(ev)]
-        # Sorted, the rows of one batch land on neighbouring pages instead of all over the tree.
-        rows.sort()
+        rows: list[tuple[bytes, bytes]] = []
+        append = rows.append
+        # A plain loop with the one-task events inline: this runs once per appended event. Not
+        # sorted: sorting 100k rows cost more (0.10 s) than it saved LMDB's inserts (0.07 s all).
+        for seq, ev in written:
+            cls = ev.__class__
+            if cls is Drop or cls is Resubmit:
+                for m in task_ids(ev):
+                    append((m.encode(), pack(seq)))
+            else:
+                append((ev[0].encode(), pack(seq)))  # type: ignore[union-attr]
         return rows
 
     def index(self, txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]]) -> None:

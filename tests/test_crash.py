@@ -47,6 +47,7 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_event(tmp_path: Path, mode:
         assert sorted(stored) == list(range(1, len(stored) + 1))
         for seq, msg_id in acked:
             assert stored[seq].msg_id == msg_id
+            assert seq in {s for s, _ in log.events_of(msg_id)}  # indexed in the same commit
         nxt = int(log.start("after-crash"))
         log.flush()
         assert nxt == len(stored) + 1

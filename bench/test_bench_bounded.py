@@ -1,0 +1,177 @@
+"""Issue 13: a Hub's memory against tasks stored, restarts against history, evicted reads.
+
+Each store runs in its own process (``hub_rss_probe.py``); the chart and the points go to
+bench/charts/<profile>/ and bench/results/. Figures, not asserts: BENCHMARKS.md reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROFILE, record
+
+from projections.live import attach
+from tasklog import TaskLog
+from tasklog.demo import simulate
+
+HERE = Path(__file__).parent
+RSS_TASKS = {"quick": (6_000, 1_000), "full": (20_000, 2_000)}[PROFILE]
+HISTORY = {"quick": [10_000, 100_000], "full": [10_000, 100_000, 1_000_000]}[PROFILE]
+STORES = ("DictDB", "SQLiteDB", "TaskLogDB")
+
+
+def _probe(store: str, tasks: int, step: int) -> list[dict[str, int]]:
+    where = tempfile.mkdtemp(prefix="bench-rss-")
+    try:
+        out = subprocess.run([sys.executable, str(HERE / "hub_rss_probe.py"), store, str(tasks), str(step), where],
+                             check=True, capture_output=True, text=True).stdout
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _slope(points: list[dict[str, int]]) -> float:
+    """Bytes of RssAnon per task, from the first step to the last (the start-up cost left out)."""
+    first, last = points[1], points[-1]
+    return (last["RssAnon"] - first["RssAnon"]) / max(last["tasks"] - first["tasks"], 1)
+
+
+def _chart(curves: dict[str, list[dict[str, int]]], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for store, points in curves.items():
+        xs = [p["tasks"] for p in points]
+        ax.plot(xs, [p["RssAnon"] / 2**20 for p in points], marker="o", label=f"{store} RssAnon")
+        ax.plot(xs, [p["VmRSS"] / 2**20 for p in points], linestyle=":", label=f"{store} VmRSS")
+    ax.set_xlabel("tasks (two 100 KB buffers each)")
+    ax.set_ylabel("MiB")
+    ax.set_yscale("log")
+    ax.set_title("Hub task database memory against tasks")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
+
+
+def test_hub_rss_against_tasks(benchmark: Any) -> None:
+    tasks, step = RSS_TASKS
+    curves: dict[str, list[dict[str, int]]] = {}
+
+    def run() -> None:
+        for store in STORES:
+            curves[store] = _probe(store, tasks, step)
+    record(benchmark, tasks, "each store as a Hub configures it by default", "memory", unit="tasks",
+           role="hub_rss")
+    benchmark.pedantic(run, rounds=1)
+    slopes = {s: _slope(points) for s, points in curves.items()}
+    benchmark.extra_info.update({
+        "rss_anon_mb": {s: round(points[-1]["RssAnon"] / 2**20, 1) for s, points in curves.items()},
+        "vm_rss_mb": {s: round(points[-1]["VmRSS"] / 2**20, 1) for s, points in curves.items()},
+        "slope_kb_per_task": {s: round(v / 1000, 2) for s, v in slopes.items()},
+        "slope_ratio_tasklog_to_dictdb": round(slopes["TaskLogDB"] / slopes["DictDB"], 4),
+    })
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"hub-rss-{PROFILE}.json").write_text(json.dumps(curves, indent=1))
+    _chart(curves, HERE / "charts" / PROFILE / "hub-rss.png")
+
+
+def _hub_history(path: str, events: int) -> None:
+    with TaskLog.open(path, "async") as log:
+        batch: list[Any] = []
+        for n, ev in enumerate(simulate(events // 4 + 1, seed=3)):
+            if n >= events:
+                break
+            batch.append(ev)
+            if len(batch) >= 8192:
+                log.append_many(batch)
+                batch = []
+        log.append_many(batch)
+
+
+@pytest.mark.parametrize("events", HISTORY)
+def test_restart(benchmark: Any, events: int) -> None:
+    """A controller's first db_query after a restart, and `tasklog query`, against history size."""
+    from tasklog.ipyparallel import TaskLogDB
+
+    root = tempfile.mkdtemp(prefix="bench-restart-")
+    try:
+        _hub_history(os.path.join(root, "tasklog"), events)
+        TaskLogDB(location=root).close()  # the first start builds the SQLite projection once
+        times: dict[str, float] = {}
+
+        def restart() -> None:
+            t0 = time.perf_counter()
+            db = TaskLogDB(location=root)
+            db.find_records({"completed": None}, keys=["msg_id"])
+            times["controller"] = time.perf_counter() - t0
+            db.close()
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "tasklog", "query", "--log", os.path.join(root, "tasklog"),
+                            '{"label": "job-7"}', "--keys", "msg_id"], check=True, capture_output=True)
+            times["cli_query"] = time.perf_counter() - t0
+        record(benchmark, events, "async", "restart", role="restart")
+        benchmark.pedantic(restart, rounds=1)
+        benchmark.extra_info.update({"controller_first_query_s": round(times["controller"], 3),
+                                     "cli_query_s": round(times["cli_query"], 3)})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_get_record_of_evicted_task(benchmark: Any) -> None:
+    events = max(HISTORY)
+    root = tempfile.mkdtemp(prefix="bench-evict-")
+    try:
+        with TaskLog.open(os.path.join(root, "log"), "async") as log:
+            proj = attach(log, "dict?record_limit=1000")
+            _feed(log, events)
+            log.flush()
+            ids = _ids(log, 20_000)
+            evicted = [m for m in ids if proj.peek(m) is None][:500]
+            random.Random(1).shuffle(evicted)
+            it = iter(evicted * 10)
+
+            def one() -> None:
+                proj.get_record(next(it))
+            record(benchmark, 1, "async", "evicted get_record", role="evicted_get_record", unit="reads")
+            benchmark.pedantic(one, rounds=200, iterations=1)
+            benchmark.extra_info["log_events"] = log.last_seq
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _feed(log: TaskLog, events: int) -> None:
+    batch: list[Any] = []
+    for n, ev in enumerate(simulate(events // 4 + 1, seed=5)):
+        if n >= events:
+            break
+        batch.append(ev)
+        if len(batch) >= 8192:
+            log.append_many(batch)
+            batch = []
+    log.append_many(batch)
+
+
+def _ids(log: TaskLog, n: int) -> list[str]:
+    out: list[str] = []
+    for _, ev in log.read():
+        if ev.type == "submit":
+            out.append(ev.msg_id)  # type: ignore[union-attr]
+            if len(out) >= n:
+                break
+    return out
