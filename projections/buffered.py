@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from tasklog.events import Event
@@ -24,6 +25,8 @@ from .fold import Anomalies, apply_event, is_tombstone, refer_buffers, targets
 from .query import Logical, public_copy
 
 __all__ = ["WriteBehind"]
+
+_EXACT = timedelta(microseconds=1)
 
 
 class WriteBehind(Projection):
@@ -70,12 +73,13 @@ class WriteBehind(Projection):
         """Store everything pending, then ``batch``, in the projection."""
         with self._lock:
             self.flush()
+            self._overlay.clear()  # the projection's records change under it: no stale copies
             done = self.inner.apply(batch)
             self.last_seq = self.inner.last_seq
             return done
 
     def flush(self) -> None:
-        """Store the records the pending events changed (one batch) and empty the overlay."""
+        """Store the records the pending events changed (one batch); the overlay stays as a cache."""
         # The overlay's records are what the projection would fold from the same events, from
         # the same records: storing them saves folding every event twice (and the projection's
         # second read of each record).
@@ -86,12 +90,22 @@ class WriteBehind(Projection):
             self._pending = 0
             self._changed = set()
             self._anomalies = Counter()
-            self._overlay.clear()
+            # Stored now, the overlay's records equal the projection's: the newest stay cached for
+            # the results still to come (a Hub's tasks cross a flush between submit and result:
+            # reading each back cost a SELECT and a decode). The oldest go, so it stays bounded.
+            # Only where the projection keeps the records exactly (MongoDB cuts datetimes to ms).
+            overlay = self._overlay
+            if self.inner.datetime_resolution != _EXACT:
+                overlay.clear()
+            elif len(overlay) > 2 * self.batch:
+                for m in list(overlay)[:len(overlay) - self.batch]:
+                    del overlay[m]
 
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Restore a snapshot into the projection."""
         with self._lock:
             self.flush()
+            self._overlay.clear()
             self.inner.restore(records, last_seq, anomalies)
             self.last_seq, self.restored_from = self.inner.last_seq, self.inner.restored_from
 
@@ -128,7 +142,7 @@ class WriteBehind(Projection):
             # Kept, found or not: the Hub peeks at a new task, then appends its submit; the
             # submit then finds it here instead of asking the projection again. Reads alone
             # (no events, so no flush) must not grow the overlay without end: kept up to a bound.
-            keep = len(self._overlay) < 4 * self.batch
+            keep = len(self._overlay) < 4 * self.batch  # trimmed at each flush
             for m in rest:
                 out[m] = loaded.get(m)
                 if keep:
@@ -157,22 +171,7 @@ class WriteBehind(Projection):
         self._overlay.clear()
         self.inner.clear()
 
-    # -- reads that need no flush --------------------------------------------------------
-
-    def get_record(self, msg_id: str) -> dict[str, Any]:
-        """A copy of the current record of ``msg_id``; KeyError (the projection's reason) if absent or dropped."""
-        self._reading()
-        with self._lock:
-            rec = self._overlay.get(msg_id) if isinstance(msg_id, str) else None
-            if rec is None:
-                # Every task a pending event touched has a record in the overlay: this one has
-                # none, so the projection's record is current. A flush here cost the Hub a SQLite
-                # transaction per iopub message of an older task (0.1 ms a task on a cluster).
-                return self.inner.get_record(msg_id)
-            if not is_tombstone(rec):
-                return self.resolve_buffers(public_copy(rec))
-            self.flush()
-            return self.inner.get_record(msg_id)
+    # -- reads that need no flush: get_record and peek read the overlay, then the projection ---
 
     def stats(self) -> dict[str, Any]:
         """The projection's figures, after a flush."""
