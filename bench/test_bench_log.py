@@ -163,3 +163,19 @@ def test_threads64_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int) ->
     record(benchmark, per * 64, "sync", "write", role="threads64_sync", baseline="one_sync_per_event",
            baseline_events=n)
     benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, 64), {}), rounds=ROUNDS)
+
+
+@pytest.mark.parametrize("case", ["indexed", "unindexed"])
+def test_stream_index_cost(benchmark: Any, fresh_dir: Callable[[], str], monkeypatch: pytest.MonkeyPatch,
+                           case: str) -> None:
+    """What the stream index costs `append_many` (sync, 1,000-event commits): the same log with the
+    index put left out is the baseline, measured in the same run (issue 13)."""
+    from tasklog.store import Store
+
+    n = max(sizes("events"))
+    evs = workload(n)
+    if case == "unindexed":
+        monkeypatch.setattr(Store, "index", lambda self, txn, rows: None)
+    record(benchmark, len(evs), "sync", "stream index", role=f"index_{case}",
+           baseline="index_unindexed" if case == "indexed" else None)
+    benchmark.pedantic(_append_many, setup=lambda: ((fresh_dir(), evs, "sync"), {}), rounds=ROUNDS)

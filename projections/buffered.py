@@ -21,8 +21,8 @@ from typing import Any
 from tasklog.events import Event
 
 from .base import Projection, Records
-from .fold import Anomalies, apply_event, is_tombstone, refer_buffers, targets
-from .query import Logical, public_copy
+from .fold import Anomalies, apply_event, refer_buffers, targets
+from .query import Logical
 
 __all__ = ["WriteBehind"]
 

@@ -7,14 +7,18 @@ retention policy (off by default) it then prunes the events the snapshot covers 
 than ``retain_seconds`` or, while the log is over ``retain_bytes``, all of them. A prune keeps
 the events whose buffers the snapshot's records still need (see ``tasklog.retention.prune``).
 
-The thread runs Python, so it takes the GIL from the writer's thread in slices of
-``sys.getswitchinterval()`` (5 ms): the writer is never blocked for longer than one slice at a
-time. ``longest_pause`` is not measured here; BENCHMARKS.md reports what a Hub's loop saw.
+The snapshot itself is folded in a child process (``python -m tasklog snapshot``, which reads
+the log read-only beside the writer). Folded in a thread, it held the writer's process's GIL:
+py-lmdb gives the GIL up around every put, so each put of the async committer then waited a
+switch interval for it, and a Hub's loop, waiting on the committer, stalled for 100-300 ms at a
+time (BENCHMARKS.md). ``in_process=True`` folds in the thread instead (tests, small logs).
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,10 +30,15 @@ from tasklog.errors import InterfaceError, TaskLogError
 from tasklog.log import TaskLog
 
 from . import snapshot
+from .errors import ProjectionError
 
-__all__ = ["Policy", "Maintenance"]
+__all__ = ["Policy", "Maintenance", "SnapshotFailed"]
 
 _log = logging.getLogger("tasklog.maintenance")
+
+
+class SnapshotFailed(ProjectionError):
+    """The child process that takes a snapshot failed (its last line of stderr says why)."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,10 @@ class _Counts:
 class Maintenance:
     """The thread that takes snapshots and applies a retention policy to one open log."""
 
-    def __init__(self, log: TaskLog, policy: Policy) -> None:
+    def __init__(self, log: TaskLog, policy: Policy, in_process: bool = False) -> None:
         self.log = log
         self.policy = policy
+        self.in_process = in_process
         self.counts = _Counts()
         snaps = retention.list_snapshots(log)
         self._last_seq = snaps[-1] if snaps else 0
@@ -95,12 +105,23 @@ class Maintenance:
         """Snapshot and prune if due; return whether a snapshot was taken."""
         if not self.due():
             return False
-        info = snapshot.take(self.log)
-        self._last_seq, self._last_time = info.seq, time.monotonic()
+        at = self.log.last_seq
+        if self.in_process:
+            snapshot.take(self.log, at)
+        else:
+            self._take_in_child(at)
+        self._last_seq, self._last_time = at, time.monotonic()
         self.counts.snapshots += 1
-        _log.info("tasklog snapshot at event %d: %d records (%s)", info.seq, info.records, info.path)
-        self._retain(info.seq)
+        _log.info("tasklog snapshot at event %d", at)
+        self._retain(at)
         return True
+
+    def _take_in_child(self, at: int) -> None:
+        cmd = [sys.executable, "-m", "tasklog", "snapshot", "--log", self.log.path, "--at", str(at)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise SnapshotFailed(f"the snapshot at event {at} failed: {why}")
 
     def _retain(self, snap: int) -> None:
         p = self.policy
@@ -121,7 +142,7 @@ class Maintenance:
         while not self._stop.wait(self.policy.poll):
             try:
                 self.run_once()
-            except (TaskLogError, OSError) as exc:
+            except (TaskLogError, OSError) as exc:  # ProjectionError is a TaskLogError
                 # The Hub goes on: its log is whole, only a snapshot or prune failed (a full disk).
                 self.counts.errors.append(str(exc))
                 _log.warning("tasklog maintenance failed: %s", exc)

@@ -59,7 +59,11 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
                   "created": datetime.now(timezone.utc), "log_identity": log.identity,
                   "keeps": _referenced(records.values())}
         path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
-    return SnapshotInfo(at, len(records), path, base)
+        count = len(records)
+        # Freed while the collector is still paused: re-enabled with millions of live objects
+        # counted as new, its next collection stopped every thread of a Hub for 250 ms.
+        records.clear()
+    return SnapshotInfo(at, count, path, base)
 
 
 def _referenced(records: Iterable[dict[str, Any] | None]) -> list[int]:

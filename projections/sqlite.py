@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -100,17 +101,24 @@ class SQLiteProjection(Projection):
 
     persistent = True
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, readonly: bool = False) -> None:
         super().__init__()
         self.path = path
         self.spec = f"sqlite:///{path}"
+        #: Opened for reading only (``mode=ro``): a file another process (a Hub) keeps writing.
+        self.readonly = readonly
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise ProjectionError(f"cannot create {path}: directory {parent} does not exist")
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._setup()
+            if readonly:
+                uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+                self._read_marks()
+            else:
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._setup()
         except sqlite3.DatabaseError as exc:
             raise ProjectionError(f"{path} is not a usable SQLite projection: {exc}") from None
 
@@ -133,9 +141,17 @@ class SQLiteProjection(Projection):
             raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
         if schema < SCHEMA_VERSION:
             self._upgrade(schema)
-        self.last_seq = int(db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
-        marks = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('log_identity', 'pinned')").fetchall())
-        self.log_identity, self.pinned = marks.get("log_identity"), marks.get("pinned")
+        self._read_marks()
+
+    def _read_marks(self) -> None:
+        """The checkpoint and marks (read-only: the schema must be this tasklog's, nothing is upgraded)."""
+        db = self._db
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if int(meta.get("schema", 0)) != SCHEMA_VERSION:
+            raise ProjectionError(f"{self.path} has projection schema {meta.get('schema')}; reading it "
+                                  f"without writing needs schema {SCHEMA_VERSION}")
+        self.last_seq = int(meta["last_seq"])
+        self.log_identity, self.pinned = meta.get("log_identity"), meta.get("pinned")
 
     def _upgrade(self, schema: int) -> None:
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
@@ -150,6 +166,8 @@ class SQLiteProjection(Projection):
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
+        if self.readonly:
+            raise ProjectionError(f"{self.spec} was opened read-only")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -66,7 +66,7 @@ def _packer() -> msgpack.Packer:
     return p
 
 
-def unpack_value(value: bytes, seq: int = 0) -> Any:
+def unpack_value(value: bytes | memoryview, seq: int = 0) -> Any:
     """Check and unpack a stored value; raise on a bad checksum or a newer schema."""
     if len(value) < _HEAD.size:
         raise CorruptEventError(seq, f"value of {len(value)} bytes is too short")
@@ -124,7 +124,7 @@ def event_type(value: bytes, seq: int = 0) -> str:
     return decode(value, seq).type
 
 
-def decode(value: bytes, seq: int = 0) -> Event:
+def decode(value: bytes | memoryview, seq: int = 0) -> Event:
     """Rebuild the event stored in ``value`` (the value of key ``seq``)."""
     obj = unpack_value(value, seq)
     if not isinstance(obj, list) or not obj:

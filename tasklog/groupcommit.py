@@ -130,9 +130,9 @@ class GroupCommit:
             seqs = list(range(last + 1, last + 1 + len(items)))
             put_run(cur, [(codec.pack_key(s), payload) for s, (payload, _, _) in zip(seqs, items)])
             store.stamp(txn, seqs[0])
-            written = [(s, ev) for s, (_, _, ev) in zip(seqs, items)]
-            store.index(txn, store.index_rows(written))
-            return seqs, written
+            events = [(s, ev) for s, (_, _, ev) in zip(seqs, items)]
+            store.index(txn, store.index_rows(events))
+            return seqs, events
         seqs = []
         written: list[tuple[int, Event]] = []
         seen: dict[bytes, int] = {}

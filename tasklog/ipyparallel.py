@@ -264,7 +264,11 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         return self.records.get_record(msg_id)
 
     def find_records(self, check: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """Records matching a MongoDB-style query (copies), optionally only ``keys`` (msg_id always)."""
+        """Records matching a MongoDB-style query (copies), optionally only ``keys`` (msg_id always).
+
+        Every task answers on the default (SQLite) projection; a dict projection with limits
+        answers over its resident records only (``get_record`` re-folds an evicted one).
+        """
         return self.records.find_records(check, keys)
 
     def get_history(self) -> list[str]:

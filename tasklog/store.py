@@ -286,9 +286,9 @@ class Store:
         self.streams: Any = self._optional_db(b"streams", create, dupsort=True, dupfixed=True)
         self.kept: Any = self._optional_db(b"kept", create)
 
-    def _optional_db(self, name: bytes, create: bool, **flags: bool) -> Any:
+    def _optional_db(self, name: bytes, create: bool, dupsort: bool = False, dupfixed: bool = False) -> Any:
         try:
-            return self.env.open_db(name, create=create, **flags)
+            return self.env.open_db(name, create=create, dupsort=dupsort, dupfixed=dupfixed)
         except lmdb.NotFoundError:
             return None
         except lmdb.Error as exc:
@@ -435,10 +435,8 @@ class Store:
         batch: list[tuple[int, Event]] = []
         for key, value in cur:
             seq = codec.unpack_key(key)
-            try:
+            with contextlib.suppress(CorruptEventError):  # verify names it; its streams cannot be known
                 batch.append((seq, codec.decode(bytes(value), seq)))
-            except CorruptEventError:
-                pass  # verify names it; its streams cannot be known
             nxt = seq
             if len(batch) >= _INDEX_CHUNK:
                 break

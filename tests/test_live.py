@@ -80,7 +80,7 @@ def test_dict_without_a_log_evicts_only_completed_tasks_and_says_so(tmp_path: Pa
     assert {f"running-{i}" for i in range(8)} <= ids  # ipyparallel issue 203: never lose a running task
     assert len(ids) <= 10
     evicted = next(f"done-{i}" for i in range(20) if f"done-{i}" not in ids)
-    with pytest.raises(KeyError, match="evicted .* no log is attached"):
+    with pytest.raises(KeyError, match=r"evicted .* no log is attached"):
         p.get_record(evicted)
     from tasklog import Output
     p.apply([(len(events) + 1, Output(evicted, "stdout", "late", None))])
@@ -89,7 +89,7 @@ def test_dict_without_a_log_evicts_only_completed_tasks_and_says_so(tmp_path: Pa
 
 
 def test_dict_size_limit_evicts_completed_tasks_and_refolds_them_from_the_log(tmp_path: Path) -> None:
-    from tasklog import Output, Submit
+    from tasklog import Submit
     with TaskLog.open(str(tmp_path / "log")) as log:
         unbounded = attach(log, "dict?buffers=inline")
         p = attach(log, "dict?size_limit=1000&buffers=inline")

@@ -18,6 +18,8 @@ from projections import snapshot
 from projections.errors import QueryError
 from projections.fold import describe
 from projections.live import attach
+from projections.overlay import Overlay
+from projections.sqlite import SQLiteProjection
 
 from ..demo import simulate
 from ..errors import InterfaceError
@@ -141,15 +143,38 @@ def cmd_query(args: argparse.Namespace) -> int:
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     if args.projection == "none":
         raise InterfaceError(f"{_NO_RECORDS}: query needs dict, sqlite:///PATH or mongodb://HOST/DB")
-    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(args.projection)):
+    spec = args.projection or "dict"
+    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(spec)):
         stop = _stop(log, args)
-        if stop is not None and args.projection != "dict":
+        if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
                                  "use `tasklog replay --to/--as-of` and query that file")
-        with _answering(log, args.projection, stop) as proj:
+        hub = _hub_projection(log) if args.projection is None and stop is None else None
+        with hub or _answering(log, spec, stop) as proj:
             for record in proj.find_records(query, keys=keys):
                 print(dumps(record))
     return 0
+
+
+def _hub_projection(log: TaskLog) -> projections.Projection | None:
+    """The Hub's own SQLite projection in the log directory, read-only, with the log's newer events
+    folded over it (None: there is none this can read, so the dict projection answers)."""
+    path = os.path.join(log.path, "projection.db")
+    if not os.path.exists(path):
+        return None
+    try:
+        inner = SQLiteProjection(path, readonly=True)
+    except projections.ProjectionError:
+        return None
+    proj = Overlay(inner)
+    try:
+        bar = Progress(max(log.last_seq - proj.last_seq, 0), "catch-up")
+        projections.replay(log, proj, progress=bar.update)
+        bar.close()
+    except projections.ProjectionError:  # another log's, pinned, or ahead of the log: replay instead
+        proj.close()
+        return None
+    return proj
 
 
 def _answering(log: TaskLog, spec: str, stop: int | None) -> projections.Projection:
@@ -172,7 +197,8 @@ def _answering(log: TaskLog, spec: str, stop: int | None) -> projections.Project
 
 def _query_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
-    p.add_argument("--projection", default="dict", metavar="SPEC", help=projections.SPEC_HELP)
+    p.add_argument("--projection", metavar="SPEC", help=projections.SPEC_HELP + " (default: the Hub's "
+                   "SQLite projection in the log directory, read-only, when there is one; else dict)")
     p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'; '
                    "- reads it from standard input, @FILE from a file")
     p.add_argument("--keys", metavar="A,B", help="fields to print (msg_id is always included)")

@@ -1,0 +1,93 @@
+"""Read a projection another process keeps writing, plus the events it has not stored yet.
+
+``tasklog query`` on a Hub's log answers from the Hub's own SQLite projection, opened
+read-only, instead of replaying the log: the events past its checkpoint are folded into an
+in-memory overlay here, and every answer is the overlay's records over the projection's.
+Nothing is ever written to the projection. The fold is idempotent per record (each record
+keeps the last sequence number applied to it), so a record the writer stored after the
+checkpoint was read is never folded twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .base import Projection, Records
+from .errors import ProjectionError
+from .fold import is_tombstone, strip_hidden
+from .query import Logical, compile_predicate, public_copy
+
+__all__ = ["Overlay"]
+
+
+class Overlay(Projection):
+    """Events folded in memory over a projection that is only read."""
+
+    def __init__(self, inner: Projection) -> None:
+        super().__init__()
+        self.inner = inner
+        self.spec = f"{inner.spec} (read-only, with the log's newer events)"
+        self.last_seq = inner.last_seq
+        self.log_identity, self.pinned = inner.log_identity, inner.pinned
+        self.datetime_resolution = inner.datetime_resolution
+        self.buffers = inner.buffers
+        self._records: Records = {}
+
+    def read_from(self, source: Any) -> None:
+        """Read events (buffers, re-folds) from ``source``, here and in the projection."""
+        self.inner.read_from(source)
+        self.source = source
+
+    def bind(self, identity: str | None) -> None:
+        """Refuse a projection of another log (nothing is written)."""
+        if self.log_identity != identity:
+            raise ProjectionError(f"{self.inner.spec} was built from log {self.log_identity}, not {identity}")
+
+    def pin(self, seq: int | None) -> None:
+        """Follow the log only: a pinned projection is answered by the projection itself."""
+        if seq is not None or self.pinned is not None:
+            raise ProjectionError(f"{self.inner.spec} is pinned; an overlay only follows the log")
+
+    def _save_marks(self) -> None:
+        raise ProjectionError(f"{self.inner.spec} is read here, never written")
+
+    def _clear(self) -> None:
+        raise ProjectionError(f"{self.inner.spec} is read here, never cleared")
+
+    def _load(self, msg_ids: set[str]) -> Records:
+        out = {m: self._records[m] for m in msg_ids if m in self._records}
+        rest = msg_ids - out.keys()
+        if rest:
+            out.update(self.inner.records_of(rest))
+        return out
+
+    def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
+        for m in changed:
+            self._records[m] = records[m]
+
+    def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
+        mine = self._records
+        # The projection answers for every task the overlay does not hold; the overlay for the rest.
+        below = [r for r in self.inner.find_records(node, keys) if r["msg_id"] not in mine]
+        match = compile_predicate(node)
+        hits = [r for r in mine.values() if r is not None and not is_tombstone(r) and match(r)]
+        if keys is None:
+            return below + [public_copy(r) for r in hits]
+        return below + [strip_hidden({k: r[k] for k in ("msg_id", *keys) if k in r}) for r in hits]
+
+    def _history(self) -> list[str]:
+        both = {r["msg_id"]: r.get("submitted") for r in self.inner.find_records({}, ["msg_id", "submitted"])}
+        for m, rec in self._records.items():
+            both.pop(m, None)
+            if rec is not None and not is_tombstone(rec):
+                both[m] = rec.get("submitted")
+
+        def order(item: tuple[str, Any]) -> tuple[Any, ...]:
+            m, sub = item
+            return (1, sub, m) if isinstance(sub, datetime) else (0, m)
+        return [m for m, _ in sorted(both.items(), key=order)]
+
+    def close(self) -> None:
+        """Close the projection."""
+        self.inner.close()
