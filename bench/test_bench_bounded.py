@@ -93,15 +93,7 @@ def test_hub_rss_against_tasks(benchmark: Any) -> None:
 
 def _hub_history(path: str, events: int) -> None:
     with TaskLog.open(path, "async") as log:
-        batch: list[Any] = []
-        for n, ev in enumerate(simulate(events // 4 + 1, seed=3)):
-            if n >= events:
-                break
-            batch.append(ev)
-            if len(batch) >= 8192:
-                log.append_many(batch)
-                batch = []
-        log.append_many(batch)
+        _feed(log, events, seed=3)
 
 
 @pytest.mark.parametrize("events", HISTORY)
@@ -129,8 +121,38 @@ def test_restart(benchmark: Any, events: int) -> None:
         benchmark.pedantic(restart, rounds=1)
         benchmark.extra_info.update({"controller_first_query_s": round(times["controller"], 3),
                                      "cli_query_s": round(times["cli_query"], 3)})
+        _restart_chart(events, times)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _restart_chart(events: int, times: dict[str, float]) -> None:
+    """Add this size's point to the run's restart figures and redraw the chart from all of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    store = HERE / "results" / f"restart-{PROFILE}.json"
+    store.parent.mkdir(exist_ok=True)
+    points = json.loads(store.read_text()) if store.exists() else {}
+    points[str(events)] = times
+    store.write_text(json.dumps(points, indent=1))
+    sizes = sorted(int(k) for k in points)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for key, label in (("controller", "controller: start + first db_query"), ("cli_query", "tasklog query")):
+        ax.plot(sizes, [points[str(n)][key] for n in sizes], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("events in the log")
+    ax.set_ylabel("seconds")
+    ax.set_title("Restart against history (TaskLogDB defaults)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    target = HERE / "charts" / PROFILE / "restart.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
 
 
 def test_get_record_of_evicted_task(benchmark: Any) -> None:
@@ -156,9 +178,10 @@ def test_get_record_of_evicted_task(benchmark: Any) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _feed(log: TaskLog, events: int) -> None:
+def _feed(log: TaskLog, events: int, seed: int = 5) -> None:
+    """Append ``events`` events of the simulated Hub, 8,192 per commit."""
     batch: list[Any] = []
-    for n, ev in enumerate(simulate(events // 4 + 1, seed=5)):
+    for n, ev in enumerate(simulate(events // 4 + 1, seed=seed)):
         if n >= events:
             break
         batch.append(ev)

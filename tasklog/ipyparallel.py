@@ -139,7 +139,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
     writer_timeout = Float(30.0, config=True, help="Seconds a new controller waits for the previous one "
                            "(still shutting down, on the same log) to let the log go before it gives up.")
     snapshot_events = Int(100_000, config=True, help="Take a snapshot every this many events (0: never), "
-                          "in a background thread: a restart or `tasklog query` starts from the newest.")
+                          "folded by a child process: a restart or replay starts from the newest.")
     snapshot_seconds = Float(3600.0, config=True, help="Take a snapshot at least this often, in seconds, "
                              "when events arrived (0: never).")
     retain_seconds = Float(0.0, config=True, help="Retention (off: 0): after each snapshot, prune the events "
