@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from . import codec
@@ -342,6 +342,16 @@ class TaskLog:
             found += [item for item in queued if item[0] not in seen]
             found.sort(key=lambda item: item[0])
         return found
+
+    def committed_at(self, seqs: Iterable[int]) -> dict[int, datetime | None]:
+        """When each event in ``seqs`` was committed (UTC; None where no commit time is known)."""
+        self._check_readable()
+        out: dict[int, datetime | None] = {}
+        with self.store.reader() as txn:
+            for seq in seqs:
+                when = self.store.committed_at(txn, seq)
+                out[seq] = None if when is None else datetime.fromtimestamp(when, timezone.utc)
+        return out
 
     def view(self) -> Any:
         """One read transaction (a context manager yielding a LogView): figures that agree."""

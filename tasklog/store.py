@@ -532,6 +532,16 @@ class Store:
                 return codec.unpack_key(key) - 1
         return None
 
+    def committed_at(self, txn: lmdb.Transaction, seq: int) -> float | None:
+        """The UNIX time of the commit that wrote event ``seq`` (None: no time recorded for it)."""
+        cur = txn.cursor(db=self.times)
+        # Commits are keyed by their first event: the commit of ``seq`` is the last key <= seq.
+        if cur.set_range(codec.pack_key(seq)) and codec.unpack_key(cur.key()) == seq:
+            return float(_TIME.unpack(cur.value())[0])
+        if (cur.prev() if cur.key() else cur.last()) and codec.unpack_key(cur.key()) <= seq:
+            return float(_TIME.unpack(cur.value())[0])
+        return None
+
     @staticmethod
     def last_key(txn: lmdb.Transaction, db: Any) -> int:
         """The last sequence number in ``db`` (0 when empty)."""

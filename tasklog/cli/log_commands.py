@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .. import retention, verify
+from .. import retention, story, verify
 from ..errors import TaskLogError
 from ..jsonfmt import dumps, event_to_doc
 from ..log import TaskLog
@@ -23,7 +23,9 @@ def _open_ro(args: argparse.Namespace) -> TaskLog:
 def cmd_stats(args: argparse.Namespace) -> int:
     """Counts per event type, sequence range, bytes on disk."""
     with _open_ro(args) as log:
-        st = verify.stats(log)
+        bar = Progress(len(log), "stats")
+        st = verify.stats(log, bar)
+        bar.close()
     if args.json:
         print(json.dumps(st.as_dict()))
         return 0
@@ -36,8 +38,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"pruned      events 1..{st.start_seq - 1}")
     print(f"snapshots   {', '.join(map(str, st.snapshots)) or 'none'}")
     print(f"disk bytes  {st.disk_bytes:,}")
+    if st.first_commit is not None and st.last_commit is not None:
+        print(f"committed   {st.first_commit.isoformat(timespec='seconds')} .. "
+              f"{st.last_commit.isoformat(timespec='seconds')}")
+    print("events by type")
     for name, count in sorted(st.by_type.items()):
-        print(f"  {name:10s} {count:,}")
+        print(f"  {name:12s} {count:,}")
+    print("tasks by state")
+    for name in verify.STATES:
+        print(f"  {name:12s} {st.by_state.get(name, 0):,}")
     return 0
 
 
@@ -128,7 +137,27 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
                    help="then rewrite data.mdb without free pages (the log must not be open elsewhere)")
 
 
-STATS = Command("stats", "counts per event type, sequence range, bytes on disk", _stats_args, cmd_stats)
+def cmd_story(args: argparse.Namespace) -> int:
+    """Every event of one task (and its resubmissions) with commit times, from its streams."""
+    with _open_ro(args) as log:
+        told = story.story(log, args.msg_id)
+    if args.json:
+        print(dumps(told.as_dict()))
+    else:
+        print("\n".join(told.lines()))
+    return 0
+
+
+def _story_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("msg_id", metavar="MSG_ID", help="the task")
+    p.add_argument("--json", action="store_true", help="Extended JSON: the chain and each event")
+
+
+STORY = Command("story", "every event of one task, in order, with commit times and its resubmit chain",
+                _story_args, cmd_story)
+STATS = Command("stats", "counts per event type and tasks per state, sequence and time range, bytes on disk",
+                _stats_args, cmd_stats)
 TAIL = Command("tail", "print events, one per line", _tail_args, cmd_tail)
 VERIFY = Command("verify", "check checksums and density; exit 1 with the problems listed", add_log, cmd_verify)
 PRUNE = Command("prune", "drop events older than the newest snapshot that covers them", _prune_args, cmd_prune)
