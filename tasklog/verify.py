@@ -65,7 +65,7 @@ def _state_after(states: dict[str, str], event: Event) -> None:
             states[event.msg_id] = "resubmitted"
         states.setdefault(str(event.new_msg_id), "pending")
         return
-    msg_id: str = event.msg_id  # type: ignore[union-attr]
+    msg_id: str = event.msg_id
     now = states.get(msg_id)
     if now in ("dropped", "resubmitted"):
         return
