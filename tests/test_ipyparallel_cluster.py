@@ -92,6 +92,8 @@ def test_cluster_records_survive_restart_and_purge(tmp_path: Path) -> None:
         history = rc.hub_history()
         assert set(ids) <= set(history)
 
+    _timeline_and_story_of_a_real_cluster(location / "tasklog", bad.msg_ids[0], speak.msg_ids[0], new_id)
+
     # A new cluster on the same location: a new client sees the old records.
     with _cluster(tmp_path, location, 1) as rc:
         assert set(ids) <= set(rc.hub_history())
@@ -105,6 +107,25 @@ def test_cluster_records_survive_restart_and_purge(tmp_path: Path) -> None:
     with _cluster(tmp_path, location, 1) as rc:
         assert rc.db_query({"msg_id": {"$in": ids}}) == []
         assert not set(ids) & set(rc.hub_history())
+
+
+def _timeline_and_story_of_a_real_cluster(log: Path, failed: str, original: str, resubmission: str) -> None:
+    """Issue 14 on a real Hub's log: engines run one task at a time, so their tracks never overlap."""
+    import json
+
+    from conftest import run_cli
+    from trace_check import check_trace, overlaps
+
+    out = log.parent / "timeline.json"
+    run_cli("timeline", "--log", str(log), "-o", str(out), check=True)
+    events = json.loads(out.read_text())["traceEvents"]
+    trace = check_trace({"traceEvents": events})
+    assert len(trace["tracks"]) == 2 and all(overlaps(s) == [] for s in trace["slices"].values())
+    assert [e["args"]["msg_id"] for e in events if e.get("cat") == "failed"] == [failed]
+    assert trace["phases"].get("s") == trace["phases"].get("f") == 1  # the resubmit's arrow
+    told = run_cli("story", "--log", str(log), resubmission, check=True).stdout
+    assert f"resubmit chain: {original} -> {resubmission}" in told
+    assert f"{original} resubmitted as {resubmission}" in told and "status ok" in told
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..errors import InterfaceError
+from ..log import TaskLog
 
 __all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "positive", "at_least"]
 
@@ -72,3 +73,17 @@ def leave_nothing(*paths: str | None) -> Iterator[None]:
                 elif os.path.exists(made):
                     os.unlink(made)
         raise
+
+
+AS_OF_HELP = "what had been committed by this ISO time (without a zone: local time, as a naive datetime is)"
+
+
+def stop_seq(log: TaskLog, args: argparse.Namespace) -> int | None:
+    """The event --to or --as-of names (None: the end of the log), checked against the log."""
+    if args.to is not None and args.as_of is not None:
+        raise InterfaceError("give --to or --as-of, not both")
+    if args.as_of is not None:
+        return log.seq_at(iso_time(args.as_of, "--as-of"))
+    if args.to is not None and args.to > log.last_seq:
+        raise InterfaceError(f"--to {args.to} is past the log's last event, {log.last_seq}")
+    return args.to  # type: ignore[no-any-return]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import Any
 
-from .. import retention, story, verify
+from .. import retention, story, timeline, verify
 from ..errors import TaskLogError
 from ..jsonfmt import dumps, event_to_doc
 from ..log import TaskLog
 from ..progress import Progress
-from .common import Command, add_log, at_least, iso_time, positive
+from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, positive, stop_seq
 
 __all__ = ["STATS", "TAIL", "VERIFY", "PRUNE"]
 
@@ -154,6 +156,38 @@ def _story_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Extended JSON: the chain and each event")
 
 
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """Write the log's timeline as Chrome Trace Event Format JSON (Perfetto, chrome://tracing)."""
+    since = iso_time(args.since, "--since") if args.since is not None else None
+    with _open_ro(args) as log:
+        stop = stop_seq(log, args)
+        if args.output == "-":
+            timeline.write_trace(log, sys.stdout, stop, since)
+            return 0
+        tmp = f"{args.output}.{os.getpid()}.tmp"
+        try:  # written aside, then renamed: a failed command leaves no half file
+            with open(tmp, "w") as out:
+                n = timeline.write_trace(log, out, stop, since)
+            os.replace(tmp, args.output)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    return 0
+
+
+def _timeline_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("-o", "--output", default="timeline.json", metavar="FILE",
+                   help="where to write the trace (default timeline.json; - for standard output)")
+    p.add_argument("--to", type=at_least(0), metavar="SEQ", help="up to this event")
+    p.add_argument("--as-of", metavar="ISO_TIME", help=AS_OF_HELP)
+    p.add_argument("--since", metavar="ISO_TIME", help="only tasks started at or after this time")
+
+
+TIMELINE = Command("timeline", "write the cluster's timeline (engine tracks, queue waits, failures, resubmits) "
+                   "as Chrome Trace Event JSON for Perfetto", _timeline_args, cmd_timeline)
 STORY = Command("story", "every event of one task, in order, with commit times and its resubmit chain",
                 _story_args, cmd_story)
 STATS = Command("stats", "counts per event type and tasks per state, sequence and time range, bytes on disk",

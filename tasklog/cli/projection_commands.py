@@ -27,11 +27,10 @@ from ..events import utcnow
 from ..jsonfmt import dumps, loads
 from ..log import DURABILITY, TaskLog
 from ..progress import Progress
-from .common import Command, add_log, at_least, iso_time, leave_nothing, positive
+from .common import AS_OF_HELP, Command, add_log, at_least, leave_nothing, positive, stop_seq
 
 __all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
 
-_AS_OF_HELP = "what had been committed by this ISO time (without a zone: local time, as a naive datetime is)"
 _NO_RECORDS = "the none projection keeps no records (like ipyparallel's NoDB)"
 
 
@@ -126,17 +125,6 @@ def _read_query(text: str) -> dict[str, Any]:
     return query
 
 
-def _stop(log: TaskLog, args: argparse.Namespace) -> int | None:
-    """The event --to or --as-of names (None: the end of the log), checked against the log."""
-    if args.to is not None and args.as_of is not None:
-        raise InterfaceError("give --to or --as-of, not both")
-    if args.as_of is not None:
-        return log.seq_at(iso_time(args.as_of, "--as-of"))
-    if args.to is not None and args.to > log.last_seq:
-        raise InterfaceError(f"--to {args.to} is past the log's last event, {log.last_seq}")
-    return args.to  # type: ignore[no-any-return]
-
-
 def cmd_query(args: argparse.Namespace) -> int:
     """Catch the projection up from the log (or build it as of --to/--as-of), then print the matches."""
     query = _read_query(args.query)
@@ -145,7 +133,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise InterfaceError(f"{_NO_RECORDS}: query needs dict, sqlite:///PATH or mongodb://HOST/DB")
     spec = args.projection or "dict"
     with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(spec)):
-        stop = _stop(log, args)
+        stop = stop_seq(log, args)
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
                                  "use `tasklog replay --to/--as-of` and query that file")
@@ -203,7 +191,7 @@ def _query_args(p: argparse.ArgumentParser) -> None:
                    "- reads it from standard input, @FILE from a file")
     p.add_argument("--keys", metavar="A,B", help="fields to print (msg_id is always included)")
     p.add_argument("--to", type=at_least(0), metavar="SEQ", help="answer as of this event (dict projection)")
-    p.add_argument("--as-of", metavar="ISO_TIME", help=_AS_OF_HELP + " (dict projection)")
+    p.add_argument("--as-of", metavar="ISO_TIME", help=AS_OF_HELP + " (dict projection)")
 
 
 # -- replay -------------------------------------------------------------------------
@@ -212,7 +200,7 @@ def _query_args(p: argparse.ArgumentParser) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a projection from the log, or catch it up; --to/--as-of for an earlier state."""
     with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(args.projection)):
-        stop = _stop(log, args)
+        stop = stop_seq(log, args)
         if args.from_seq is not None and stop is not None and args.from_seq > stop:
             raise InterfaceError(f"--from {args.from_seq} is after the last event to apply, {stop}")
         end = log.last_seq if stop is None else stop
@@ -241,7 +229,7 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_seq", type=positive, metavar="SEQ", help="first event to apply")
     p.add_argument("--to", type=at_least(0), metavar="SEQ",
                    help="last event to apply (inclusive); the projection stays there until replayed without it")
-    p.add_argument("--as-of", metavar="ISO_TIME", help=_AS_OF_HELP)
+    p.add_argument("--as-of", metavar="ISO_TIME", help=AS_OF_HELP)
     p.add_argument("--rebuild", action="store_true", help="forget the projection's records first")
 
 
