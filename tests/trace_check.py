@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 from typing import Any
 
 # Required fields by phase (the format's document: "Trace Event Format", Google, section per phase).
@@ -41,4 +42,4 @@ def check_trace(doc: dict[str, Any]) -> dict[str, Any]:
 def overlaps(slices: list[tuple[float, float]]) -> list[tuple[tuple[float, float], tuple[float, float]]]:
     """Pairs of slices of one track that overlap."""
     ordered = sorted(slices)
-    return [(a, b) for a, b in zip(ordered, ordered[1:]) if b[0] < a[1]]
+    return [(a, b) for a, b in pairwise(ordered) if b[0] < a[1]]
