@@ -16,11 +16,21 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Protocol
 
-from tasklog.errors import LogClosedError
+from tasklog.errors import LogClosedError, MissingExtraError
 from tasklog.events import Event, Resubmit, Submit
 
 from .errors import ProjectionError
-from .fold import BUFFER_KEYS, Anomalies, apply_event, is_tombstone, ref_seq, refer_buffers, targets, touched
+from .fold import (
+    BUFFER_KEYS,
+    RECORD_KEYS,
+    Anomalies,
+    apply_event,
+    is_tombstone,
+    ref_seq,
+    refer_buffers,
+    targets,
+    touched,
+)
 from .query import Logical, compile_predicate, fields_of, parse, parse_keys, public_copy
 
 __all__ = ["Projection", "Records", "gc_paused", "BUFFER_MODES", "EventSource"]
@@ -362,6 +372,25 @@ class Projection(ABC):
                 for rec in found:
                     self.resolve_buffers(rec)
             return found
+
+    def to_dataframe(self, query: Any = None, keys: Any = None) -> Any:
+        """The records matching ``query`` as a pandas DataFrame indexed by msg_id (needs ``tasklog[frames]``).
+
+        One row per task; datetimes stay timezone-aware (UTC); a key no record has is a column of
+        missing values, so the columns are always ``keys`` (or every record key) in order.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingExtraError("pandas", "frames", "to_dataframe") from None
+        records = self.find_records(query, keys)
+        if keys is not None:
+            columns = [k for k in parse_keys(keys) or () if k != "msg_id"]
+        else:  # every TaskRecord key, then what annotations added, in name order
+            extra = sorted({k for r in records for k in r} - set(RECORD_KEYS))
+            columns = [*(k for k in RECORD_KEYS if k != "msg_id"), *extra]
+        frame = pd.DataFrame.from_records(records, columns=["msg_id", *columns])
+        return frame.set_index("msg_id")
 
     def count(self, query: Any = None) -> int:
         """How many records match ``query`` (a MongoDB-style query, or a tree from ``parse``)."""

@@ -26,6 +26,7 @@ __all__ = [
     "CommitError",
     "FlushTimeoutError",
     "MissingEventError",
+    "MissingExtraError",
 ]
 
 
@@ -55,6 +56,13 @@ class EventError(InterfaceError, ValueError):
 
 class EncodeError(EventError):
     """An event holds a value msgpack cannot encode."""
+
+
+class MissingExtraError(InterfaceError, ImportError):
+    """An optional feature needs a package that is not installed (its extra names it)."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        super().__init__(f"{feature} needs {package}, which is not installed: pip install 'tasklog[{extra}]'")
 
 
 class LogClosedError(InterfaceError):

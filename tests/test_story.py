@@ -86,3 +86,37 @@ def test_stats_counts_tasks_by_state_and_the_time_range(tmp_path: Path) -> None:
     assert "tasks by state" in out and "  failed       1" in out and "committed   " in out
     doc = loads(run_cli("stats", "--log", path, "--json", check=True).stdout)
     assert doc["by_state"]["resubmitted"] == 2 and doc["first_commit"] <= doc["last_commit"]
+
+
+def test_to_dataframe_on_every_projection_kind(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import pandas as pd
+    from conftest import projection_spec
+
+    import projections
+    path = str(tmp_path / "log")
+    _history(path)
+    with TaskLog.open(path, readonly=True) as log:
+        for kind in ("dict", "sqlite", "mongo"):
+            proj = projections.open(projection_spec(kind, tmp_path, request), log=log)
+            frame = proj.to_dataframe({"msg_id": {"$in": ["a", "b", "other"]}},
+                                      keys=["started", "completed", "engine_uuid", "label"])
+            assert sorted(frame.index) == ["a", "b", "other"] and list(frame.columns) == \
+                ["started", "completed", "engine_uuid", "label"]
+            assert isinstance(frame.dtypes["completed"], pd.DatetimeTZDtype)  # tz-aware, one row per task
+            assert frame.loc["a", "completed"] == T0 + timedelta(seconds=3)
+            assert frame.loc["b", "label"] == "job-1" and pd.isna(frame.loc["other", "label"])  # inherited
+            whole = proj.to_dataframe()
+            assert "buffers" in whole.columns and len(whole) == proj.count({})
+            if kind == "mongo":
+                proj.drop_all()  # type: ignore[attr-defined]
+            proj.close()
+
+
+def test_to_dataframe_without_pandas_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import projections
+    from tasklog import MissingExtraError
+    monkeypatch.setitem(sys.modules, "pandas", None)  # what a machine without pandas sees on import
+    with pytest.raises(MissingExtraError, match=r"pip install 'tasklog\[frames\]'"):
+        projections.open("dict").to_dataframe()
