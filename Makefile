@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 LOG    ?= ./tasklog-data
 TASKS  ?= 20000
 
-.PHONY: demo test bench bench-full lint clean
+.PHONY: demo test bench bench-full lint clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-base
 	$(BIN)/tasklog demo --log $(LOG) --tasks $(TASKS)
 
-test: $(VENV)/.installed-test
+# The report's check opens it in a real headless Chromium (Debian's package), installed when missing.
+chromium:
+	@command -v chromium >/dev/null || { s=""; [ "$$(id -u)" = 0 ] || s=sudo; \
+	  $$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest tests/ -q
 
 bench: $(VENV)/.installed-bench

@@ -15,12 +15,12 @@ from typing import NoReturn
 
 from ..errors import TaskLogError
 from .common import Command
-from .log_commands import PRUNE, STATS, STORY, TAIL, TIMELINE, VERIFY
+from .log_commands import PRUNE, REPORT, STATS, STORY, TAIL, TIMELINE, VERIFY
 from .projection_commands import DEMO, QUERY, REPLAY, SNAPSHOT
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, VERIFY, QUERY, REPLAY, SNAPSHOT, PRUNE)
+COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, VERIFY, QUERY, REPLAY, SNAPSHOT, PRUNE)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from .. import retention, story, timeline, verify
+from .. import report, retention, story, timeline, verify
 from ..errors import TaskLogError
 from ..jsonfmt import dumps, event_to_doc
 from ..log import TaskLog
@@ -186,6 +186,30 @@ def _timeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="ISO_TIME", help="only tasks started at or after this time")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a one-file HTML report of the log (charts embedded): needs the report extra."""
+    with _open_ro(args) as log:
+        bar = Progress(len(log), "report")
+        tmp = f"{args.output}.{os.getpid()}.tmp"
+        try:  # written aside, then renamed: a failed command leaves no half file
+            tasks = report.write_report(log, tmp, bar.update)
+            os.replace(tmp, args.output)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        bar.close()
+    print(f"report of {tasks:,} tasks -> {args.output}")
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("-o", "--output", default="report.html", metavar="FILE", help="default report.html")
+
+
+REPORT = Command("report", "write a one-file HTML report: throughput, engines, waits and run times, failures, "
+                 "the slowest tasks, resubmissions", _report_args, cmd_report)
 TIMELINE = Command("timeline", "write the cluster's timeline (engine tracks, queue waits, failures, resubmits) "
                    "as Chrome Trace Event JSON for Perfetto", _timeline_args, cmd_timeline)
 STORY = Command("story", "every event of one task, in order, with commit times and its resubmit chain",

@@ -1,0 +1,240 @@
+"""A one-file HTML report of what the cluster did: charts (matplotlib, embedded as PNG) and tables.
+
+Read from the log's events in one pass: a small row per task (times, engine, status), not the
+records. Needs the ``report`` extra (matplotlib); ``MissingExtraError`` says so otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import io
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import InterfaceError, MissingExtraError
+from .events import Complete, Drop, Resubmit, Start, Submit
+from .log import TaskLog
+
+__all__ = ["TaskRow", "collect", "write_report"]
+
+_FAILED = frozenset({"error", "aborted"})
+_GANTT_MAX = 4000  # tasks drawn one bar each; past that, the busy fraction per engine and minute
+
+
+@dataclass
+class TaskRow:
+    """What the report needs of one task."""
+
+    msg_id: str
+    submitted: datetime | None = None
+    started: datetime | None = None
+    completed: datetime | None = None
+    engine: str | None = None
+    status: str | None = None
+    error: str | None = None
+    label: str | None = None
+    resubmitted_as: str | None = None
+    dropped: bool = False
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds between submission and start."""
+        return _secs(self.submitted, self.started)
+
+    @property
+    def run(self) -> float | None:
+        """Seconds between start and completion."""
+        return _secs(self.started, self.completed)
+
+
+def _secs(a: datetime | None, b: datetime | None) -> float | None:
+    return (b - a).total_seconds() if a is not None and b is not None and b >= a else None
+
+
+def collect(log: TaskLog, progress: Callable[[int], None] | None = None) -> list[TaskRow]:
+    """One row per task, from every event in the log."""
+    rows: dict[str, TaskRow] = {}
+    for chunk in log.read_chunks():
+        for _, ev in chunk:
+            if isinstance(ev, Drop):
+                for m in ev.msg_ids:
+                    rows.setdefault(m, TaskRow(m)).dropped = True
+                continue
+            row = rows.setdefault(ev.msg_id, TaskRow(ev.msg_id))
+            if isinstance(ev, Submit):
+                row.submitted, row.label = ev.submitted, ev.label
+            elif isinstance(ev, Start):
+                row.engine = row.engine or ev.engine_uuid
+                row.started = row.started or ev.started
+            elif isinstance(ev, Complete):
+                content = ev.result_content or {}
+                row.status, row.error = content.get("status", "ok"), content.get("ename")
+                row.started, row.completed = ev.started or row.started, ev.completed
+                row.engine = ev.engine_uuid or row.engine
+            elif isinstance(ev, Resubmit) and ev.new_msg_id is not None:
+                row.resubmitted_as = ev.new_msg_id
+                new = rows.setdefault(ev.new_msg_id, TaskRow(ev.new_msg_id))
+                new.submitted, new.label = ev.submitted, new.label or row.label
+        if progress is not None:
+            progress(len(chunk))
+    return list(rows.values())
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtraError("matplotlib", "report", "tasklog report") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=96)
+    _pyplot().close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _throughput(plt: Any, rows: list[TaskRow]) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for name, when in (("submitted", "submitted"), ("started", "started"), ("completed", "completed")):
+        times = sorted(getattr(r, when) for r in rows if getattr(r, when) is not None)
+        if times:
+            ax.step(times, range(1, len(times) + 1), where="post", label=name)
+    ax.set_ylabel("tasks (cumulative)")
+    ax.set_title("Tasks submitted, started and completed over time")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    _time_axis(ax)
+    return _png(fig)
+
+
+def _time_axis(ax: Any) -> None:
+    """Dates as a person reads them (hours and minutes, or seconds for a short log), UTC."""
+    # Typed as Any: matplotlib is an optional extra, typed in some versions and not in others.
+    mdates: Any = importlib.import_module("matplotlib.dates")
+    locator = mdates.AutoDateLocator(tz=timezone.utc)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    ax.set_xlabel("time (UTC)")
+
+
+def _engines(plt: Any, rows: list[TaskRow]) -> str:
+    ran = [(r.engine or "?", r.started, r.completed, r.status in _FAILED) for r in rows
+           if r.started is not None and r.completed is not None]
+    engines = sorted({engine for engine, *_ in ran})
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * max(len(engines), 1)))
+    for i, engine in enumerate(engines):
+        mine = [(start, end, failed) for e, start, end, failed in ran if e == engine]
+        if len(ran) <= _GANTT_MAX:
+            ax.broken_barh([(start, end - start) for start, end, _ in mine], (i - 0.4, 0.8),
+                           facecolors=["#d62728" if failed else "#1f77b4" for *_, failed in mine])
+        else:  # too many bars to see: one span per engine, as dark as the engine was busy
+            busy = sum((end - start).total_seconds() for start, end, _ in mine)
+            first, last = min(start for start, _, _ in mine), max(end for _, end, _ in mine)
+            ax.broken_barh([(first, last - first)], (i - 0.4, 0.8),
+                           alpha=min(busy / max((last - first).total_seconds(), 1e-9), 1.0))
+    ax.set_title("Engines over time: one bar per task (red: failed)" if len(ran) <= _GANTT_MAX
+                 else f"Engines over time ({len(ran):,} tasks: the darker, the busier)")
+    ax.set_yticks(range(len(engines)))
+    ax.set_yticklabels([e[:12] for e in engines])
+    ax.grid(alpha=0.3, axis="x")
+    _time_axis(ax)
+    return _png(fig)
+
+
+def _distribution(plt: Any, values: list[float], what: str) -> tuple[str, str]:
+    fig, ax = plt.subplots(figsize=(4, 3))
+    if values:
+        ax.hist(values, bins=40, color="#2ca02c")
+        for q, style in ((0.5, "-"), (0.9, "--"), (0.99, ":")):
+            ax.axvline(_pct(values, q), color="k", linestyle=style, label=f"p{int(q * 100)} {_pct(values, q):.3g} s")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("seconds")
+    ax.set_title(what)
+    summary = (f"p50 {_pct(values, 0.5):.3g} s, p90 {_pct(values, 0.9):.3g} s, p99 {_pct(values, 0.99):.3g} s"
+               if values else "no tasks")
+    return _png(fig), summary
+
+
+def _failures(plt: Any, rows: list[TaskRow]) -> str | None:
+    counts = Counter(r.error or r.status or "?" for r in rows if r.status in _FAILED)
+    if not counts:
+        return None
+    names, values = zip(*counts.most_common(12))
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * len(names)))
+    ax.barh(names, values, color="#d62728")
+    ax.invert_yaxis()
+    ax.set_title("Failures by error name")
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>" if rows else "<p class=muted>none</p>"
+
+
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+.cards{display:flex;gap:1em;flex-wrap:wrap}.card{background:#f5f7fa;border-radius:8px;padding:.7em 1em}
+.card b{display:block;font-size:1.4em}.pair{display:flex;gap:1em;flex-wrap:wrap}img{max-width:100%}
+table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
+.muted{color:#888}"""
+
+
+def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None = None) -> int:
+    """Write the report of ``log`` to ``path`` (one self-contained HTML file); return the tasks in it."""
+    plt = _pyplot()
+    rows = collect(log, progress)
+    if not rows:
+        raise InterfaceError(f"{log.path} holds no task to report on")
+    done = [r for r in rows if r.completed is not None]
+    failed = [r for r in done if r.status in _FAILED]
+    waits = [w for r in rows if (w := r.wait) is not None]
+    runs = [x for r in rows if (x := r.run) is not None]
+    wait_png, wait_txt = _distribution(plt, waits, "Queue wait (submitted to started)")
+    run_png, run_txt = _distribution(plt, runs, "Run time (started to completed)")
+    fail_png = _failures(plt, rows)
+    slowest = sorted((r for r in rows if r.run is not None), key=lambda r: -(r.run or 0))[:10]
+    chains = [r for r in rows if r.resubmitted_as]
+    cards = [("tasks", len(rows)), ("completed", len(done)), ("failed", len(failed)),
+             ("running or pending", len(rows) - len(done) - sum(r.dropped for r in rows)),
+             ("resubmitted", len(chains)), ("engines", len({r.engine for r in done if r.engine}))]
+    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts = [
+        f"<!doctype html><html><head><meta charset=utf-8><title>tasklog report</title><style>{_CSS}</style>"
+        "</head><body>",
+        f"<h1>What the cluster did</h1><p class=muted>{html.escape(log.path)}: events {log.start_seq}..{log.last_seq}"
+        f", report made {made}</p>",
+        "<div class=cards>" + "".join(f"<div class=card><b>{v:,}</b>{k}</div>" for k, v in cards) + "</div>",
+        f"<h2>Throughput</h2><img alt='throughput' src='data:image/png;base64,{_throughput(plt, rows)}'>",
+        f"<h2>Engines</h2><img alt='engines' src='data:image/png;base64,{_engines(plt, rows)}'>",
+        f"<h2>Waiting and running</h2><p>Queue wait: {wait_txt}. Run time: {run_txt}.</p><div class=pair>"
+        f"<img alt='queue wait' src='data:image/png;base64,{wait_png}'>"
+        f"<img alt='run time' src='data:image/png;base64,{run_png}'></div>",
+        "<h2>Failures</h2>" + (f"<img alt='failures' src='data:image/png;base64,{fail_png}'>" if fail_png
+                               else "<p class=muted>none</p>"),
+        "<h2>Slowest tasks</h2>" + _table(["msg_id", "label", "engine", "run (s)", "status"],
+                                          [[r.msg_id, r.label or "", r.engine or "", f"{r.run:.3f}", r.status or ""]
+                                           for r in slowest]),
+        "<h2>Resubmissions</h2>" + _table(["original", "resubmitted as", "original's status"],
+                                          [[r.msg_id, r.resubmitted_as, r.status or "not run"] for r in chains[:20]]),
+        "</body></html>",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    return len(rows)

@@ -1,0 +1,99 @@
+"""The HTML report (issue 14), opened in a real headless Chromium: every chart loads, no errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from tasklog import InterfaceError, MissingExtraError, TaskLog
+from tasklog.report import collect, write_report
+
+# Recorded in the page itself: what its images did and every error the page met, then read back
+# from the DOM Chromium dumps once the page has loaded.
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || (e.target && e.target.src))), true);
+const _error = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); _error(...a); };
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  document.body.setAttribute('data-probe', JSON.stringify({images: imgs.length,
+    widths: imgs.map(i => i.naturalWidth), errors: window.__errors}));
+});
+</script>"""
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    assert found, "make test installs Debian's chromium; run the tests through `make test`"
+    return found
+
+
+def _open_in_chromium(page: Path, shot: Path) -> tuple[dict[str, object], str]:
+    probed = page.with_name("probed.html")
+    probed.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1100,2600", page.as_uri()],
+                   capture_output=True, text=True, timeout=120, check=True)
+    match = re.search(r"data-probe=\"([^\"]*)\"", dom.stdout)
+    assert match, dom.stderr[-2000:]
+    return json.loads(match.group(1).replace("&quot;", '"')), dom.stderr
+
+
+def _cluster_like(path: str) -> None:
+    from datetime import datetime, timedelta, timezone
+    t0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+    with TaskLog.open(path) as log:
+        for i in range(60):
+            m, start = f"t{i}", t0 + timedelta(seconds=i)
+            log.submit(m, submitted=start - timedelta(seconds=0.5), label=f"job-{i % 4}")
+            log.start(m, f"engine-{i % 3}")
+            status = {"status": "error", "ename": "KeyError" if i % 2 else "ValueError"} if i % 10 == 3 else \
+                {"status": "ok"}
+            log.complete(m, result_content=status, engine_uuid=f"engine-{i % 3}", started=start,
+                         completed=start + timedelta(seconds=0.2 + (i % 7) / 10))
+        log.resubmit("t3", "t3b")
+        log.submit("waiting")
+
+
+def test_report_opens_in_chromium_with_every_chart_and_no_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    _cluster_like(path)
+    page = tmp_path / "report.html"
+    done = run_cli("report", "--log", path, "-o", str(page), check=True)
+    assert "report of 62 tasks" in done.stdout
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text  # nothing to fetch: it opens offline
+    probe, stderr = _open_in_chromium(page, tmp_path / "report.png")
+    assert probe["images"] == 5 and all(w > 0 for w in probe["widths"]), probe  # type: ignore[attr-defined]
+    assert probe["errors"] == [], probe
+    assert "Uncaught" not in stderr
+    assert (tmp_path / "report.png").stat().st_size > 20_000  # the screenshot, kept with the test
+    for words in ("What the cluster did", "<h2>Failures</h2><img", "Slowest tasks", "<td>t3b</td>", "p99"):
+        assert words in text
+
+
+def test_report_rows_and_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "log")
+    _cluster_like(path)
+    with TaskLog.open(path, readonly=True) as log:
+        rows = {r.msg_id: r for r in collect(log)}
+        assert rows["t3"].resubmitted_as == "t3b" and rows["t3"].error == "KeyError"
+        assert rows["waiting"].started is None and rows["t0"].run == pytest.approx(0.2)
+        with monkeypatch.context() as patched, pytest.raises(MissingExtraError, match=r"tasklog\[report\]"):
+            patched.setitem(sys.modules, "matplotlib", None)  # what a machine without the extra sees
+            write_report(log, str(tmp_path / "x.html"))
+    empty = str(tmp_path / "empty")
+    TaskLog.open(empty).close()
+    with TaskLog.open(empty, readonly=True) as log, pytest.raises(InterfaceError, match="no task"):
+        write_report(log, str(tmp_path / "y.html"))
+    bad = run_cli("report", "--log", empty, "-o", str(tmp_path / "z.html"))
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and not (tmp_path / "z.html").exists()
