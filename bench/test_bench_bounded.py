@@ -60,7 +60,12 @@ def _chart(curves: dict[str, list[dict[str, int]]], target: Path) -> None:
     ax.set_xlabel("tasks (two 100 KB buffers each)")
     ax.set_ylabel("MiB")
     ax.set_yscale("log")
-    ax.set_title("Hub task database memory against tasks")
+    _save(plt, fig, ax, "Hub task database memory against tasks", target)
+
+
+def _save(plt: Any, fig: Any, ax: Any, title: str, target: Path) -> None:
+    """Title, grid and legend, then the PNG at ``target``."""
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -145,14 +150,7 @@ def _restart_chart(events: int, times: dict[str, float]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("events in the log")
     ax.set_ylabel("seconds")
-    ax.set_title("Restart against history (TaskLogDB defaults)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    target = HERE / "charts" / PROFILE / "restart.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, ax, "Restart against history (TaskLogDB defaults)", HERE / "charts" / PROFILE / "restart.png")
 
 
 def test_get_record_of_evicted_task(benchmark: Any) -> None:

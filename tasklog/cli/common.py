@@ -87,3 +87,17 @@ def stop_seq(log: TaskLog, args: argparse.Namespace) -> int | None:
     if args.to is not None and args.to > log.last_seq:
         raise InterfaceError(f"--to {args.to} is past the log's last event, {log.last_seq}")
     return args.to  # type: ignore[no-any-return]
+
+
+@contextmanager
+def written_aside(path: str) -> Iterator[str]:
+    """A temporary name to write ``path`` under, renamed to it when the block ends: a failed
+    command leaves no half-written file (and the file it would have replaced stays whole)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ from ..errors import TaskLogError
 from ..jsonfmt import dumps, event_to_doc
 from ..log import TaskLog
 from ..progress import Progress
-from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, positive, stop_seq
+from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, positive, stop_seq, written_aside
 
 __all__ = ["STATS", "TAIL", "VERIFY", "PRUNE"]
 
@@ -164,15 +163,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         if args.output == "-":
             timeline.write_trace(log, sys.stdout, stop, since)
             return 0
-        tmp = f"{args.output}.{os.getpid()}.tmp"
-        try:  # written aside, then renamed: a failed command leaves no half file
-            with open(tmp, "w") as out:
-                n = timeline.write_trace(log, out, stop, since)
-            os.replace(tmp, args.output)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with written_aside(args.output) as tmp, open(tmp, "w") as out:
+            n = timeline.write_trace(log, out, stop, since)
     print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
     return 0
 
@@ -190,14 +182,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write a one-file HTML report of the log (charts embedded): needs the report extra."""
     with _open_ro(args) as log:
         bar = Progress(len(log), "report")
-        tmp = f"{args.output}.{os.getpid()}.tmp"
-        try:  # written aside, then renamed: a failed command leaves no half file
+        with written_aside(args.output) as tmp:
             tasks = report.write_report(log, tmp, bar.update)
-            os.replace(tmp, args.output)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         bar.close()
     print(f"report of {tasks:,} tasks -> {args.output}")
     return 0
