@@ -49,18 +49,14 @@ def _dict_options(query: str) -> dict[str, Any]:
     return opts
 
 
-def _split_buffers(spec: str) -> tuple[str, str]:
+def _split_buffers(spec: str) -> tuple[str, str | None]:
     """Take the ``buffers=`` option out of a spec's query (every backend has it); the rest stays."""
     base, sep, query = spec.partition("?")
-    if not sep:
-        return spec, "ref"
-    mode = "ref"
+    mode = None
     rest = []
-    for part in query.split("&"):
+    for part in query.split("&") if sep else ():
         key, _, value = part.partition("=")
         if key == "buffers":
-            if value not in BUFFER_MODES:
-                raise ProjectionError(f"option buffers must be one of {list(BUFFER_MODES)}, got {value!r}")
             mode = value
         else:
             rest.append(part)
@@ -71,7 +67,7 @@ def _build(spec: str, options: dict[str, Any]) -> Projection:
     if not isinstance(spec, str) or not spec:
         raise ProjectionError(f"a projection spec must be a non-empty string: {SPEC_HELP}")
     spec, mode = _split_buffers(spec)
-    buffers = options.pop("buffers", mode)
+    buffers = options.pop("buffers", "ref" if mode is None else mode)
     if buffers not in BUFFER_MODES:
         raise ProjectionError(f"option buffers must be one of {list(BUFFER_MODES)}, got {buffers!r}")
     proj = _backend(spec, options)

@@ -43,6 +43,9 @@ class WriteBehind(Projection):
         self.log_identity, self.pinned = inner.log_identity, inner.pinned
         self.source, self.buffers = inner.source, inner.buffers
         self._overlay: dict[str, dict[str, Any] | None] = {}
+        self._forget_pending()
+
+    def _forget_pending(self) -> None:
         self._changed: set[str] = set()  # overlay records that pending events changed
         self._pending = 0  # events folded into the overlay and not yet stored
         self._anomalies: Anomalies = Counter()  # met while folding them: the projection's once stored
@@ -57,9 +60,7 @@ class WriteBehind(Projection):
             overlay = self._overlay
             missing = {m for m in targets(event) if m not in overlay}
             if missing:
-                loaded = self.inner.records_of(missing)
-                for m in missing:
-                    overlay[m] = loaded.get(m)
+                self._read_through(missing, keep=True)  # the fold works on the overlay: always kept
             self._changed.update(apply_event(overlay, seq, event, self._anomalies))
             if self.inner.by_reference:
                 refer_buffers(overlay, seq, event)  # the overlay refers to the log, as the projection does
@@ -87,9 +88,7 @@ class WriteBehind(Projection):
             if self._pending:
                 self.inner.store_folded({m: self._overlay[m] for m in self._changed}, self.last_seq,
                                         self._anomalies, self._pending)
-            self._pending = 0
-            self._changed = set()
-            self._anomalies = Counter()
+            self._forget_pending()
             # Stored now, the overlay's records equal the projection's: the newest stay cached for
             # the results still to come (a Hub's tasks cross a flush between submit and result:
             # reading each back cost a SELECT and a decode). The oldest go, so it stays bounded.
@@ -138,16 +137,19 @@ class WriteBehind(Projection):
             else:
                 rest.add(m)
         if rest:
-            loaded = self.inner.records_of(rest)
             # Kept, found or not: the Hub peeks at a new task, then appends its submit; the
             # submit then finds it here instead of asking the projection again. Reads alone
             # (no events, so no flush) must not grow the overlay without end: kept up to a bound.
-            keep = len(self._overlay) < 4 * self.batch  # trimmed at each flush
-            for m in rest:
-                out[m] = loaded.get(m)
-                if keep:
-                    self._overlay[m] = out[m]
+            out.update(self._read_through(rest, keep=len(self._overlay) < 4 * self.batch))
         return out
+
+    def _read_through(self, msg_ids: set[str], keep: bool) -> Records:
+        """The projection's records of ``msg_ids`` (None where it has none), kept in the overlay if ``keep``."""
+        loaded = self.inner.records_of(msg_ids)
+        found: Records = {m: loaded.get(m) for m in msg_ids}
+        if keep:
+            self._overlay.update(found)  # trimmed at each flush
+        return found
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         raise NotImplementedError("WriteBehind stores through its projection's apply")  # apply is overridden
@@ -165,13 +167,14 @@ class WriteBehind(Projection):
         return self.inner.get_history()
 
     def _clear(self) -> None:
-        self._pending = 0
-        self._changed = set()
-        self._anomalies = Counter()
+        self._forget_pending()
         self._overlay.clear()
         self.inner.clear()
 
-    # -- reads that need no flush: get_record and peek read the overlay, then the projection ---
+    # get_record and peek need no override (nor a flush): base reads through _load, which reads
+    # the overlay, then the projection.
+
+    # -- the rest: figures after a flush, and close ------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """The projection's figures, after a flush."""

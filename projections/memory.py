@@ -19,7 +19,7 @@ from tasklog.events import INDEXED_FIELDS
 
 from .base import Projection, Records
 from .errors import ProjectionError
-from .fold import is_tombstone
+from .fold import BUFFER_KEYS, is_tombstone
 from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
 from .sortedindex import SortedIndex
 
@@ -36,7 +36,7 @@ _WATCHED = itemgetter(*INDEXED, "completed", "submitted")
 def _record_bytes(rec: dict[str, Any]) -> int:
     """What size_limit counts: inline buffers and the output streams (a reference counts nothing)."""
     size = 0
-    for key in ("buffers", "result_buffers"):
+    for key in BUFFER_KEYS:
         value = rec.get(key)
         if value.__class__ is list:
             size += sum(len(b) for b in value if b.__class__ is bytes)

@@ -69,7 +69,6 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
 def _referenced(records: Iterable[dict[str, Any] | None]) -> list[int]:
     """The events whose buffers the records refer to: a prune keeps them for this snapshot."""
     seqs = {ref_seq(rec.get(key)) for rec in records if rec is not None for key in BUFFER_KEYS}
-    seqs.discard(None)
     return sorted(s for s in seqs if s is not None)
 
 

@@ -208,10 +208,10 @@ class AsyncCommitter:
                     return item[3] if item[0] == seq else None
         return None
 
-    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
-        """The uncommitted events past ``after`` that name ``msg_id``, in order."""
+    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """The uncommitted events that name ``msg_id``, in order."""
         with self._mutex:
-            queued = [item for queue in (self._inflight, self._pending) for item in queue if item[0] > after]
+            queued = [*self._inflight, *self._pending]
         return [(seq, ev) for seq, _, _, ev in queued if msg_id in task_ids(ev)]
 
     def settled(self, seq: int, epoch: int) -> bool:

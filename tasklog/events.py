@@ -27,6 +27,7 @@ __all__ = [
     "Event",
     "EVENT_TYPES",
     "QUEUES",
+    "FAILED_STATUSES",
     "INDEXED_FIELDS",
     "STREAMS",
     "OUTPUT_NAMES",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 QUEUES = frozenset({"mux", "task", "broadcast"})
+# The reply statuses that mean a task failed (ipyparallel's engines send "error"; "aborted" when
+# a task never ran): stats, the timeline and the report all count failures by this one table.
+FAILED_STATUSES = frozenset({"error", "aborted"})
 # The record fields hubs filter on, with the type a value must have to be indexed: every
 # projection indexes these (the dict projection by value or in order, SQLite in typed columns,
 # MongoDB with an index each). Their values come from the events' fields of the same names.

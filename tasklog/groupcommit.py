@@ -57,7 +57,7 @@ class GroupCommit:
         """Nothing is ever uncommitted here once its append returned."""
         return None
 
-    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
+    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
         """Nothing is ever uncommitted here once its append returned."""
         return []
 

@@ -149,6 +149,8 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Checked before anything is opened: a bad setting leaves no log held.
+        policy = Policy(self.snapshot_events, self.snapshot_seconds, self.retain_seconds, self.retain_bytes)
         path = os.path.join(self.location or _profile_location(), "tasklog")
         self.tasklog = self._open_log(path)
         spec = f"sqlite:///{os.path.join(path, 'projection.db')}" if self.projection == "sqlite" else self.projection
@@ -160,12 +162,6 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             raise
         # SQLite and MongoDB would pay a transaction or a round trip per Hub call: write behind.
         self.records: Projection = WriteBehind(self._proj) if self._proj.persistent else self._proj
-        try:
-            policy = Policy(self.snapshot_events, self.snapshot_seconds, self.retain_seconds, self.retain_bytes)
-        except BaseException:
-            self.tasklog.close()
-            self._proj.close()
-            raise
         self.maintenance = Maintenance(self.tasklog, policy).start()
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
         atexit.register(self.close)

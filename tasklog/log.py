@@ -45,8 +45,8 @@ class Writer(Protocol):
     def pending(self, seq: int) -> Event | None:
         """The event ``seq`` if it is numbered but not yet committed (async), else None."""
 
-    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
-        """The uncommitted events past ``after`` naming ``msg_id``."""
+    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """The uncommitted events naming ``msg_id``."""
 
     def close(self) -> None:
         """Refuse new appends and commit what is queued."""
@@ -74,7 +74,7 @@ class _Refusing:
         """Nothing is pending here."""
         return None
 
-    def pending_of(self, msg_id: str, after: int) -> list[tuple[int, Event]]:
+    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
         """Nothing is pending here."""
         return []
 
@@ -335,7 +335,7 @@ class TaskLog:
         """
         self._check_readable()
         # The queue first: an event committed between the two reads is then in the log's read.
-        queued = self._writer.pending_of(msg_id, 0)
+        queued = self._writer.pending_of(msg_id)
         found = self._reader.events_of(msg_id)
         if queued:
             seen = {seq for seq, _ in found}

@@ -17,12 +17,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import InterfaceError, MissingExtraError
-from .events import Complete, Drop, Resubmit, Start, Submit
+from .events import FAILED_STATUSES, Complete, Drop, Resubmit, Start, Submit
 from .log import TaskLog
 
 __all__ = ["TaskRow", "collect", "write_report"]
 
-_FAILED = frozenset({"error", "aborted"})
 _GANTT_MAX = 4000  # tasks drawn one bar each; past that, the busy fraction per engine and minute
 
 
@@ -133,7 +132,7 @@ def _time_axis(ax: Any) -> None:
 
 
 def _engines(plt: Any, rows: list[TaskRow]) -> str:
-    ran = [(r.engine or "?", r.started, r.completed, r.status in _FAILED) for r in rows
+    ran = [(r.engine or "?", r.started, r.completed, r.status in FAILED_STATUSES) for r in rows
            if r.started is not None and r.completed is not None]
     engines = sorted({engine for engine, *_ in ran})
     fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * max(len(engines), 1)))
@@ -171,7 +170,7 @@ def _distribution(plt: Any, values: list[float], what: str) -> tuple[str, str]:
 
 
 def _failures(plt: Any, rows: list[TaskRow]) -> str | None:
-    counts = Counter(r.error or r.status or "?" for r in rows if r.status in _FAILED)
+    counts = Counter(r.error or r.status or "?" for r in rows if r.status in FAILED_STATUSES)
     if not counts:
         return None
     names, values = zip(*counts.most_common(12))
@@ -203,7 +202,7 @@ def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None
     if not rows:
         raise InterfaceError(f"{log.path} holds no task to report on")
     done = [r for r in rows if r.completed is not None]
-    failed = [r for r in done if r.status in _FAILED]
+    failed = [r for r in done if r.status in FAILED_STATUSES]
     waits = [w for r in rows if (w := r.wait) is not None]
     runs = [x for r in rows if (x := r.run) is not None]
     wait_png, wait_txt = _distribution(plt, waits, "Queue wait (submitted to started)")

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from .events import Complete, Drop, Event, Resubmit, Start, Submit
+from .events import FAILED_STATUSES, Complete, Drop, Event, Resubmit, Start, Submit
 from .log import TaskLog
 
 __all__ = ["trace_events", "write_trace"]
 
 _ENGINES, _QUEUE = 1, 2  # the two trace "processes"
-_FAILED = frozenset({"error", "aborted"})
 
 
 def _us(when: datetime | None) -> int | None:
@@ -104,7 +103,7 @@ def _complete(state: _State, event: Complete) -> Iterator[dict[str, Any]]:
     args: dict[str, Any] = {"msg_id": event.msg_id, "status": status}
     slice_: dict[str, Any] = {"ph": "X", "name": task.label or "task", "cat": "task", "pid": _ENGINES,
                               "tid": tid, "ts": start, "dur": max(end - start, 1), "args": args}
-    if status in _FAILED:
+    if status in FAILED_STATUSES:
         slice_.update(cat="failed", cname="terrible")  # a colour Chrome's viewer names for failures
         args["error"] = (event.result_content or {}).get("ename")
     yield slice_

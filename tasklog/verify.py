@@ -12,7 +12,7 @@ import lmdb
 
 from . import codec, retention
 from .errors import TaskLogError
-from .events import Complete, Drop, Event, Resubmit, Start, task_ids
+from .events import FAILED_STATUSES, Complete, Drop, Event, Resubmit, Start, task_ids
 from .log import TaskLog
 from .progress import Progress
 
@@ -46,9 +46,8 @@ class LogStats:
 
 
 # A task's state after the events seen so far, in the order a task goes through them. A task
-# whose reply says "error" or "aborted" has failed; a resubmitted one was replaced by a new one.
+# whose reply has a status in FAILED_STATUSES has failed; a resubmitted one was replaced.
 STATES = ("pending", "running", "completed", "failed", "resubmitted", "dropped")
-_FAILED = frozenset({"error", "aborted"})
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -70,7 +69,7 @@ def _state_after(states: dict[str, str], event: Event) -> None:
     if now in ("dropped", "resubmitted"):
         return
     if isinstance(event, Complete):
-        failed = (event.result_content or {}).get("status") in _FAILED
+        failed = (event.result_content or {}).get("status") in FAILED_STATUSES
         states[msg_id] = "failed" if failed else "completed"
     elif isinstance(event, Start) and now in (None, "pending"):
         states[msg_id] = "running"  # a start after the reply (order tolerance) changes nothing
