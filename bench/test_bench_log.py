@@ -149,20 +149,13 @@ def _threads(path: str, per_thread: int, threads: int) -> None:
             th.join()
 
 
+@pytest.mark.parametrize("threads", [8, 64])
 @pytest.mark.parametrize("n", sizes("one_sync"))
-def test_threads8_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
-    per = max(n * 4 // 8, 1)
-    record(benchmark, per * 8, "sync", "write", role="threads8_sync", baseline="one_sync_per_event",
+def test_threads_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int, threads: int) -> None:
+    per = max(n * 4 // threads, 1)
+    record(benchmark, per * threads, "sync", "write", role=f"threads{threads}_sync", baseline="one_sync_per_event",
            baseline_events=n)
-    benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, 8), {}), rounds=ROUNDS)
-
-
-@pytest.mark.parametrize("n", sizes("one_sync"))
-def test_threads64_sync(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
-    per = max(n * 4 // 64, 1)
-    record(benchmark, per * 64, "sync", "write", role="threads64_sync", baseline="one_sync_per_event",
-           baseline_events=n)
-    benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, 64), {}), rounds=ROUNDS)
+    benchmark.pedantic(_threads, setup=lambda: ((fresh_dir(), per, threads), {}), rounds=ROUNDS)
 
 
 @pytest.mark.parametrize("case", ["indexed", "unindexed"])
