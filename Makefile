@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 LOG    ?= ./tasklog-data
 TASKS  ?= 20000
 
-.PHONY: demo test bench bench-full lint clean chromium
+.PHONY: demo test bench bench-full lint clean chromium screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ chromium:
 	@command -v chromium >/dev/null || { s=""; [ "$$(id -u)" = 0 ] || s=sudo; \
 	  $$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 	  || echo "make: could not install chromium (apt-get); the report's browser test will fail" >&2
+
+# The README's pictures, remade from a demo log with a fixed seed (needs chromium, as the tests do).
+SHOTS := bench/charts/screenshots
+screenshots: $(VENV)/.installed-report chromium
+	rm -rf $(SHOTS)/demo-log && mkdir -p $(SHOTS)
+	cd $(SHOTS) && $(CURDIR)/$(BIN)/tasklog demo --log demo-log --tasks 2000 --seed 7 --projection none
+	cd $(SHOTS) && $(CURDIR)/$(BIN)/tasklog report --log demo-log -o report.html
+	cd $(SHOTS) && $(CURDIR)/$(BIN)/tasklog timeline --log demo-log -o timeline.json
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --virtual-time-budget=5000 \
+	  --window-size=1060,1050 --screenshot=$(CURDIR)/$(SHOTS)/report.png file://$(CURDIR)/$(SHOTS)/report.html
+	rm -rf $(SHOTS)/demo-log $(SHOTS)/report.html
 
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest tests/ -q

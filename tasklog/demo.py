@@ -2,7 +2,9 @@
 
 Tasks overlap as on a real hub: a window of tasks is in flight, each advances
 one step at a time in random order, a few outputs arrive before their submit
-(IOPub beats the request) and about 5% of tasks are resubmitted.
+(IOPub beats the request) and about 5% of tasks are resubmitted. The times the
+events carry follow a simulated schedule (bursts of submits, eight engines that
+each run one task at a time) that ends at the moment the demo starts.
 """
 
 from __future__ import annotations
@@ -21,35 +23,78 @@ ENGINES = [f"engine-{i}" for i in range(8)]
 CLIENTS = [f"client-{i}" for i in range(3)]
 
 
+# Failures as a cluster shows them: mostly one kind, a few others.
+_ERRORS = (("ValueError", "bad input"), ("ValueError", "bad input"), ("KeyError", "'missing'"),
+           ("TimeoutError", "took too long"), ("MemoryError", ""))
+_MEAN_RUN = 0.25  # seconds; run times are uniform on 1..500 ms
+
+
+class _Schedule:
+    """A simulated clock: clients submit in bursts and each engine runs one task at a time.
+
+    The times the events carry then read like a real cluster's (queue waits, idle engines),
+    which is what ``tasklog timeline`` and ``tasklog report`` draw.
+    """
+
+    def __init__(self, rng: random.Random, tasks: int) -> None:
+        self.rng = rng
+        # Ends about now: a demo log describes the recent past, never the future.
+        self.clock = utcnow() - timedelta(seconds=tasks * _MEAN_RUN / len(ENGINES) * 1.25)
+        self.free = {engine: self.clock for engine in ENGINES}
+        self.burst = 0
+
+    def submitted(self) -> Any:
+        """The submit time of the next task: a burst of one client's tasks shares an instant."""
+        if self.burst == 0:
+            self.burst = self.rng.randint(5, 120)
+            self.clock += timedelta(seconds=self.burst * _MEAN_RUN / len(ENGINES) * self.rng.uniform(0.8, 1.6))
+        self.burst -= 1
+        return self.clock
+
+    def run(self, at: Any) -> tuple[str, Any, Any]:
+        """(engine, started, completed) of a task submitted ``at``: the engine free first takes it."""
+        engine = min(ENGINES, key=self.free.__getitem__)
+        started = max(at, self.free[engine]) + timedelta(microseconds=self.rng.randint(200, 3000))
+        done = started + timedelta(milliseconds=self.rng.randint(1, 500))
+        self.free[engine] = done
+        return engine, started, done
+
+
+def _complete(rng: random.Random, msg_id: str, engine: str, started: Any, done: Any, failed: bool) -> Complete:
+    status: dict[str, Any] = {"status": "ok"}
+    if failed:
+        ename, evalue = rng.choice(_ERRORS)
+        status = {"status": "error", "ename": ename, "evalue": evalue}
+    reply = {"msg_id": str(uuid.UUID(int=rng.getrandbits(128))), "msg_type": "apply_reply"}
+    return Complete(msg_id=msg_id, result_header=reply, result_content=status, result_metadata={"engine": engine},
+                    result_buffers=[rng.randbytes(32)], started=started, completed=done, received=done,
+                    engine_uuid=engine)
+
+
 def _task(rng: random.Random, msg_id: str, chunks: int, early: bool, resubmit: bool,
-          t0: Any) -> list[Event]:
-    engine = rng.choice(ENGINES)
-    submitted = t0 + timedelta(milliseconds=rng.randint(0, 50))
+          schedule: _Schedule) -> list[Event]:
+    submitted = schedule.submitted()
+    engine, started, done = schedule.run(submitted)
     header = {"msg_id": msg_id, "msg_type": "apply_request", "session": "s", "username": "demo"}
     submit = Submit(msg_id=msg_id, header=header, content={}, metadata={}, buffers=[rng.randbytes(64)],
                     client_uuid=rng.choice(CLIENTS), queue=rng.choice(("task", "task", "mux")),
                     submitted=submitted, label=f"job-{rng.randint(0, 99)}")
     outs: list[Event] = [Output(msg_id=msg_id, name="stdout", text=f"step {i} of {msg_id[:8]}\n")
                          for i in range(chunks)]
-    steps: list[Event] = [submit, Start(msg_id=msg_id, engine_uuid=engine, started=submitted), *outs]
+    steps: list[Event] = [submit, Start(msg_id=msg_id, engine_uuid=engine, started=started), *outs]
     if early and outs:  # IOPub output can beat the request to the hub
         steps.insert(0, steps.pop(2))
     failed = rng.random() < 0.03
     if failed:
         steps.append(Output(msg_id=msg_id, name="error", content={"ename": "ValueError", "evalue": "bad input"}))
-    done = submitted + timedelta(milliseconds=rng.randint(1, 500))
-    reply = {"msg_id": str(uuid.UUID(int=rng.getrandbits(128))), "msg_type": "apply_reply"}
-    steps.append(Complete(msg_id=msg_id, result_header=reply, result_content={"status": "error" if failed else "ok"},
-                          result_metadata={"engine": engine}, result_buffers=[rng.randbytes(32)],
-                          started=submitted, completed=done, received=done, engine_uuid=engine))
+    steps.append(_complete(rng, msg_id, engine, started, done, failed))
     if resubmit:
         new = str(uuid.UUID(int=rng.getrandbits(128)))
+        again, started, finished = schedule.run(done)
         steps += [Resubmit(msg_id=msg_id, new_msg_id=new, submitted=done),
-                  Start(msg_id=new, engine_uuid=rng.choice(ENGINES), started=done),
+                  Start(msg_id=new, engine_uuid=again, started=started),
                   Output(msg_id=new, name="stdout", text="retry\n"),
-                  Complete(msg_id=new, result_header={"msg_id": new}, result_content={"status": "ok"},
-                           result_metadata={}, result_buffers=[], started=done, completed=done, received=done,
-                           engine_uuid=engine)]
+                  _complete(rng, new, again, started, finished, False)]
     return steps
 
 
@@ -57,14 +102,14 @@ def simulate(tasks: int, seed: int = 0, chunks: tuple[int, int] = (1, 3), window
              resubmit_rate: float = 0.05, early_rate: float = 0.02) -> Iterator[Event]:
     """Yield the events of ``tasks`` overlapping task lifecycles, deterministically from ``seed``."""
     rng = random.Random(seed)
-    t0 = utcnow()
+    schedule = _Schedule(rng, tasks)
     live: list[list[Event]] = []
     made = 0
     while made < tasks or live:
         while made < tasks and len(live) < window:
             msg_id = str(uuid.UUID(int=rng.getrandbits(128)))
             live.append(_task(rng, msg_id, rng.randint(*chunks), rng.random() < early_rate,
-                              rng.random() < resubmit_rate, t0))
+                              rng.random() < resubmit_rate, schedule))
             made += 1
         i = rng.randrange(len(live))
         steps = live[i]

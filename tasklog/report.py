@@ -20,9 +20,10 @@ from .errors import InterfaceError, MissingExtraError
 from .events import FAILED_STATUSES, Complete, Drop, Resubmit, Start, Submit
 from .log import TaskLog
 
-__all__ = ["TaskRow", "collect", "write_report"]
+__all__ = ["TaskRow", "busy_fraction", "collect", "write_report"]
 
-_GANTT_MAX = 4000  # tasks drawn one bar each; past that, the busy fraction per engine and minute
+_GANTT_MAX = 4000  # tasks drawn one bar each; past that, the busy fraction per engine and time bin
+_BINS = 240  # time bins of that busy fraction: about one per 3 pixels of the chart
 
 
 @dataclass
@@ -131,28 +132,47 @@ def _time_axis(ax: Any) -> None:
     ax.set_xlabel("time (UTC)")
 
 
-def _engines(plt: Any, rows: list[TaskRow]) -> str:
+def _engines(plt: Any, rows: list[TaskRow]) -> tuple[str, str]:
+    """The engines chart and its alt text, which says which of its two forms it took."""
     ran = [(r.engine or "?", r.started, r.completed, r.status in FAILED_STATUSES) for r in rows
            if r.started is not None and r.completed is not None]
     engines = sorted({engine for engine, *_ in ran})
     fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * max(len(engines), 1)))
-    for i, engine in enumerate(engines):
-        mine = [(start, end, failed) for e, start, end, failed in ran if e == engine]
-        if len(ran) <= _GANTT_MAX:
+    if len(ran) <= _GANTT_MAX:
+        for i, engine in enumerate(engines):
+            mine = [(start, end, failed) for e, start, end, failed in ran if e == engine]
             ax.broken_barh([(start, end - start) for start, end, _ in mine], (i - 0.4, 0.8),
-                           facecolors=["#d62728" if failed else "#1f77b4" for *_, failed in mine])
-        else:  # too many bars to see: one span per engine, as dark as the engine was busy
-            busy = sum((end - start).total_seconds() for start, end, _ in mine)
-            first, last = min(start for start, _, _ in mine), max(end for _, end, _ in mine)
-            ax.broken_barh([(first, last - first)], (i - 0.4, 0.8),
-                           alpha=min(busy / max((last - first).total_seconds(), 1e-9), 1.0))
-    ax.set_title("Engines over time: one bar per task (red: failed)" if len(ran) <= _GANTT_MAX
-                 else f"Engines over time ({len(ran):,} tasks: the darker, the busier)")
+                           facecolors=["#d62728" if failed else "#1f77b4" for *_, failed in mine],
+                           edgecolor="white", linewidth=0.3)  # back-to-back tasks stay distinct bars
+        ax.set_title("Engines over time: one bar per task (red: failed)")
+    else:  # bars a pixel wide each say nothing: the share of each interval an engine was busy
+        first, last = min(start for _, start, _, _ in ran), max(end for _, _, end, _ in ran)
+        busy = busy_fraction(ran, engines, first, last)
+        mdates: Any = importlib.import_module("matplotlib.dates")
+        shown = ax.imshow(busy, aspect="auto", cmap="Blues", vmin=0, vmax=1, origin="lower", interpolation="nearest",
+                          extent=(mdates.date2num(first), mdates.date2num(last), -0.5, len(engines) - 0.5))
+        ax.xaxis_date()
+        fig.colorbar(shown, ax=ax, label="busy", pad=0.01)
+        ax.set_title(f"Engines over time: busy fraction ({len(ran):,} tasks)")
     ax.set_yticks(range(len(engines)))
     ax.set_yticklabels([e[:12] for e in engines])
     ax.grid(alpha=0.3, axis="x")
     _time_axis(ax)
-    return _png(fig)
+    return _png(fig), "engines: one bar per task" if len(ran) <= _GANTT_MAX else "engines: busy fraction"
+
+
+def busy_fraction(ran: list[tuple[str, datetime, datetime, bool]], engines: list[str], first: datetime,
+                  last: datetime) -> list[list[float]]:
+    """Per engine and per time bin, the share of the bin its tasks ran (capped at 1)."""
+    span = max((last - first).total_seconds(), 1e-6)
+    width = span / _BINS
+    row = {engine: i for i, engine in enumerate(engines)}
+    busy = [[0.0] * _BINS for _ in engines]
+    for engine, start, end, _ in ran:
+        a, b = (start - first).total_seconds(), (end - first).total_seconds()
+        for k in range(int(a / width), min(int(b / width), _BINS - 1) + 1):
+            busy[row[engine]][k] += max(0.0, min(b, (k + 1) * width) - max(a, k * width)) / width
+    return [[min(x, 1.0) for x in bins] for bins in busy]
 
 
 def _distribution(plt: Any, values: list[float], what: str) -> tuple[str, str]:
@@ -208,6 +228,7 @@ def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None
     wait_png, wait_txt = _distribution(plt, waits, "Queue wait (submitted to started)")
     run_png, run_txt = _distribution(plt, runs, "Run time (started to completed)")
     fail_png = _failures(plt, rows)
+    engines_png, engines_alt = _engines(plt, rows)
     slowest = sorted((r for r in rows if r.run is not None), key=lambda r: -(r.run or 0))[:10]
     chains = [r for r in rows if r.resubmitted_as]
     cards = [("tasks", len(rows)), ("completed", len(done)), ("failed", len(failed)),
@@ -221,7 +242,7 @@ def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None
         f", report made {made}</p>",
         "<div class=cards>" + "".join(f"<div class=card><b>{v:,}</b>{k}</div>" for k, v in cards) + "</div>",
         f"<h2>Throughput</h2><img alt='throughput' src='data:image/png;base64,{_throughput(plt, rows)}'>",
-        f"<h2>Engines</h2><img alt='engines' src='data:image/png;base64,{_engines(plt, rows)}'>",
+        f"<h2>Engines</h2><img alt='{engines_alt}' src='data:image/png;base64,{engines_png}'>",
         f"<h2>Waiting and running</h2><p>Queue wait: {wait_txt}. Run time: {run_txt}.</p><div class=pair>"
         f"<img alt='queue wait' src='data:image/png;base64,{wait_png}'>"
         f"<img alt='run time' src='data:image/png;base64,{run_png}'></div>",
@@ -231,7 +252,8 @@ def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None
                                           [[r.msg_id, r.label or "", r.engine or "", f"{r.run:.3f}", r.status or ""]
                                            for r in slowest]),
         "<h2>Resubmissions</h2>" + _table(["original", "resubmitted as", "original's status"],
-                                          [[r.msg_id, r.resubmitted_as, r.status or "not run"] for r in chains[:20]]),
+                                          [[r.msg_id, r.resubmitted_as, r.status or "not run"] for r in chains[:20]])
+        + (f"<p class=muted>and {len(chains) - 20:,} more</p>" if len(chains) > 20 else ""),
         "</body></html>",
     ]
     with open(path, "w") as f:

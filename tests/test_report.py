@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 
 from tasklog import InterfaceError, MissingExtraError, TaskLog
-from tasklog.report import collect, write_report
+from tasklog.report import busy_fraction, collect, write_report
 
 # Recorded in the page itself: what its images did and every error the page met, then read back
 # from the DOM Chromium dumps once the page has loaded.
@@ -97,3 +97,26 @@ def test_report_rows_and_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         write_report(log, str(tmp_path / "y.html"))
     bad = run_cli("report", "--log", empty, "-o", str(tmp_path / "z.html"))
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and not (tmp_path / "z.html").exists()
+
+
+def test_a_large_log_shows_each_engines_busy_fraction_over_time(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    run_cli("demo", "--log", path, "--tasks", "4500", check=True)  # past the 4,000 bars a chart can show
+    page = tmp_path / "report.html"
+    run_cli("report", "--log", path, "-o", str(page), check=True)
+    assert "alt='engines: busy fraction'" in page.read_text()
+    probe, _ = _open_in_chromium(page, tmp_path / "report.png")
+    assert probe["images"] == 5 and all(w > 0 for w in probe["widths"]) and probe["errors"] == [], probe  # type: ignore[attr-defined]
+
+
+def test_busy_fraction_is_the_share_of_each_bin_an_engine_ran() -> None:
+    from datetime import datetime, timedelta, timezone
+    t0 = datetime(2026, 11, 27, tzinfo=timezone.utc)
+    span = timedelta(seconds=240)  # one second per bin
+    ran = [("a", t0, t0 + span / 2, False),                                    # busy the first half
+           ("b", t0 + timedelta(seconds=10.5), t0 + timedelta(seconds=11), True),  # half of bin 10
+           ("b", t0 + timedelta(seconds=10.75), t0 + timedelta(seconds=12), False)]  # overlaps: capped at 1
+    busy = busy_fraction(ran, ["a", "b"], t0, t0 + span)
+    assert busy[0] == [1.0] * 120 + [0.0] * 120
+    assert busy[1][9] == 0 and busy[1][10] == 0.75 and busy[1][11] == 1.0 and busy[1][12] == 0
+    assert sum(busy[1]) == 1.75

@@ -73,7 +73,8 @@ def test_timeline_of_the_demo_log_and_bad_input(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     run_cli("timeline", "--log", path, "-o", str(out), check=True)
     trace = check_trace(json.loads(out.read_text()))
-    assert trace["phases"]["X"] >= 450 and len(trace["tracks"]) >= 2
+    assert trace["phases"]["X"] >= 450 and len(trace["tracks"]) == 8
+    assert all(overlaps(s) == [] for s in trace["slices"].values())  # the demo's engines run one task at a time
     bad = run_cli("timeline", "--log", path, "-o", str(tmp_path / "x.json"), "--since", "yesterday")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and not (tmp_path / "x.json").exists()
     assert run_cli("timeline", "--log", str(tmp_path / "nope")).returncode != 0
