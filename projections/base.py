@@ -121,6 +121,8 @@ class Projection(ABC):
         self.source: EventSource | None = None
         #: "ref" or "inline": see BUFFER_MODES.
         self.buffers = "ref"
+        #: Fed from a stream of many hubs: log identity -> (hub name, last sequence number applied).
+        self.hubs: dict[str, tuple[str, int]] = {}
 
     def read_from(self, source: EventSource | None) -> None:
         """Read events from ``source`` (the log): buffers by reference, tasks re-folded on demand."""
@@ -158,6 +160,10 @@ class Projection(ABC):
     def _clear(self) -> None:
         """Delete every stored record and reset the stored checkpoint to 0, at once where the store allows."""
 
+    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+        """Persist the ``changed`` records and the per-hub checkpoints ``hubs`` together."""
+        raise ProjectionError(f"{self.spec} cannot be fed from a stream of hubs (use dict, sqlite or mongodb)")
+
     def _save_marks(self) -> None:  # noqa: B027 (a no-op default: only persistent backends store them)
         """Store ``log_identity`` and ``pinned`` beside the checkpoint."""
 
@@ -166,6 +172,7 @@ class Projection(ABC):
         with self._lock:
             self._clear()
             self.last_seq = 0
+            self.hubs = {}
             self.anomalies = Counter()
             self.log_identity = None
             self.pinned = None
@@ -230,6 +237,37 @@ class Projection(ABC):
             self.last_seq = seq
             self.applied += 1
             return 1
+
+    def apply_hub(self, identity: str, hub: str, batch: Sequence[tuple[int, Event]], origin: str) -> int:
+        """Fold events of hub ``hub`` (log ``identity``) read from ``origin`` (a stream); events at or
+        below that hub's checkpoint are skipped. Records say their hub (``hub``); many hubs fold into
+        one projection, which is then tied to ``origin`` rather than to one log."""
+        with self._lock:
+            if self.log_identity not in (None, origin):
+                raise ProjectionError(f"{self.spec} was built from {self.log_identity}, not from {origin}; "
+                                      "fold a stream into a projection of its own")
+            known = self.hubs.get(identity)
+            if known is not None and known[0] != hub:
+                raise ProjectionError(f"log {identity} is hub {known[0]} in {self.spec}, not {hub}")
+            last = known[1] if known else 0
+            fresh = [item for item in batch if item[0] > last]
+            if not fresh:
+                return 0
+            if self.log_identity is None:
+                self.log_identity = origin
+                self._save_marks()
+            records = self._load(touched(fresh))
+            changed: set[str] = set()
+            for seq, event in fresh:
+                changed.update(apply_event(records, seq, event, self.anomalies))
+            for m in changed:
+                rec = records[m]
+                if rec is not None and not is_tombstone(rec):
+                    rec["hub"] = hub
+            self._store_hubs(records, changed, {identity: (hub, fresh[-1][0])})
+            self.hubs[identity] = (hub, fresh[-1][0])
+            self.applied += len(fresh)
+            return len(fresh)
 
     def store_folded(self, records: Records, last_seq: int, anomalies: Anomalies, events: int) -> None:
         """Store records folded elsewhere from this projection's own, up to event ``last_seq``

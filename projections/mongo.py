@@ -79,6 +79,8 @@ class MongoProjection(Projection):
         self.last_seq = int(doc["seq"]) if doc else 0
         marks = self._meta.find_one({"_id": "marks"}) or {}
         self.log_identity, self.pinned = marks.get("log_identity"), marks.get("pinned")
+        hubs = self._meta.find_one({"_id": "hubs"}) or {}
+        self.hubs = {k: (v["hub"], int(v["seq"])) for k, v in hubs.items() if k != "_id"}
 
     def _load(self, msg_ids: set[str]) -> Records:
         def fetch() -> Records:
@@ -91,8 +93,7 @@ class MongoProjection(Projection):
         return result
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
-        ops = [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True)
-               for m in changed if (rec := records[m]) is not None]
+        ops = _replacements(records, changed)
 
         def write() -> None:
             if ops:
@@ -100,6 +101,17 @@ class MongoProjection(Projection):
             # The checkpoint comes after the records: a crash in between replays events that
             # each record's _seq then ignores.
             self._meta.update_one({"_id": "checkpoint"}, {"$set": {"seq": last_seq}}, upsert=True)
+        self._guard(write)
+
+    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+        ops = _replacements(records, changed)
+
+        def write() -> None:
+            if ops:
+                self._records.bulk_write(ops, ordered=False)
+            # After the records, as the log's checkpoint: each record's _seq ignores a replayed event.
+            update = {f"{identity}": {"hub": hub, "seq": seq} for identity, (hub, seq) in hubs.items()}
+            self._meta.update_one({"_id": "hubs"}, {"$set": update}, upsert=True)
         self._guard(write)
 
     def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
@@ -125,7 +137,7 @@ class MongoProjection(Projection):
     def _clear(self) -> None:
         """Delete every record and the checkpoint."""
         self._guard(self._records.delete_many, {})
-        self._guard(self._meta.delete_one, {"_id": "checkpoint"})
+        self._guard(self._meta.delete_many, {"_id": {"$in": ["checkpoint", "hubs"]}})
 
     def _save_marks(self) -> None:
         """Store which log the records come from and the event they are pinned at."""
@@ -135,6 +147,12 @@ class MongoProjection(Projection):
     def close(self) -> None:
         """Close the client."""
         self._client.close()
+
+
+def _replacements(records: Records, changed: set[str]) -> list[pymongo.ReplaceOne[dict[str, Any]]]:
+    """The bulk operations that store the ``changed`` records (a dropped id's None stores nothing)."""
+    return [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True)
+            for m in changed if (rec := records[m]) is not None]
 
 
 def _regex(pattern: re.Pattern[str]) -> Regex[str]:

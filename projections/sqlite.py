@@ -152,6 +152,9 @@ class SQLiteProjection(Projection):
                                   f"without writing needs schema {SCHEMA_VERSION}")
         self.last_seq = int(meta["last_seq"])
         self.log_identity, self.pinned = meta.get("log_identity"), meta.get("pinned")
+        # Fed from a stream: "hub:<log identity>" -> "<seq> <hub name>", one row per hub.
+        self.hubs = {k[4:]: (v.split(" ", 1)[1], int(v.split(" ", 1)[0]))
+                     for k, v in meta.items() if k.startswith("hub:")}
 
     def _upgrade(self, schema: int) -> None:
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
@@ -182,6 +185,7 @@ class SQLiteProjection(Projection):
         with self._transaction() as db:
             db.execute("DELETE FROM records")
             db.execute("UPDATE meta SET value=0 WHERE key='last_seq'")
+            db.execute("DELETE FROM meta WHERE key LIKE 'hub:%'")
 
     def _save_marks(self) -> None:
         """Store which log the records come from and the event they are pinned at."""
@@ -216,6 +220,14 @@ class SQLiteProjection(Projection):
         with self._transaction() as db:
             db.executemany(_INSERT, rows)
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last_seq,))
+
+    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+        rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
+        # Records and the hubs' checkpoints in one transaction, as _store does for a log's.
+        with self._transaction() as db:
+            db.executemany(_INSERT, rows)
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [(f"hub:{identity}", f"{seq} {hub}") for identity, (hub, seq) in hubs.items()])
 
     def _where(self, node: Logical) -> tuple[str, list[Any], bool]:
         compiled = _compile(node)

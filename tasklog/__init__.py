@@ -29,6 +29,7 @@ from .errors import (
     SchemaVersionError,
     StorageError,
     StorageFullError,
+    StreamError,
     TaskLogError,
 )
 from .events import (
@@ -75,6 +76,7 @@ __all__ = [
     "CorruptEventError",
     "MissingEventError",
     "MissingExtraError",
+    "StreamError",
     "CorruptSnapshotError",
     "LogBusyError",
     "ReadOnlyLogError",

@@ -27,6 +27,7 @@ __all__ = [
     "FlushTimeoutError",
     "MissingEventError",
     "MissingExtraError",
+    "StreamError",
 ]
 
 
@@ -133,3 +134,9 @@ class FlushTimeoutError(TaskLogError, TimeoutError):
     """An async event was not committed within the time waited for it (it may still be)."""
 
     hint = "wait again, or flush() without a timeout"
+
+
+class StreamError(TaskLogError):
+    """A NATS JetStream stream refused, was unreachable past a deadline, or holds what it must not."""
+
+    hint = "check the servers named by --to/--source and the stream's state (nats stream info)"

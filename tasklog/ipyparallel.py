@@ -34,6 +34,7 @@ from projections.maintenance import Maintenance, Policy
 from .errors import LogBusyError
 from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
 from .log import DURABILITY, TaskLog
+from .ship import Shipper, Shipping
 
 __all__ = ["TaskLogDB", "record_events"]
 
@@ -146,6 +147,10 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                            "it covers that are older than this many seconds.")
     retain_bytes = Int(0, config=True, help="Retention (off: 0): after each snapshot, prune every event it "
                        "covers while the log directory is larger than this.")
+    ship_to = Unicode("", config=True, help="NATS servers (nats://host:port[,...]) to ship every committed event "
+                      "to, from a thread of its own (needs tasklog[nats]); empty: off.")
+    ship_stream = Unicode("TASKLOG", config=True, help="The JetStream stream ship_to publishes to.")
+    ship_hub = Unicode("", config=True, help="This Hub's name in the stream (default: its log's identity).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,6 +168,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         # SQLite and MongoDB would pay a transaction or a round trip per Hub call: write behind.
         self.records: Projection = WriteBehind(self._proj) if self._proj.persistent else self._proj
         self.maintenance = Maintenance(self.tasklog, policy).start()
+        self.shipping = self._start_shipping()
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
         atexit.register(self.close)
         self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
@@ -182,6 +188,16 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                            lock_timeout=self.writer_timeout)
         self.log.info("tasklog at %s: the previous writer is gone, this controller has the log", path)
         return log
+
+    def _start_shipping(self) -> Shipping | None:
+        if not self.ship_to:
+            return None
+        try:
+            return Shipping(Shipper(self.tasklog, self.ship_to, self.ship_stream, self.ship_hub or None),
+                            self.log).start()
+        except BaseException:
+            self.close()
+            raise
 
     # -- writes ------------------------------------------------------------------
 
@@ -275,6 +291,10 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         """Commit what is queued and release the log and the projection."""
         if not self.tasklog.closed:
             self.maintenance.stop()
+            shipping = getattr(self, "shipping", None)  # None, or not yet set when opening failed
+            if shipping is not None:
+                self.tasklog.flush()
+                shipping.stop()  # ships what is committed first, unless the cluster does not answer
             self.tasklog.close()
             self.records.close()
         atexit.unregister(self.close)

@@ -353,6 +353,26 @@ class TaskLog:
                 out[seq] = None if when is None else datetime.fromtimestamp(when, timezone.utc)
         return out
 
+    def commits(self, start: int = 1, stop: int | None = None) -> list[tuple[int, float]]:
+        """The commits that wrote events start <= seq < stop: ``(first seq, UNIX time)`` each."""
+        self._check_readable()
+        with self.store.reader() as txn:
+            return self.store.commits(txn, start, self.last_seq + 1 if stop is None else stop)
+
+    def put_verbatim(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]],
+                     identity: str | None = None) -> None:
+        """Write stored events at their own numbers and commit times (what a restore does); the
+        first batch into an empty log also gives it the original's ``identity``.
+
+        Only on a sync log that nothing else writes: the numbers are the original's, not new ones.
+        """
+        self._check_writable()
+        if self.durability != "sync":
+            raise InterfaceError("a restore writes through a sync log (its numbers are the original's)")
+        if events:
+            self.store.put_verbatim(events, commits, identity)
+            self.identity = self.store.identity
+
     def view(self) -> Any:
         """One read transaction (a context manager yielding a LogView): figures that agree."""
         return self._reader.view()

@@ -525,6 +525,55 @@ class Store:
         """Record the time of the commit whose first event is ``first_seq`` ("what did the hub know at T")."""
         txn.put(codec.pack_key(first_seq), _TIME.pack(time.time()), db=self.times)
 
+    def commits(self, txn: lmdb.Transaction, start: int, stop: int) -> list[tuple[int, float]]:
+        """The commits that wrote events start <= seq < stop: ``(first seq, UNIX time)``, in order;
+        the first is the commit holding ``start`` (it may begin before it)."""
+        cur = txn.cursor(db=self.times)
+        out: list[tuple[int, float]] = []
+        past = not cur.set_range(codec.pack_key(start)) or codec.unpack_key(cur.key()) > start
+        if past and not (cur.prev() if cur.key() else cur.last()):
+            cur.first()
+        for key, raw in cur:
+            first = codec.unpack_key(key)
+            if first >= stop:
+                break
+            out.append((first, _TIME.unpack(raw)[0]))
+        return out
+
+    def put_verbatim(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]],
+                     identity: str | None = None) -> None:
+        """Write events at their own sequence numbers with their own commit times (a restore).
+
+        The first batch of an empty log may start past 1 (the original had been pruned) and gives
+        the log the original's ``identity`` (its projections and its stream then know it as the
+        original); every later one must continue the log densely. Indexed like any append, in
+        one transaction.
+        """
+        decoded = [(seq, codec.decode(raw, seq)) for seq, raw in events]
+
+        def body(txn: lmdb.Transaction) -> None:
+            cur = txn.cursor(db=self.events)
+            last = codec.unpack_key(cur.key()) if cur.last() else 0
+            first = events[0][0]
+            if last == 0 and self.last_key(txn, self.times) == 0:
+                if first > 1:
+                    txn.put(b"start_seq", str(first).encode(), db=self.meta)
+                if identity is not None:
+                    txn.put(b"identity", identity.encode(), db=self.meta)
+            elif first != last + 1:
+                raise CommitError(f"event {first} does not follow the log's last event {last}")
+            elif identity is not None and identity != self.identity:
+                raise CommitError(f"the log is {self.identity}'s restore, not {identity}'s")
+            put_run(cur, [(codec.pack_key(seq), raw) for seq, raw in events])
+            for at, when in commits:
+                txn.put(codec.pack_key(at), _TIME.pack(when), db=self.times)
+            if self.streams is not None:
+                self.index(txn, self.index_rows(decoded))
+        self.write(body)
+        if identity is not None and identity != self.identity:
+            self.identity = identity
+            self._write_marker(self.schema, identity)
+
     def commit_time_seq(self, txn: lmdb.Transaction, limit: float) -> int | None:
         """The last event committed at or before the UNIX time ``limit``; None when every commit was."""
         for key, raw in txn.cursor(db=self.times):

@@ -17,10 +17,12 @@ from ..errors import TaskLogError
 from .common import Command
 from .log_commands import PRUNE, REPORT, STATS, STORY, TAIL, TIMELINE, VERIFY
 from .projection_commands import DEMO, QUERY, REPLAY, SNAPSHOT
+from .stream_commands import FOLLOW, RESTORE, SHIP
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, VERIFY, QUERY, REPLAY, SNAPSHOT, PRUNE)
+COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, VERIFY, QUERY, REPLAY, SNAPSHOT, PRUNE,
+                                 SHIP, FOLLOW, RESTORE)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ from datetime import datetime
 from ..errors import InterfaceError
 from ..log import TaskLog
 
-__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "positive", "at_least"]
+__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "local_file", "positive", "at_least"]
 
 DEFAULT_LOG = "./tasklog-data"
 
@@ -57,6 +57,12 @@ def iso_time(value: str, flag: str, what: str = "an ISO time") -> datetime:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InterfaceError(f"{flag} needs {what} like 2026-11-25T14:02:00Z, got {value!r}") from None
+
+
+def local_file(spec: str) -> str | None:
+    """The file a projection spec creates when it is new (SQLite), so a failing command can remove it."""
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else None
+    return None if path in (None, "", ":memory:") else path
 
 
 @contextmanager

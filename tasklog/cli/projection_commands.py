@@ -20,6 +20,7 @@ from projections.fold import describe
 from projections.live import attach
 from projections.overlay import Overlay
 from projections.sqlite import SQLiteProjection
+from projections.streamfeed import stream_fed
 
 from ..demo import simulate
 from ..errors import InterfaceError
@@ -27,17 +28,12 @@ from ..events import utcnow
 from ..jsonfmt import dumps, loads
 from ..log import DURABILITY, TaskLog
 from ..progress import Progress
-from .common import AS_OF_HELP, Command, add_log, at_least, leave_nothing, positive, stop_seq
+from .common import AS_OF_HELP, Command, add_log, at_least, leave_nothing, local_file, positive, stop_seq
+from .stream_commands import add_source, replay_from_stream
 
 __all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
 
 _NO_RECORDS = "the none projection keeps no records (like ipyparallel's NoDB)"
-
-
-def _local_file(spec: str) -> str | None:
-    """The file a spec creates when it is new (SQLite), so a failing command can remove it."""
-    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else None
-    return None if path in (None, "", ":memory:") else path
 
 
 # -- demo ---------------------------------------------------------------------------
@@ -46,7 +42,7 @@ def _local_file(spec: str) -> str | None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a hub under heavy load."""
     spec = args.projection
-    with leave_nothing(args.log, _local_file(spec) if spec else None):
+    with leave_nothing(args.log, local_file(spec) if spec else None):
         # The projection first: an unreachable server must fail before a log is made for it.
         proj = projections.open(spec) if spec else None
         with TaskLog.open(args.log, args.durability) as log:
@@ -132,7 +128,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.projection == "none":
         raise InterfaceError(f"{_NO_RECORDS}: query needs dict, sqlite:///PATH or mongodb://HOST/DB")
     spec = args.projection or "dict"
-    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(spec)):
+    if spec != "dict" and _answered_from_stream(spec, args, query, keys):
+        return 0
+    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(local_file(spec)):
         stop = stop_seq(log, args)
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
@@ -142,6 +140,21 @@ def cmd_query(args: argparse.Namespace) -> int:
             for record in proj.find_records(query, keys=keys):
                 print(dumps(record))
     return 0
+
+
+def _answered_from_stream(spec: str, args: argparse.Namespace, query: dict[str, Any], keys: list[str] | None) -> bool:
+    """Answer from a projection folded from a stream of hubs (it has no log); False if it is not one."""
+    local = local_file(spec)
+    if local is not None and not os.path.exists(local):
+        return False
+    with projections.open(spec) as proj:
+        if not stream_fed(proj):
+            return False
+        if args.to is not None or args.as_of is not None:
+            raise InterfaceError(f"{proj.spec} is folded from {proj.log_identity}: --to/--as-of need a log")
+        for record in proj.find_records(query, keys=keys):
+            print(dumps(record))
+    return True
 
 
 def _hub_projection(log: TaskLog) -> projections.Projection | None:
@@ -199,7 +212,9 @@ def _query_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a projection from the log, or catch it up; --to/--as-of for an earlier state."""
-    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(_local_file(args.projection)):
+    if args.source:
+        return replay_from_stream(args)
+    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(local_file(args.projection)):
         stop = stop_seq(log, args)
         if args.from_seq is not None and stop is not None and args.from_seq > stop:
             raise InterfaceError(f"--from {args.from_seq} is after the last event to apply, {stop}")
@@ -231,6 +246,7 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
                    help="last event to apply (inclusive); the projection stays there until replayed without it")
     p.add_argument("--as-of", metavar="ISO_TIME", help=AS_OF_HELP)
     p.add_argument("--rebuild", action="store_true", help="forget the projection's records first")
+    add_source(p)
 
 
 # -- snapshot -----------------------------------------------------------------------
@@ -257,7 +273,8 @@ DEMO = Command("demo", "simulate a hub under heavy load and report events/s", _d
 QUERY = Command("query", "catch a projection up from the log (or build it as of --to/--as-of), then print "
                 "matching records as MongoDB Extended JSON, one per line", _query_args, cmd_query)
 REPLAY = Command("replay", "rebuild a projection from the log (or catch it up from its checkpoint); "
-                 "--to/--as-of rebuild the state as of that point", _replay_args, cmd_replay)
+                 "--to/--as-of rebuild the state as of that point; --source folds a JetStream stream of hubs "
+                 "instead", _replay_args, cmd_replay)
 SNAPSHOT = Command("snapshot", "write the folded records as of an event into the log directory "
                    "(replay starts from the newest snapshot; prune may then drop the events it covers)",
                    _snapshot_args, cmd_snapshot)

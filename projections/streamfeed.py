@@ -1,0 +1,165 @@
+"""A projection fed from a NATS JetStream stream of many hubs' events (``tasklog ship`` fills it).
+
+Each hub's events fold under that hub's own checkpoint (log identity -> last sequence number,
+stored with the records), so any number of hubs fold into one projection, each record says its
+hub (``hub``), and a query selects by it. Messages are acknowledged only after the projection's
+transaction that holds their events has committed: a feed killed at any point loses nothing, and
+what it sees again is skipped by the checkpoints. A hub's messages arriving out of order (a
+leader failed over while it shipped) wait, unacknowledged, until the gap before them is filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasklog import codec, jetstream
+from tasklog.errors import StreamError
+from tasklog.jetstream import Batch
+
+from .base import Projection
+
+__all__ = ["StreamFeed", "FeedStats", "ORIGIN", "stream_fed"]
+
+ORIGIN = "nats stream "  # a stream-fed projection's log_identity: this, then the stream's name
+
+_FETCH = 256  # messages asked for at a time
+
+
+@dataclass
+class FeedStats:
+    """What a feed did: events applied, messages acknowledged, messages waiting for a gap to fill."""
+
+    applied: int = 0
+    acked: int = 0
+    waiting: int = 0
+    lags: list[float] = field(default_factory=list)
+
+
+def stream_fed(projection: Projection) -> bool:
+    """Whether ``projection`` was folded from a stream (it answers without a log)."""
+    return (projection.log_identity or "").startswith(ORIGIN)
+
+
+class StreamFeed:
+    """Folds the hubs of ``stream`` into ``projection``; ``hubs`` limits it to some of them."""
+
+    def __init__(self, projection: Projection, servers: str | list[str], stream: str = jetstream.DEFAULT_STREAM,
+                 durable: str | None = None, hubs: list[str] | None = None,
+                 progress: Callable[[int], None] | None = None, record_lag: bool = False) -> None:
+        self.projection = projection
+        self.servers = jetstream.parse_servers(servers) if isinstance(servers, str) else servers
+        self.stream = jetstream.check_name("stream", stream)
+        self.durable = None if durable is None else jetstream.check_name("consumer", durable)
+        self.subjects = [jetstream.hub_subject(stream, h) for h in hubs] if hubs else \
+            [jetstream.stream_subjects(stream)]
+        self.origin = ORIGIN + self.stream
+        self.progress, self.record_lag = progress, record_lag
+        self.stats = FeedStats()
+        self._held: dict[str, dict[int, tuple[Batch, Any]]] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to return after the batch in hand (thread-safe)."""
+        self._stop.set()
+
+    def run_sync(self, follow: bool = False) -> FeedStats:
+        """:meth:`run` on an event loop of its own."""
+        return asyncio.run(self.run(follow))
+
+    async def run(self, follow: bool = False) -> FeedStats:
+        """Fold everything the stream holds, then return (or, ``follow``, wait for more until stopped)."""
+        nc = await jetstream.connect(self.servers)
+        try:
+            subs = [await self._subscribe(nc.jetstream(), s) for s in self.subjects]
+            while not self._stop.is_set():
+                idle = True
+                for sub in subs:
+                    got = await self._fetch(sub)
+                    idle = idle and not got
+                    if got:
+                        await self._fold(got)
+                if idle and not follow and all([await self._drained(sub) for sub in subs]):
+                    break
+            return self.stats
+        finally:
+            await nc.close()
+
+    async def _subscribe(self, js: Any, subject: str) -> Any:
+        api = importlib.import_module("nats.js.api")
+        config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
+                                    max_ack_pending=-1, ack_wait=60)
+        try:
+            return await js.pull_subscribe(subject, durable=self._durable_for(subject), stream=self.stream,
+                                           config=config)
+        except importlib.import_module("nats.js.errors").NotFoundError:
+            raise StreamError(f"there is no stream {self.stream} at {','.join(self.servers)}") from None
+
+    def _durable_for(self, subject: str) -> str | None:
+        if self.durable is None or len(self.subjects) == 1:
+            return self.durable
+        return f"{self.durable}-{subject.rsplit('.', 1)[1]}"
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        try:
+            msgs: list[Any] = await sub.fetch(_FETCH, timeout=0.5)
+            return msgs
+        except importlib.import_module("nats.errors").TimeoutError:
+            return []
+
+    async def _drained(self, sub: Any) -> bool:
+        info = await sub.consumer_info()
+        return int(info.num_pending) == 0 and int(info.num_ack_pending) <= sum(len(h) for h in self._held.values())
+
+    async def _fold(self, msgs: list[Any]) -> None:
+        """Apply each hub's next events in one projection transaction, then acknowledge them."""
+        by_hub: dict[str, list[tuple[Batch, Any]]] = {}
+        for msg in msgs:
+            batch = jetstream.batch_of(msg.headers, msg.data, msg.subject)
+            if batch.schema != codec.SCHEMA_VERSION:
+                raise StreamError(f"{msg.subject} event {batch.seq} has schema {batch.schema}; "
+                                  f"this tasklog reads {codec.SCHEMA_VERSION}")
+            by_hub.setdefault(batch.log, []).append((batch, msg))
+        for identity, arrived in by_hub.items():
+            await self._fold_hub(identity, arrived)
+        self.stats.waiting = sum(len(h) for h in self._held.values())
+
+    async def _fold_hub(self, identity: str, arrived: list[tuple[Batch, Any]]) -> None:
+        held = self._held.setdefault(identity, {})
+        for batch, msg in arrived:
+            held[batch.seq] = (batch, msg)  # a redelivery replaces the copy held
+        known = self.projection.hubs.get(identity)
+        upto = known[1] if known else 0
+        events: list[tuple[int, Any]] = []
+        done: list[Any] = []
+        hub = arrived[0][0].hub
+        for seq in sorted(held):
+            batch, msg = held[seq]
+            if (seq > upto + 1) if upto else batch.ordinal != 1:
+                break  # a gap (or a hub's first message not here yet): what follows waits, unacknowledged
+            if batch.last > upto:
+                events += [(s, ev) for s, ev in batch.decoded() if s > upto]
+                upto = batch.last
+            done.append(msg)
+            del held[seq]
+        if events:
+            with self.projection.lock:
+                self.projection.apply_hub(identity, hub, events, self.origin)
+            self.stats.applied += len(events)
+            if self.progress:
+                self.progress(len(events))
+        for msg in done:  # after the commit: a feed killed before this sees them again, and skips them
+            await msg.ack()
+        self.stats.acked += len(done)
+        if self.record_lag and done:
+            self._lag(done)
+
+    def _lag(self, done: list[Any]) -> None:
+        for msg in done:
+            batch = jetstream.batch_of(msg.headers, None)
+            self.stats.lags.append(time.time() - batch.time)

@@ -1,0 +1,197 @@
+"""What a log's events look like in a NATS JetStream stream, and the client calls every side shares.
+
+One stream holds many hubs: hub ``H`` of stream ``S`` publishes to subject ``tasklog.S.H``.
+Each message carries a run of consecutive events as the log stores them (msgpack, each with its
+schema byte) and the commits that wrote them, with headers that make it self-describing and
+deduplicable. Why runs and not one event a message: a message costs the Python client about
+150 us, which held one-event shipping to 5.6k events/s on 3 replicas (BENCHMARKS.md).
+
+===================  =====================================================================
+``Nats-Msg-Id``      ``<log identity>:<seq>`` (one event) or ``<log identity>:<first>-<last>``:
+                     JetStream drops a repeat within its duplicate window
+``Tasklog-Log``      the identity of the log the events came from
+``Tasklog-Hub``      the hub's name (the subject's last token)
+``Tasklog-Seq``      the first event's sequence number in that log
+``Tasklog-Count``    how many consecutive events the message holds
+``Tasklog-Msg``      the message's number among the hub's (dense: a lost one shows in the count)
+``Tasklog-Time``     the UNIX time of the commit of its last event (``repr`` of a float: exact)
+``Tasklog-Schema``   the event encoding's version byte
+===================  =====================================================================
+
+The body is msgpack ``[[[commit first seq, commit time], ...], [event bytes, ...]]``.
+
+Needs the ``nats`` extra (nats-py); ``MissingExtraError`` says so otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+
+from . import codec
+from .errors import InterfaceError, MissingExtraError, StreamError
+
+__all__ = ["DEFAULT_STREAM", "Batch", "batch_of", "connect", "ensure_stream", "first_gap", "hub_subject",
+           "parse_servers", "nats_module", "hub_count", "check_name", "stream_subjects"]
+
+DEFAULT_STREAM = "TASKLOG"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HEADER_LOG, _HEADER_HUB, _HEADER_SEQ = "Tasklog-Log", "Tasklog-Hub", "Tasklog-Seq"
+_HEADER_COUNT, _HEADER_MSG = "Tasklog-Count", "Tasklog-Msg"
+_HEADER_TIME, _HEADER_SCHEMA = "Tasklog-Time", "Tasklog-Schema"
+# Stream settings as data: what a stream made by tasklog is, whoever makes it.
+STREAM_DEFAULTS = {"duplicate_window": 120.0, "max_msgs_per_subject": -1, "storage": "file"}
+
+
+def nats_module() -> Any:
+    """The ``nats`` package (nats-py), or MissingExtraError naming the extra."""
+    try:
+        return importlib.import_module("nats")
+    except ImportError:
+        raise MissingExtraError("nats-py", "nats", "shipping to NATS JetStream") from None
+
+
+def parse_servers(url: str) -> list[str]:
+    """``nats://a:4222,b:4223`` (or ``nats://a:4222,nats://b:4223``) as a list of server URLs."""
+    servers = []
+    for part in (p.strip() for p in url.split(",")):
+        full = part if "://" in part else f"nats://{part}"
+        parts = urlsplit(full)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname or port is None:
+            raise InterfaceError(f"{part!r} is not a NATS server address (nats://HOST:PORT[,HOST:PORT...])")
+        servers.append(full)
+    return servers
+
+
+def check_name(what: str, name: str) -> str:
+    """``name`` if it may be a stream or hub name (letters, digits, ``_``, ``-``; up to 64)."""
+    if not _NAME.fullmatch(name):
+        raise InterfaceError(f"{what} name {name!r} may hold only letters, digits, '_' and '-' (1 to 64)")
+    return name
+
+
+def hub_subject(stream: str, hub: str) -> str:
+    """The subject hub ``hub`` publishes to in ``stream``."""
+    return f"tasklog.{check_name('stream', stream)}.{check_name('hub', hub)}"
+
+
+def stream_subjects(stream: str) -> str:
+    """The subjects ``stream`` holds: every hub's."""
+    return f"tasklog.{check_name('stream', stream)}.*"
+
+
+async def connect(servers: list[str], *, deadline: float | None = 30.0) -> Any:
+    """A client connected to one of ``servers``, trying them in turn until ``deadline`` seconds
+    have passed (None: for ever); it reconnects by itself afterwards."""
+    nats = nats_module()
+
+    async def _quiet(*_: Any) -> None:
+        return None  # nats-py prints every failed attempt otherwise; the caller reports what matters
+    # max_reconnect_attempts=-1 makes the first connect try the servers for ever as well.
+    attempt = nats.connect(servers=servers, connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=-1,
+                           reconnect_time_wait=0.25, error_cb=_quiet)
+    try:
+        return await asyncio.wait_for(attempt, deadline)
+    except asyncio.TimeoutError:
+        raise StreamError(f"no NATS server answered at {','.join(servers)} within {deadline:g} s") from None
+
+
+async def ensure_stream(js: Any, stream: str, replicas: int | None) -> int:
+    """Create ``stream`` when missing; return its replica count. ``replicas`` None: 3 where the
+    cluster can hold them, else 1."""
+    errors = importlib.import_module("nats.js.errors")
+    try:
+        info = await js.stream_info(stream)
+        return int(info.config.num_replicas or 1)
+    except errors.NotFoundError:
+        pass
+    for n in ([replicas] if replicas else [3, 1]):
+        try:
+            await js.add_stream(name=stream, subjects=[stream_subjects(stream)], num_replicas=n,
+                                **STREAM_DEFAULTS)
+            return n
+        except errors.ServiceUnavailableError:
+            raise  # no JetStream leader yet: the caller waits and asks again
+        except errors.APIError as exc:
+            if replicas or ("replicas" not in str(exc).lower() and "resources" not in str(exc).lower()):
+                raise StreamError(f"cannot create stream {stream} with {n} replicas: {exc}") from None
+    raise AssertionError("unreachable: the last attempt raises or returns")
+
+
+def first_gap(spans: list[tuple[int, int]], start: int) -> int:
+    """The first sequence number from ``start`` that no ``(first, last)`` span covers."""
+    nxt = start
+    for first, last in sorted(spans):
+        if first > nxt:
+            break
+        nxt = max(nxt, last + 1)
+    return nxt
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One message: a run of consecutive events of one log, as the log stores them.
+
+    ``ordinal`` numbers a hub's messages densely (a shipper knows a lost one by the count);
+    ``commits`` are ``(first seq, UNIX time)`` of the commits that wrote the events; ``time``
+    is the last event's commit time.
+    """
+
+    log: str
+    hub: str
+    seq: int
+    count: int
+    ordinal: int
+    schema: int
+    time: float
+    commits: list[tuple[int, float]]
+    events: list[bytes]
+
+    @property
+    def last(self) -> int:
+        """The last event's sequence number."""
+        return self.seq + self.count - 1
+
+    def headers(self) -> dict[str, str]:
+        """The message's headers (``Nats-Msg-Id`` names the span: a repeat of it is dropped)."""
+        span = str(self.seq) if self.count == 1 else f"{self.seq}-{self.last}"
+        return {"Nats-Msg-Id": f"{self.log}:{span}", _HEADER_LOG: self.log, _HEADER_HUB: self.hub,
+                _HEADER_SEQ: str(self.seq), _HEADER_COUNT: str(self.count), _HEADER_MSG: str(self.ordinal),
+                _HEADER_TIME: repr(self.time), _HEADER_SCHEMA: str(self.schema)}
+
+    def payload(self) -> bytes:
+        """The message's body: the commits and the stored events."""
+        return bytes(msgpack.packb([[list(c) for c in self.commits], self.events], use_bin_type=True))
+
+    def decoded(self) -> list[tuple[int, Any]]:
+        """``(seq, Event)`` for each event."""
+        return [(self.seq + i, codec.decode(raw, self.seq + i)) for i, raw in enumerate(self.events)]
+
+
+def batch_of(headers: dict[str, str] | None, data: bytes | None, where: str = "") -> Batch:
+    """The batch a message carries (``data`` None or empty: its headers only); StreamError when it
+    is not a tasklog message."""
+    h = headers or {}
+    try:
+        commits, events = msgpack.unpackb(data, use_list=True) if data else ([], [])
+        return Batch(h[_HEADER_LOG], h[_HEADER_HUB], int(h[_HEADER_SEQ]), int(h[_HEADER_COUNT]),
+                     int(h[_HEADER_MSG]), int(h[_HEADER_SCHEMA]), float(h[_HEADER_TIME]),
+                     [(int(a), float(t)) for a, t in commits], [bytes(e) for e in events])
+    except (KeyError, ValueError, TypeError, msgpack.UnpackException):
+        raise StreamError(f"message {where} is not a tasklog batch (its headers: {sorted(h)})") from None
+
+
+async def hub_count(js: Any, stream: str, subject: str) -> int:
+    """How many messages ``stream`` holds on ``subject``."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))

@@ -1,0 +1,369 @@
+"""Ship a log's committed events to a NATS JetStream stream, and restore a log from one.
+
+Shipping publishes the committed events in log order, a run of them a message, to the hub's
+subject, with a bounded window of messages awaiting their acks. A failed publish (no leader,
+a timeout, a lost connection) sends the failed message and every one after it again, the same
+bytes under the same message ids, so JetStream drops the ones it already holds.
+
+Where a shipper starts is asked of the stream, never of a local file: past the last event the
+stream holds for this hub. Messages are numbered per hub, so a stream that holds fewer than the
+numbers say (a message lost while a later one landed, as a leader fails over mid-window, and the
+shipper killed before it resent) is scanned for the first event missing, and shipping resumes
+there. A stream may thus hold a hub's events out of order after a failover, or twice after a
+resend past the duplicate window; consumers and ``restore`` put them in order and drop repeats
+by sequence number. It never holds a hub's events with one missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import importlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import codec, jetstream
+from .errors import InterfaceError, StreamError
+from .jetstream import Batch
+from .log import TaskLog
+
+__all__ = ["Shipper", "ShipStats", "Shipping", "restore", "BATCH_EVENTS"]
+
+_ACK_TIMEOUT = 5.0  # seconds a message may wait for its ack before it and those after it go again
+_BACKOFF_MAX = 2.0
+BATCH_EVENTS = 256  # events a message holds at most (and at most about the server's max_payload)
+_HEADROOM = 4096  # bytes of a message's max_payload left for its headers and framing
+# Messages read before the restored log's first event is chosen: a failover reorders at most a
+# shipper's window of them, so the earliest event is among the first this many.
+_REORDER_SPAN = 1024
+
+
+class ShipStats:
+    """What a shipper did: events acked, the last acked sequence number, rounds resent."""
+
+    def __init__(self) -> None:
+        self.shipped = 0
+        self.messages = 0
+        self.last_acked = 0
+        self.retries = 0
+        self.started_at = 0
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the cluster cannot answer now": wait and ask again."""
+    errors, js_errors = importlib.import_module("nats.errors"), importlib.import_module("nats.js.errors")
+    return (errors.TimeoutError, errors.NoRespondersError, errors.ConnectionClosedError,
+            js_errors.ServiceUnavailableError, js_errors.NoStreamResponseError, asyncio.TimeoutError)
+
+
+class Shipper:
+    """Publishes the committed events of ``log`` to ``stream`` as hub ``hub`` (default: the log's identity)."""
+
+    def __init__(self, log: TaskLog, servers: str | list[str], stream: str = jetstream.DEFAULT_STREAM,
+                 hub: str | None = None, replicas: int | None = None, window: int = 64,
+                 progress: Callable[[int], None] | None = None, connect_deadline: float | None = None,
+                 batch_events: int = BATCH_EVENTS) -> None:
+        if log.identity is None:
+            raise InterfaceError(f"{log.path} has no identity yet (a log made by an older tasklog, opened "
+                                 "read-only): open it once for writing")
+        if window < 1 or batch_events < 1 or (replicas is not None and replicas < 1):
+            raise InterfaceError("window, batch_events and replicas must be >= 1")
+        self.log, self.identity = log, log.identity
+        self.servers = jetstream.parse_servers(servers) if isinstance(servers, str) else servers
+        self.stream = jetstream.check_name("stream", stream)
+        self.hub = jetstream.check_name("hub", hub or log.identity)
+        self.subject = jetstream.hub_subject(stream, self.hub)
+        self.replicas, self.window, self.batch_events = replicas, window, batch_events
+        self.progress, self.connect_deadline = progress, connect_deadline
+        self.stats = ShipStats()
+        self._stop = threading.Event()
+        self._drain = threading.Event()
+        self._next_seq = 0
+        self._next_ordinal = 1
+        self._resend: deque[Batch] = deque()
+        self._max_bytes = 1 << 20
+
+    def stop(self, drain: bool = False) -> None:
+        """Ask a running :meth:`run` to return once its window is settled; ``drain``: once it has
+        also shipped every event committed by now (thread-safe)."""
+        (self._drain if drain else self._stop).set()
+
+    def run_sync(self, follow: bool = False, poll: float = 0.05) -> ShipStats:
+        """:meth:`run` on an event loop of its own (a thread's, or the CLI's)."""
+        return asyncio.run(self.run(follow, poll))
+
+    async def run(self, follow: bool = False, poll: float = 0.05) -> ShipStats:
+        """Ship from where the stream ends for this hub; return at the log's end, or (``follow``)
+        when :meth:`stop` is called."""
+        nc = await jetstream.connect(self.servers, deadline=self.connect_deadline)
+        try:
+            self._max_bytes = int(nc.max_payload) - _HEADROOM
+            js = nc.jetstream(publish_async_max_pending=self.window + 1)
+            await self._retrying(lambda: jetstream.ensure_stream(js, self.stream, self.replicas))
+            await self._retrying(lambda: self._resume(js))
+            self.stats.started_at = self._next_seq
+            while not self._stop.is_set():
+                round_ = self._resend or deque(self._read())
+                self._resend = deque()
+                if not round_:
+                    if not follow or self._drain.is_set():
+                        break
+                    await asyncio.sleep(poll)
+                    continue
+                if not await self._publish(js, round_):
+                    self.stats.retries += 1
+                    await asyncio.sleep(min(0.05 * 2 ** min(self.stats.retries, 6), _BACKOFF_MAX))
+            return self.stats
+        finally:
+            await nc.close()
+
+    async def _retrying(self, call: Callable[[], Any]) -> Any:
+        """``call()`` again with back-off while the cluster cannot answer (no leader, no server)."""
+        wait = 0.1
+        while True:
+            try:
+                return await call()
+            except _transient():
+                if self._stop.is_set():
+                    raise StreamError(f"stopped while {','.join(self.servers)} did not answer") from None
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _BACKOFF_MAX)
+
+    # -- where to start ----------------------------------------------------------------
+
+    async def _resume(self, js: Any) -> None:
+        """Set the first event and message number to publish from what the stream holds."""
+        not_found = importlib.import_module("nats.js.errors").NotFoundError
+        try:
+            last = jetstream.batch_of((await js.get_last_msg(self.stream, self.subject)).headers, None, self.subject)
+        except not_found:
+            self._next_seq, self._next_ordinal = self.log.start_seq, 1  # nothing shipped yet
+            self.stats.last_acked = self._next_seq - 1
+            return
+        if last.log != self.identity:
+            raise StreamError(f"hub {self.hub} of stream {self.stream} holds events of log {last.log}, "
+                              f"not of {self.identity}: choose another --hub")
+        first = jetstream.batch_of((await js.get_msg(self.stream, seq=1, subject=self.subject, next=True)).headers,
+                                   None, self.subject)
+        nxt = last.last + 1
+        if await jetstream.hub_count(js, self.stream, self.subject) < last.ordinal - first.ordinal + 1:
+            nxt = min(nxt, jetstream.first_gap(await self._spans(js), first.seq))  # a message was lost
+        if nxt < self.log.start_seq:
+            raise StreamError(f"events {nxt}..{self.log.start_seq - 1} of {self.log.path} were pruned before "
+                              f"they were shipped to {self.stream}/{self.hub}")
+        self._next_seq, self._next_ordinal = nxt, last.ordinal + 1
+        self.stats.last_acked = nxt - 1
+
+    async def _spans(self, js: Any) -> list[tuple[int, int]]:
+        """``(first, last)`` of every message the stream holds for this hub (headers only)."""
+        total = await jetstream.hub_count(js, self.stream, self.subject)
+        sub = await js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, headers_only=True)
+        try:
+            spans = []
+            for _ in range(total):
+                batch = jetstream.batch_of((await sub.next_msg(timeout=10)).headers, None, self.subject)
+                spans.append((batch.seq, batch.last))
+            return spans
+        finally:
+            await sub.unsubscribe()
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _read(self) -> list[Batch]:
+        """The next messages from the log: committed events from the next one, a window's worth."""
+        start = self._next_seq
+        stop = min(self.log.last_seq + 1, start + self.window * self.batch_events)
+        if stop <= start:
+            return []
+        commits = self.log.commits(start, stop)
+        batches: list[Batch] = []
+        run: list[tuple[int, bytes]] = []
+        size = 0
+        for seq, raw in self.log.read_raw(start, stop):
+            if len(raw) > self._max_bytes:
+                raise StreamError(f"event {seq} is {len(raw):,} bytes, more than the server's max_payload "
+                                  f"allows ({self._max_bytes + _HEADROOM:,}); raise max_payload to ship it")
+            if run and (len(run) >= self.batch_events or size + len(raw) > self._max_bytes or raw[0] != run[0][1][0]):
+                batches.append(self._batch(run, commits))
+                run, size = [], 0
+            run.append((seq, raw))
+            size += len(raw)
+        if run:
+            batches.append(self._batch(run, commits))
+        return batches
+
+    def _batch(self, run: list[tuple[int, bytes]], commits: list[tuple[int, float]]) -> Batch:
+        first, last = run[0][0], run[-1][0]
+        starts = [c[0] for c in commits]
+        # The commit holding the first event, through the last commit that starts in the run.
+        mine = commits[max(bisect.bisect_right(starts, first) - 1, 0):bisect.bisect_right(starts, last)]
+        batch = Batch(self.identity or "", self.hub, first, len(run), self._next_ordinal, run[0][1][0],
+                      mine[-1][1] if mine else 0.0, mine, [raw for _, raw in run])
+        self._next_ordinal += 1
+        self._next_seq = last + 1
+        return batch
+
+    async def _publish(self, js: Any, batches: deque[Batch]) -> bool:
+        """Publish ``batches`` with at most ``window`` unacked; False (and what must go again kept
+        for the next round) when one failed."""
+        loop = asyncio.get_running_loop()
+        inflight: deque[tuple[Batch, Any]] = deque()
+        failed: Batch | None = None
+        while batches and failed is None:
+            batch = batches.popleft()
+            future = await js.publish_async(self.subject, batch.payload(), headers=batch.headers())
+            inflight.append((batch, future))
+            if len(inflight) >= self.window:
+                head = inflight.popleft()
+                if not await self._acked(head[0], head[1], loop.time() + _ACK_TIMEOUT):
+                    failed = head[0]
+        # One deadline for the rest of the window: they have all been waiting already.
+        deadline = loop.time() + _ACK_TIMEOUT
+        for batch, future in inflight:
+            if not await self._acked(batch, future, deadline) and failed is None:
+                failed = batch
+        if failed is None:
+            return True
+        # The failed message and every later one: those that landed meanwhile are dropped as repeats.
+        self._resend = deque([failed, *(b for b, _ in inflight if b.seq > failed.seq), *batches])
+        return False
+
+    async def _acked(self, batch: Batch, future: Any, deadline: float) -> bool:
+        """Whether ``batch`` is in the stream, and every event before it too."""
+        try:
+            await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0.001))
+        except Exception:  # a timeout, no responders, a stream error: the same remedy, send again
+            future.cancel()
+            return False
+        if batch.seq == self.stats.last_acked + 1:  # a later ack after a failed one moves nothing
+            self.stats.last_acked = batch.last
+            self.stats.shipped += batch.count
+            self.stats.messages += 1
+            if self.progress:
+                self.progress(batch.count)
+        return batch.last <= self.stats.last_acked
+
+
+class Shipping:
+    """A shipper following its log from a daemon thread (what ``TaskLogDB.ship_to`` runs)."""
+
+    def __init__(self, shipper: Shipper, logger: Any = None, drain_timeout: float = 10.0) -> None:
+        self.shipper, self.logger, self.drain_timeout = shipper, logger, drain_timeout
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tasklog-ship", daemon=True)
+
+    def start(self) -> Shipping:
+        """Start the thread; return self."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.shipper.run_sync(follow=True)
+        except BaseException as exc:  # kept and logged: the writer goes on, its events stay in the log
+            self.error = exc
+            if self.logger is not None:
+                self.logger.error("tasklog: shipping to %s stopped: %s", ",".join(self.shipper.servers), exc)
+
+    def stop(self) -> None:
+        """Ship what is committed, then stop; give up after ``drain_timeout`` (the rest ships next time)."""
+        self.shipper.stop(drain=True)
+        self._thread.join(self.drain_timeout)
+        if self._thread.is_alive():
+            self.shipper.stop()
+            self._thread.join(_ACK_TIMEOUT + 1)
+
+
+# -- restore -------------------------------------------------------------------------------
+
+
+async def restore_async(log: TaskLog, servers: list[str], stream: str, hub: str,
+                        progress: Callable[[int], None] | None = None) -> int:
+    """Write the events of ``hub`` from ``stream`` into the empty sync ``log``; return how many."""
+    subject = jetstream.hub_subject(stream, hub)
+    nc = await jetstream.connect(servers)
+    try:
+        js = nc.jetstream()
+        try:
+            total = await jetstream.hub_count(js, stream, subject)
+        except importlib.import_module("nats.js.errors").NotFoundError:
+            raise StreamError(f"there is no stream {stream} at {','.join(servers)}") from None
+        if total == 0:
+            raise StreamError(f"stream {stream} holds nothing of hub {hub}")
+        sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
+        restorer = _Restorer(log, progress)
+        try:
+            for _ in range(total):
+                msg = await sub.next_msg(timeout=10)
+                restorer.add(jetstream.batch_of(msg.headers, msg.data, subject))
+        finally:
+            await sub.unsubscribe()
+        restorer.finish()
+        return restorer.written
+    finally:
+        await nc.close()
+
+
+def restore(log: TaskLog, servers: str, stream: str, hub: str, progress: Callable[[int], None] | None = None) -> int:
+    """Rebuild hub ``hub``'s events from ``stream`` into ``log`` (new, sync): the same events at
+    the same sequence numbers with the same commit times. Return the events written."""
+    if log.last_seq:
+        raise InterfaceError(f"{log.path} already holds events: restore into a new directory")
+    return asyncio.run(restore_async(log, jetstream.parse_servers(servers), jetstream.check_name("stream", stream),
+                                     jetstream.check_name("hub", hub), progress))
+
+
+class _Restorer:
+    """Puts batches back in order (a failover can reorder them), drops repeats, writes each run."""
+
+    def __init__(self, log: TaskLog, progress: Callable[[int], None] | None) -> None:
+        self.log, self.progress = log, progress
+        self.held: dict[int, Batch] = {}
+        self.next: int | None = None
+        self.identity: str | None = None
+        self.written = 0
+
+    def add(self, batch: Batch) -> None:
+        """Take one message's batch; write every run that is now complete."""
+        if self.identity is None:
+            self.identity = batch.log
+        elif batch.log != self.identity:
+            raise StreamError(f"hub {batch.hub} holds events of two logs ({self.identity} and {batch.log})")
+        if batch.schema != codec.SCHEMA_VERSION:
+            raise StreamError(f"event {batch.seq} has schema {batch.schema}; this tasklog reads {codec.SCHEMA_VERSION}")
+        if self.next is None or batch.last >= self.next:
+            self.held.setdefault(batch.seq, batch)
+        if self.next is None and len(self.held) >= _REORDER_SPAN:
+            self.next = min(self.held)
+        if self.next is not None:
+            self._write_ready()
+
+    def _write_ready(self) -> None:
+        while True:
+            # A batch that overlaps what is written (a resend with other bounds) gives its new tail.
+            ready = [b for s, b in self.held.items() if s <= (self.next or 0)]
+            if not ready:
+                return
+            for b in ready:
+                del self.held[b.seq]
+            batch = max(ready, key=lambda b: b.last)
+            if batch.last < (self.next or 0):
+                continue
+            skip = (self.next or 0) - batch.seq
+            events = [(batch.seq + skip + i, raw) for i, raw in enumerate(batch.events[skip:])]
+            self.log.put_verbatim(events, batch.commits, batch.log)
+            self.next = batch.last + 1
+            self.written += len(events)
+            if self.progress:
+                self.progress(len(events))
+
+    def finish(self) -> None:
+        """Write what is held; refuse a stream that lacks an event between its first and last."""
+        if self.next is None and self.held:
+            self.next = min(self.held)
+            self._write_ready()
+        if self.held:
+            raise StreamError(f"the stream lacks event {self.next} of log {self.identity} "
+                              f"({len(self.held)} later messages held back); restored up to {(self.next or 1) - 1}")
