@@ -34,7 +34,7 @@ from projections.maintenance import Maintenance, Policy
 from .errors import LogBusyError
 from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
 from .log import DURABILITY, TaskLog
-from .ship import Shipper, Shipping
+from .ship import Shipping
 
 __all__ = ["TaskLogDB", "record_events"]
 
@@ -148,7 +148,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
     retain_bytes = Int(0, config=True, help="Retention (off: 0): after each snapshot, prune every event it "
                        "covers while the log directory is larger than this.")
     ship_to = Unicode("", config=True, help="NATS servers (nats://host:port[,...]) to ship every committed event "
-                      "to, from a thread of its own (needs tasklog[nats]); empty: off.")
+                      "to, from a child process (`tasklog ship --follow`; needs tasklog[nats]); empty: off.")
     ship_stream = Unicode("TASKLOG", config=True, help="The JetStream stream ship_to publishes to.")
     ship_hub = Unicode("", config=True, help="This Hub's name in the stream (default: its log's identity).")
 
@@ -193,8 +193,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         if not self.ship_to:
             return None
         try:
-            return Shipping(Shipper(self.tasklog, self.ship_to, self.ship_stream, self.ship_hub or None),
-                            self.log).start()
+            return Shipping(self.tasklog.path, self.ship_to, self.ship_stream, self.ship_hub or None, self.log).start()
         except BaseException:
             self.close()
             raise

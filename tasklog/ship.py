@@ -19,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import importlib
+import signal
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -247,33 +250,62 @@ class Shipper:
 
 
 class Shipping:
-    """A shipper following its log from a daemon thread (what ``TaskLogDB.ship_to`` runs)."""
+    """``tasklog ship --follow`` in a child process beside a writer (what ``TaskLogDB.ship_to`` runs).
 
-    def __init__(self, shipper: Shipper, logger: Any = None, drain_timeout: float = 10.0) -> None:
-        self.shipper, self.logger, self.drain_timeout = shipper, logger, drain_timeout
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="tasklog-ship", daemon=True)
+    A child, not a thread: shipping reads the log back, packs and publishes, and in the writer's
+    process that work took the GIL from the writer (the Hub pattern ran at 0.89x; BENCHMARKS.md).
+    The child reads the log read-only, ends (after shipping what is committed) when this process
+    does, and its errors are logged.
+    """
+
+    def __init__(self, path: str, servers: str, stream: str = jetstream.DEFAULT_STREAM, hub: str | None = None,
+                 logger: Any = None, drain_timeout: float = 10.0) -> None:
+        jetstream.parse_servers(servers)  # a bad address is the caller's error, not the child's
+        named = ["--hub", jetstream.check_name("hub", hub)] if hub else []
+        self.command = [sys.executable, "-m", "tasklog", "ship", "--log", path, "--to", servers,
+                        "--stream", jetstream.check_name("stream", stream), "--follow",
+                        "--until-eof", *named]
+        self.logger, self.drain_timeout = logger, drain_timeout
+        self.errors: list[str] = []
+        self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> Shipping:
-        """Start the thread; return self."""
-        self._thread.start()
+        """Start the child; return self."""
+        # Its standard input is a pipe only this process holds: closed by stop(), or by this
+        # process ending, however it ends, which the child takes as "ship what is committed, then stop".
+        self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._relay, args=(self._proc,), name="tasklog-ship-errors", daemon=True).start()
         return self
 
-    def _run(self) -> None:
-        try:
-            self.shipper.run_sync(follow=True)
-        except BaseException as exc:  # kept and logged: the writer goes on, its events stay in the log
-            self.error = exc
+    def _relay(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.errors.append(line.rstrip())
             if self.logger is not None:
-                self.logger.error("tasklog: shipping to %s stopped: %s", ",".join(self.shipper.servers), exc)
+                self.logger.error("tasklog ship: %s", line.rstrip())
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status (None: still running)."""
+        return None if self._proc is None else self._proc.poll()
 
     def stop(self) -> None:
         """Ship what is committed, then stop; give up after ``drain_timeout`` (the rest ships next time)."""
-        self.shipper.stop(drain=True)
-        self._thread.join(self.drain_timeout)
-        if self._thread.is_alive():
-            self.shipper.stop()
-            self._thread.join(_ACK_TIMEOUT + 1)
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()  # asks it to drain
+        try:
+            proc.wait(self.drain_timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # to stop once its window settles
+            try:
+                proc.wait(_ACK_TIMEOUT + 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # -- restore -------------------------------------------------------------------------------

@@ -96,6 +96,15 @@ def test_addresses_names_and_messages_are_checked() -> None:
         batch_of({"Nats-Msg-Id": "x"}, b"junk")
 
 
+def test_a_missing_nats_extra_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tasklog import MissingExtraError
+    _hub_log(tmp_path / "log", 3, seed=1)
+    monkeypatch.setitem(sys.modules, "nats", None)  # what a machine without the extra sees
+    with TaskLog.open(str(tmp_path / "log"), readonly=True) as log, \
+            pytest.raises(MissingExtraError, match=r"tasklog\[nats\]"):
+        Shipper(log, "nats://127.0.0.1:4222").run_sync()
+
+
 def test_command_line_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     log = tmp_path / "log"
     _hub_log(log, 5, seed=1)
@@ -187,6 +196,8 @@ def test_a_hub_name_holds_one_log_and_an_event_must_fit_a_message(tmp_path: Path
         log.submit("huge", buffers=[b"x" * (2 << 20)])
         with pytest.raises(StreamError, match="max_payload"):
             Shipper(log, one_server.url, hub="c").run_sync()
+        with pytest.raises(StreamError, match="cannot create stream OTHER with 3 replicas"):
+            Shipper(log, one_server.url, stream="OTHER", replicas=3).run_sync()
 
 
 @pytest.mark.slow
@@ -311,4 +322,4 @@ def test_tasklogdb_ships_while_the_hub_runs(tmp_path: Path, one_server: NatsClus
     db.close()
     with TaskLog.open(str(tmp_path / "tasklog"), readonly=True) as log:
         assert shipped_through(one_server.url, "TASKLOG", "hub1") == log.last_seq == 100
-    assert db.shipping is not None and db.shipping.error is None
+    assert db.shipping is not None and db.shipping.returncode == 0 and db.shipping.errors == []

@@ -11,6 +11,8 @@ import asyncio
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import projections
@@ -26,12 +28,23 @@ from .common import Command, add_log, leave_nothing, local_file, positive
 __all__ = ["SHIP", "RESTORE", "FOLLOW", "add_source", "replay_from_stream"]
 
 
-def _stopping(run: Any, stop: Any) -> Any:
-    """Run the coroutine ``run`` with SIGINT and SIGTERM asking ``stop()`` for a clean end."""
+def _stopping(run: Any, stop: Callable[[bool], None], until_eof: bool = False) -> Any:
+    """Run the coroutine ``run``: a first SIGINT or SIGTERM asks ``stop(True)`` (finish what is in
+    hand), a second ``stop(False)`` (now); with ``until_eof``, the end of standard input is a first."""
     async def main() -> Any:
         loop = asyncio.get_running_loop()
+        asked: list[int] = []
+
+        def ask() -> None:
+            asked.append(1)
+            stop(len(asked) == 1)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, ask)
+        if until_eof:
+            def wait_eof() -> None:
+                sys.stdin.buffer.read()  # returns when the writer that started this closes the pipe, or ends
+                loop.call_soon_threadsafe(ask)
+            threading.Thread(target=wait_eof, daemon=True).start()
         return await run
     return asyncio.run(main())
 
@@ -45,11 +58,12 @@ def cmd_ship(args: argparse.Namespace) -> int:
         bar = Progress(None if args.follow else max(log.last_seq - log.start_seq + 1, 0), "ship")
         shipper = Shipper(log, args.to, args.stream, args.hub, args.replicas, args.window, progress=bar.update,
                           connect_deadline=None if args.follow else args.wait, batch_events=args.batch)
-        stats = _stopping(shipper.run(follow=args.follow), shipper.stop)
+        stats = _stopping(shipper.run(follow=args.follow), shipper.stop, args.until_eof)
         bar.close()
         print(f"shipped {stats.shipped:,} events in {stats.messages:,} messages to {shipper.stream}/{shipper.hub} "
               f"in {bar.elapsed:.2f} s ({stats.shipped / max(bar.elapsed, 1e-9):,.0f} events/s); the stream holds "
-              f"events {log.start_seq}..{stats.last_acked} of this log; windows sent again after a failure: {stats.retries}")
+              f"events {log.start_seq}..{stats.last_acked} of this log; windows sent again after a failure: "
+              f"{stats.retries}")
     return 0
 
 
@@ -63,6 +77,9 @@ def _ship_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive, default=BATCH_EVENTS, metavar="N",
                    help=f"events a message holds at most (default {BATCH_EVENTS})")
     p.add_argument("--follow", action="store_true", help="keep shipping new events until interrupted")
+    p.add_argument("--until-eof", action="store_true",
+                   help="stop, after shipping what is committed, when standard input ends (how a writer that "
+                        "started this one says it closed, or ended)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for a server to answer before giving up (default 30; "
                         "--follow waits for ever)")
@@ -100,7 +117,7 @@ def _feed(args: argparse.Namespace, follow: bool) -> int:
         bar = Progress(None, "fold")
         feed = StreamFeed(proj, args.source, args.stream, durable=getattr(args, "durable", None),
                           hubs=args.hub or None, progress=bar.update)
-        stats = _stopping(feed.run(follow=follow), feed.stop)
+        stats = _stopping(feed.run(follow=follow), lambda _: feed.stop())
         bar.close()
         hubs = ", ".join(f"{hub} at {seq}" for hub, seq in sorted(proj.hubs.values())) or "none"
         print(f"folded {stats.applied:,} events from {feed.stream} into {proj.spec} in {bar.elapsed:.2f} s; "
