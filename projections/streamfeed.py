@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tasklog import codec, jetstream
@@ -76,19 +77,25 @@ class StreamFeed:
         """Fold everything the stream holds, then return (or, ``follow``, wait for more until stopped)."""
         nc = await jetstream.connect(self.servers)
         try:
-            subs = [await self._subscribe(nc.jetstream(), s) for s in self.subjects]
-            while not self._stop.is_set():
-                idle = True
-                for sub in subs:
-                    got = await self._fetch(sub)
-                    idle = idle and not got
-                    if got:
-                        await self._fold(got)
-                if idle and not follow and all([await self._drained(sub) for sub in subs]):
-                    break
+            with jetstream.translated(f"folding {self.stream}"):
+                js = nc.jetstream()
+                subs = [await jetstream.retrying(partial(self._subscribe, js, s), self._stop.is_set)
+                        for s in self.subjects]
+                await self._loop(subs, follow)
             return self.stats
         finally:
             await nc.close()
+
+    async def _loop(self, subs: list[Any], follow: bool) -> None:
+        while not self._stop.is_set():
+            idle = True
+            for sub in subs:
+                got = await self._fetch(sub)
+                idle = idle and not got
+                if got:
+                    await self._fold(got)
+            if idle and not follow and all([await self._drained(sub) for sub in subs]):
+                return
 
     async def _subscribe(self, js: Any, subject: str) -> Any:
         api = importlib.import_module("nats.js.api")
@@ -109,11 +116,11 @@ class StreamFeed:
         try:
             msgs: list[Any] = await sub.fetch(_FETCH, timeout=0.5)
             return msgs
-        except importlib.import_module("nats.errors").TimeoutError:
+        except jetstream.transient():  # nothing yet, or the consumer's leader is moving: ask again
             return []
 
     async def _drained(self, sub: Any) -> bool:
-        info = await sub.consumer_info()
+        info = await jetstream.retrying(sub.consumer_info, self._stop.is_set)
         return int(info.num_pending) == 0 and int(info.num_ack_pending) <= sum(len(h) for h in self._held.values())
 
     async def _fold(self, msgs: list[Any]) -> None:

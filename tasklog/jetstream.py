@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgpack
@@ -38,9 +40,12 @@ from . import codec
 from .errors import InterfaceError, MissingExtraError, StreamError
 
 __all__ = ["DEFAULT_STREAM", "Batch", "batch_of", "connect", "ensure_stream", "first_gap", "hub_subject",
-           "parse_servers", "nats_module", "hub_count", "check_name", "stream_subjects"]
+           "parse_servers", "nats_module", "hub_count", "check_name", "stream_subjects", "retrying", "transient",
+           "translated"]
 
 DEFAULT_STREAM = "TASKLOG"
+T = TypeVar("T")
+_BACKOFF_MAX = 2.0
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HEADER_LOG, _HEADER_HUB, _HEADER_SEQ = "Tasklog-Log", "Tasklog-Hub", "Tasklog-Seq"
 _HEADER_COUNT, _HEADER_MSG = "Tasklog-Count", "Tasklog-Msg"
@@ -104,6 +109,39 @@ async def connect(servers: list[str], *, deadline: float | None = 30.0) -> Any:
         return await asyncio.wait_for(attempt, deadline)
     except asyncio.TimeoutError:
         raise StreamError(f"no NATS server answered at {','.join(servers)} within {deadline:g} s") from None
+
+
+def transient() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the cluster cannot answer now" (no leader yet, a server gone, a
+    timeout): wait and ask again."""
+    errors, js_errors = importlib.import_module("nats.errors"), importlib.import_module("nats.js.errors")
+    return (errors.TimeoutError, errors.NoRespondersError, errors.ConnectionClosedError,
+            js_errors.ServiceUnavailableError, js_errors.NoStreamResponseError, asyncio.TimeoutError)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], stopped: Callable[[], bool] = lambda: False,
+                   most: float = _BACKOFF_MAX) -> T:
+    """``await call()`` again, backing off up to ``most`` seconds, while the cluster cannot answer;
+    StreamError once ``stopped()`` says to give up."""
+    wait = 0.05
+    while True:
+        try:
+            return await call()
+        except transient() as exc:
+            if stopped():
+                raise StreamError(f"stopped while the NATS cluster did not answer ({type(exc).__name__})") from None
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, most)
+
+
+@contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Any other nats-py error as a one-line StreamError saying what was being done."""
+    errors = importlib.import_module("nats.errors")
+    try:
+        yield
+    except errors.Error as exc:
+        raise StreamError(f"{doing}: {type(exc).__name__} {exc}".strip()) from None
 
 
 async def ensure_stream(js: Any, stream: str, replicas: int | None) -> int:

@@ -35,7 +35,7 @@ from .log import TaskLog
 __all__ = ["Shipper", "ShipStats", "Shipping", "restore", "BATCH_EVENTS"]
 
 _ACK_TIMEOUT = 5.0  # seconds a message may wait for its ack before it and those after it go again
-_BACKOFF_MAX = 2.0
+_BACKOFF_MAX = 2.0  # seconds between rounds resent after failures, at most
 BATCH_EVENTS = 256  # events a message holds at most (and at most about the server's max_payload)
 _HEADROOM = 4096  # bytes of a message's max_payload left for its headers and framing
 # Messages read before the restored log's first event is chosen: a failover reorders at most a
@@ -52,13 +52,6 @@ class ShipStats:
         self.last_acked = 0
         self.retries = 0
         self.started_at = 0
-
-
-def _transient() -> tuple[type[BaseException], ...]:
-    """The errors that mean "the cluster cannot answer now": wait and ask again."""
-    errors, js_errors = importlib.import_module("nats.errors"), importlib.import_module("nats.js.errors")
-    return (errors.TimeoutError, errors.NoRespondersError, errors.ConnectionClosedError,
-            js_errors.ServiceUnavailableError, js_errors.NoStreamResponseError, asyncio.TimeoutError)
 
 
 class Shipper:
@@ -102,37 +95,33 @@ class Shipper:
         when :meth:`stop` is called."""
         nc = await jetstream.connect(self.servers, deadline=self.connect_deadline)
         try:
-            self._max_bytes = int(nc.max_payload) - _HEADROOM
-            js = nc.jetstream(publish_async_max_pending=self.window + 1)
-            await self._retrying(lambda: jetstream.ensure_stream(js, self.stream, self.replicas))
-            await self._retrying(lambda: self._resume(js))
-            self.stats.started_at = self._next_seq
-            while not self._stop.is_set():
-                round_ = self._resend or deque(self._read())
-                self._resend = deque()
-                if not round_:
-                    if not follow or self._drain.is_set():
-                        break
-                    await asyncio.sleep(poll)
-                    continue
-                if not await self._publish(js, round_):
-                    self.stats.retries += 1
-                    await asyncio.sleep(min(0.05 * 2 ** min(self.stats.retries, 6), _BACKOFF_MAX))
+            with jetstream.translated(f"shipping to {self.stream}/{self.hub}"):
+                self._max_bytes = int(nc.max_payload) - _HEADROOM
+                js = nc.jetstream(publish_async_max_pending=self.window + 1)
+                await self._retrying(lambda: jetstream.ensure_stream(js, self.stream, self.replicas))
+                await self._retrying(lambda: self._resume(js))
+                self.stats.started_at = self._next_seq
+                await self._loop(js, follow, poll)
             return self.stats
         finally:
             await nc.close()
 
+    async def _loop(self, js: Any, follow: bool, poll: float) -> None:
+        while not self._stop.is_set():
+            round_ = self._resend or deque(self._read())
+            self._resend = deque()
+            if not round_:
+                if not follow or self._drain.is_set():
+                    return
+                await asyncio.sleep(poll)
+                continue
+            if not await self._publish(js, round_):
+                self.stats.retries += 1
+                await asyncio.sleep(min(0.05 * 2 ** min(self.stats.retries, 6), _BACKOFF_MAX))
+
     async def _retrying(self, call: Callable[[], Any]) -> Any:
         """``call()`` again with back-off while the cluster cannot answer (no leader, no server)."""
-        wait = 0.1
-        while True:
-            try:
-                return await call()
-            except _transient():
-                if self._stop.is_set():
-                    raise StreamError(f"stopped while {','.join(self.servers)} did not answer") from None
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, _BACKOFF_MAX)
+        return await jetstream.retrying(call, self._stop.is_set)
 
     # -- where to start ----------------------------------------------------------------
 
@@ -216,7 +205,11 @@ class Shipper:
         failed: Batch | None = None
         while batches and failed is None:
             batch = batches.popleft()
-            future = await js.publish_async(self.subject, batch.payload(), headers=batch.headers())
+            try:
+                future = await js.publish_async(self.subject, batch.payload(), headers=batch.headers())
+            except Exception:  # the client's buffer is full while it reconnects, or it is closing
+                failed = batch
+                break
             inflight.append((batch, future))
             if len(inflight) >= self.window:
                 head = inflight.popleft()
@@ -253,7 +246,8 @@ class Shipping:
     """``tasklog ship --follow`` in a child process beside a writer (what ``TaskLogDB.ship_to`` runs).
 
     A child, not a thread: shipping reads the log back, packs and publishes, and in the writer's
-    process that work took the GIL from the writer (the Hub pattern ran at 0.89x; BENCHMARKS.md).
+    process that work took the GIL from the writer (the Hub pattern measured 0.86x-0.89x of no
+    shipping with a thread, 0.96x with the child; BENCHMARKS.md).
     The child reads the log read-only, ends (after shipping what is committed) when this process
     does, and its errors are logged.
     """

@@ -245,9 +245,9 @@ def test_killing_the_stream_leader_while_a_hub_ships_loses_and_doubles_nothing(t
 def test_a_shipper_killed_mid_window_resumes_without_duplicates_or_gaps(tmp_path: Path,
                                                                        cluster: NatsCluster) -> None:
     path = tmp_path / "hub"
-    last = _hub_log(path, 4000, 5)
-    first = _ship("--log", str(path), "--to", cluster.url, "--hub", "h", "--batch", "1", "--window", "32")
-    wait_for(lambda: shipped_through(cluster.url, "TASKLOG", "h") > 2000, what="shipping to begin")
+    last = _hub_log(path, 20000, 5)
+    first = _ship("--log", str(path), "--to", cluster.url, "--hub", "h", "--batch", "1", "--window", "4")
+    wait_for(lambda: shipped_through(cluster.url, "TASKLOG", "h") > 200, what="shipping to begin")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     midway = shipped_through(cluster.url, "TASKLOG", "h")
