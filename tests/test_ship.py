@@ -25,24 +25,24 @@ from tasklog.jetstream import batch_of, first_gap, parse_servers
 from tasklog.ship import Shipper, restore
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """Three JetStream servers routed to each other, started."""
-    c = NatsCluster(tmp_path / "nats", 3)
-    (tmp_path / "nats").mkdir()
+def _servers(directory: Path, size: int) -> Iterator[NatsCluster]:
+    directory.mkdir()
+    c = NatsCluster(directory, size)
     c.start()
     yield c
     c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three JetStream servers routed to each other, started."""
+    yield from _servers(tmp_path / "nats", 3)
 
 
 @pytest.fixture
 def one_server(tmp_path: Path) -> Iterator[NatsCluster]:
     """One JetStream server (streams get one replica)."""
-    c = NatsCluster(tmp_path / "nats1", 1)
-    (tmp_path / "nats1").mkdir()
-    c.start()
-    yield c
-    c.stop()
+    yield from _servers(tmp_path / "nats1", 1)
 
 
 def _hub_log(path: Path, tasks: int, seed: int) -> int:
