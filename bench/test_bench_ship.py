@@ -95,8 +95,9 @@ def test_ship_rate(benchmark: Any, shipped_log: tuple[str, list[Any]], cluster: 
         def run(stream: str) -> None:
             stats = Shipper(log, cluster.url, stream, hub="bench").run_sync()
             assert stats.last_acked == log.last_seq
-        record(benchmark, len(events), f"stream of {replicas} replicas (acked by a quorum)", "shipping",
-               role=f"ship_r{replicas}", baseline="ship_baseline_append", series=f"ship, {replicas} replicas")
+        copies = f"{replicas} replica{'s' if replicas > 1 else ''}"
+        record(benchmark, len(events), f"stream of {copies} (acked by a quorum)", "shipping",
+               role=f"ship_r{replicas}", baseline="ship_baseline_append", series=f"ship, {copies}")
         benchmark.pedantic(run, setup=lambda: ((_new_stream(cluster.url, replicas),), {}), rounds=ROUNDS)
 
 
