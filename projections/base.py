@@ -33,12 +33,15 @@ from .fold import (
 )
 from .query import Logical, compile_predicate, fields_of, parse, parse_keys, public_copy
 
-__all__ = ["Projection", "Records", "gc_paused", "BUFFER_MODES", "EventSource"]
+__all__ = ["Projection", "Records", "gc_paused", "BUFFER_MODES", "EventSource", "STREAM_ORIGIN"]
 
 #: How a projection keeps buffers: "ref" (the default: the number of the event that carried them,
 #: read back from the log when a record is returned) or "inline" (the bytes, for a projection
 #: read without its log). "ref" applies only while the projection is fed from a log.
 BUFFER_MODES = ("ref", "inline")
+#: What a projection folded from a stream of hubs is tied to, in place of a log's identity: this,
+#: then the stream's name (``projections.streamfeed`` feeds it).
+STREAM_ORIGIN = "nats stream "
 
 
 class EventSource(Protocol):
@@ -100,6 +103,8 @@ class Projection(ABC):
     persistent = False
     #: The finest datetime the store keeps: records hold the events' datetimes cut to it.
     datetime_resolution = timedelta(microseconds=1)
+    #: Whether the backend keeps a checkpoint per hub, so a stream of many hubs can feed it.
+    keeps_hubs = False
 
     def __init__(self) -> None:
         self.last_seq = 0
@@ -161,8 +166,8 @@ class Projection(ABC):
         """Delete every stored record and reset the stored checkpoint to 0, at once where the store allows."""
 
     def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
-        """Persist the ``changed`` records and the per-hub checkpoints ``hubs`` together."""
-        raise ProjectionError(f"{self.spec} cannot be fed from a stream of hubs (use dict, sqlite or mongodb)")
+        """Persist the ``changed`` records and the per-hub checkpoints ``hubs`` together (where ``keeps_hubs``)."""
+        raise NotImplementedError
 
     def _save_marks(self) -> None:  # noqa: B027 (a no-op default: only persistent backends store them)
         """Store ``log_identity`` and ``pinned`` beside the checkpoint."""
@@ -188,7 +193,8 @@ class Projection(ABC):
                 self._save_marks()
                 return
             this = f"this log ({identity})" if identity else "this log, which has no identity (an older tasklog's)"
-            raise ProjectionError(f"{self.spec} was built from log {self.log_identity}, not from {this}; "
+            built = self.log_identity if self.log_identity.startswith(STREAM_ORIGIN) else f"log {self.log_identity}"
+            raise ProjectionError(f"{self.spec} was built from {built}, not from {this}; "
                                   "replay with rebuild to build it from this log")
 
     def pin(self, seq: int | None) -> None:
@@ -243,6 +249,8 @@ class Projection(ABC):
         below that hub's checkpoint are skipped. Records say their hub (``hub``); many hubs fold into
         one projection, which is then tied to ``origin`` rather than to one log."""
         with self._lock:
+            if not self.keeps_hubs:
+                raise ProjectionError(f"{self.spec} cannot be fed from a stream of hubs (use dict, sqlite or mongodb)")
             if self.log_identity not in (None, origin):
                 raise ProjectionError(f"{self.spec} was built from {self.log_identity}, not from {origin}; "
                                       "fold a stream into a projection of its own")

@@ -109,6 +109,8 @@ class DictProjection(Projection):
         self._store({m: rec}, {m}, self.last_seq)
         return rec
 
+    keeps_hubs = True
+
     def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         self._store(records, changed, self.last_seq)  # the checkpoints live in self.hubs, as the records do
 

@@ -103,6 +103,8 @@ class MongoProjection(Projection):
             self._meta.update_one({"_id": "checkpoint"}, {"$set": {"seq": last_seq}}, upsert=True)
         self._guard(write)
 
+    keeps_hubs = True
+
     def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         ops = _replacements(records, changed)
 

@@ -221,6 +221,8 @@ class SQLiteProjection(Projection):
             db.executemany(_INSERT, rows)
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last_seq,))
 
+    keeps_hubs = True
+
     def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
         # Records and the hubs' checkpoints in one transaction, as _store does for a log's.

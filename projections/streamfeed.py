@@ -23,11 +23,9 @@ from tasklog import codec, jetstream
 from tasklog.errors import StreamError
 from tasklog.jetstream import Batch
 
-from .base import Projection
+from .base import STREAM_ORIGIN, Projection
 
-__all__ = ["StreamFeed", "FeedStats", "ORIGIN", "stream_fed"]
-
-ORIGIN = "nats stream "  # a stream-fed projection's log_identity: this, then the stream's name
+__all__ = ["StreamFeed", "FeedStats", "stream_fed"]
 
 _FETCH = 256  # messages asked for at a time
 
@@ -44,7 +42,7 @@ class FeedStats:
 
 def stream_fed(projection: Projection) -> bool:
     """Whether ``projection`` was folded from a stream (it answers without a log)."""
-    return (projection.log_identity or "").startswith(ORIGIN)
+    return (projection.log_identity or "").startswith(STREAM_ORIGIN)
 
 
 class StreamFeed:
@@ -59,7 +57,7 @@ class StreamFeed:
         self.durable = None if durable is None else jetstream.check_name("consumer", durable)
         self.subjects = [jetstream.hub_subject(stream, h) for h in hubs] if hubs else \
             [jetstream.stream_subjects(stream)]
-        self.origin = ORIGIN + self.stream
+        self.origin = STREAM_ORIGIN + self.stream
         self.progress, self.record_lag = progress, record_lag
         self.stats = FeedStats()
         self._held: dict[str, dict[int, tuple[Batch, Any]]] = {}

@@ -121,6 +121,32 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         assert out.returncode != 0 and words in out.stderr and out.stderr.count("\n") == 1, (args, out.stderr)
 
 
+def test_hubs_fold_under_their_own_checkpoints_and_never_mix_with_a_log(tmp_path: Path) -> None:
+    from projections import ProjectionError
+    from tasklog import Submit
+    with TaskLog.open(str(tmp_path / "log")) as log:
+        log.submit("t0")
+        spec = f"sqlite:///{tmp_path / 'fed.db'}"
+        with projections.open(spec) as fed:
+            assert fed.apply_hub("log-a", "a", [(1, Submit("x1")), (2, Submit("x2"))], "nats stream S") == 2
+            assert fed.apply_hub("log-a", "a", [(2, Submit("x2")), (3, Submit("x3"))], "nats stream S") == 1
+            assert fed.apply_hub("log-b", "b", [(1, Submit("y1"))], "nats stream S") == 1
+            with pytest.raises(ProjectionError, match="is hub a"):
+                fed.apply_hub("log-a", "other", [(4, Submit("x4"))], "nats stream S")
+            with pytest.raises(ProjectionError, match="not from nats stream T"):
+                fed.apply_hub("log-c", "c", [(1, Submit("z1"))], "nats stream T")
+        with projections.open(spec) as again:  # the checkpoints are stored with the records
+            assert again.hubs == {"log-a": ("a", 3), "log-b": ("b", 1)}
+            assert [r["msg_id"] for r in again.find_records({"hub": "b"})] == ["y1"]
+            with pytest.raises(ProjectionError, match="built from nats stream S"):
+                projections.replay(log, again)
+        own = projections.replay(log, f"sqlite:///{tmp_path / 'own.db'}")
+        with own, pytest.raises(ProjectionError, match="fold a stream into a projection of its own"):
+            own.apply_hub("log-a", "a", [(1, Submit("x1"))], "nats stream S")
+        with projections.open("none") as none, pytest.raises(ProjectionError, match="cannot be fed from a stream"):
+            none.apply_hub("log-a", "a", [(1, Submit("x1"))], "nats stream S")
+
+
 # -- shipping, folding, restoring on a 3-node cluster -------------------------------------
 
 
@@ -140,6 +166,7 @@ def test_two_hubs_ship_at_once_and_fold_into_sqlite_and_mongodb(tmp_path: Path, 
     with projections.open(mongo) as p:
         stats = StreamFeed(p, cluster.url).run_sync()
         assert stats.applied == sum(TaskLog.open(str(tmp_path / h), readonly=True).last_seq for h in "ab")
+        assert p.count({"hub": "a"}) == len(_own(tmp_path / "a"))  # relayed to the server as a query
     for spec in (sqlite, mongo):
         folded = _folded(spec)
         for hub in "ab":
