@@ -37,7 +37,8 @@ __all__ = ["Shipper", "ShipStats", "Shipping", "restore", "BATCH_EVENTS"]
 _ACK_TIMEOUT = 5.0  # seconds a message may wait for its ack before it and those after it go again
 _BACKOFF_MAX = 2.0  # seconds between rounds resent after failures, at most
 BATCH_EVENTS = 256  # events a message holds at most (and at most about the server's max_payload)
-_HEADROOM = 4096  # bytes of a message's max_payload left for its headers and framing
+_HEADROOM = 4096  # bytes of a message's max_payload left for its headers
+_PER_EVENT = 24  # bytes an event adds to a message besides its own: msgpack framing, a commit's entry
 # Messages read before the restored log's first event is chosen: a failover reorders at most a
 # shipper's window of them, so the earliest event is among the first this many.
 _REORDER_SPAN = 1024
@@ -170,25 +171,26 @@ class Shipper:
         if stop <= start:
             return []
         commits = self.log.commits(start, stop)
+        starts = [c[0] for c in commits]
         batches: list[Batch] = []
         run: list[tuple[int, bytes]] = []
         size = 0
         for seq, raw in self.log.read_raw(start, stop):
-            if len(raw) > self._max_bytes:
+            cost = len(raw) + _PER_EVENT
+            if cost > self._max_bytes:
                 raise StreamError(f"event {seq} is {len(raw):,} bytes, more than the server's max_payload "
                                   f"allows ({self._max_bytes + _HEADROOM:,}); raise max_payload to ship it")
-            if run and (len(run) >= self.batch_events or size + len(raw) > self._max_bytes or raw[0] != run[0][1][0]):
-                batches.append(self._batch(run, commits))
+            if run and (len(run) >= self.batch_events or size + cost > self._max_bytes or raw[0] != run[0][1][0]):
+                batches.append(self._batch(run, commits, starts))
                 run, size = [], 0
             run.append((seq, raw))
-            size += len(raw)
+            size += cost
         if run:
-            batches.append(self._batch(run, commits))
+            batches.append(self._batch(run, commits, starts))
         return batches
 
-    def _batch(self, run: list[tuple[int, bytes]], commits: list[tuple[int, float]]) -> Batch:
+    def _batch(self, run: list[tuple[int, bytes]], commits: list[tuple[int, float]], starts: list[int]) -> Batch:
         first, last = run[0][0], run[-1][0]
-        starts = [c[0] for c in commits]
         # The commit holding the first event, through the last commit that starts in the run.
         mine = commits[max(bisect.bisect_right(starts, first) - 1, 0):bisect.bisect_right(starts, last)]
         batch = Batch(self.identity or "", self.hub, first, len(run), self._next_ordinal, run[0][1][0],
