@@ -87,11 +87,11 @@ class Shipper:
         also shipped every event committed by now (thread-safe)."""
         (self._drain if drain else self._stop).set()
 
-    def run_sync(self, follow: bool = False, poll: float = 0.05) -> ShipStats:
+    def run_sync(self, follow: bool = False, poll: float = 0.01) -> ShipStats:
         """:meth:`run` on an event loop of its own (a thread's, or the CLI's)."""
         return asyncio.run(self.run(follow, poll))
 
-    async def run(self, follow: bool = False, poll: float = 0.05) -> ShipStats:
+    async def run(self, follow: bool = False, poll: float = 0.01) -> ShipStats:
         """Ship from where the stream ends for this hub; return at the log's end, or (``follow``)
         when :meth:`stop` is called."""
         nc = await jetstream.connect(self.servers, deadline=self.connect_deadline)
@@ -249,7 +249,7 @@ class Shipping:
 
     A child, not a thread: shipping reads the log back, packs and publishes, and in the writer's
     process that work took the GIL from the writer (the Hub pattern measured 0.86x-0.89x of no
-    shipping with a thread, 0.96x with the child; BENCHMARKS.md).
+    shipping with a thread, 0.97x-1.01x with the child; BENCHMARKS.md).
     The child reads the log read-only, ends (after shipping what is committed) when this process
     does, and its errors are logged.
     """
