@@ -124,10 +124,20 @@ async def _spans(url: str, stream: str, hub: str) -> list[tuple[int, int]]:
         await nc.close()
 
 
-def hub_spans(url: str, stream: str, hub: str) -> list[tuple[int, int]]:
-    """``(first, last)`` of every message ``stream`` holds for ``hub``, in stream order."""
+def hub_spans(url: str, stream: str, hub: str, attempts: int = 5) -> list[tuple[int, int]]:
+    """``(first, last)`` of every message ``stream`` holds for ``hub``, in stream order (asked
+    again, a few times, while a cluster that just lost or regained servers elects its leaders)."""
     import asyncio
-    return asyncio.run(_spans(url, stream, hub))
+
+    import nats.errors
+    for attempt in range(attempts):
+        try:
+            return asyncio.run(_spans(url, stream, hub))
+        except nats.errors.TimeoutError:
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def shipped_through(url: str, stream: str, hub: str) -> int:

@@ -269,6 +269,37 @@ def test_killing_the_stream_leader_while_a_hub_ships_loses_and_doubles_nothing(t
 
 
 @pytest.mark.slow
+def test_losing_two_servers_of_three_stalls_shipping_until_they_return(tmp_path: Path, cluster: NatsCluster) -> None:
+    path = tmp_path / "hub"
+    _hub_log(path, 100, 21)
+    shipper = _ship("--log", str(path), "--to", cluster.url, "--hub", "h", "--follow", "--batch", "8")
+    try:
+        with TaskLog.open(str(path), readonly=True) as log:
+            first = log.last_seq
+        wait_for(lambda: shipped_through(cluster.url, "TASKLOG", "h") == first or shipper.poll() is not None, 60,
+                 "the first events")
+        assert shipper.poll() is None, shipper.communicate()
+        for i in (0, 1):
+            cluster.kill(i)
+        with TaskLog.open(str(path), "async") as log:  # the Hub goes on while the stream has no quorum
+            log.append_many(list(simulate(300, seed=22)))
+            log.flush()
+            last = log.last_seq
+        time.sleep(3)
+        assert shipper.poll() is None  # still trying
+        for i in (0, 1):
+            cluster.start(i)
+        wait_for(lambda: shipped_through(cluster.url, "TASKLOG", "h") == last, 90, "the shipper to catch up")
+        shipper.send_signal(signal.SIGTERM)
+        out, err = shipper.communicate(timeout=30)
+        assert shipper.returncode == 0 and f"the stream holds events 1..{last}" in out, err
+        _exactly_once(hub_spans(cluster.url, "TASKLOG", "h"), last)
+    finally:
+        if shipper.poll() is None:
+            shipper.kill()
+
+
+@pytest.mark.slow
 def test_a_shipper_killed_mid_window_resumes_without_duplicates_or_gaps(tmp_path: Path,
                                                                        cluster: NatsCluster) -> None:
     path = tmp_path / "hub"
