@@ -19,7 +19,7 @@ sys.path.insert(1, str(Path(__file__).parent.parent / "tests"))  # the test Mong
 
 PROFILE = os.environ.get("TASKLOG_BENCH_PROFILE", "quick")
 SIZES: dict[str, dict[str, list[int]]] = {
-    # events per run, by scenario family; "quick" stays under 5 minutes on 2 cores
+    # events per run, by scenario family; "quick" takes about 8 minutes on 2 cores
     "quick": {"events": [10_000, 100_000], "one_sync": [1_000], "replay": [100_000], "records": [100_000],
               "mongo_events": [5_000], "baseline_tasks": [1_000, 5_000], "mongo_tasks": [500],
               "live_events": [10_000], "memory_events": [1_000_000]},
