@@ -82,6 +82,16 @@ def _exactly_once(spans: list[tuple[int, int]], last: int) -> None:
     assert sum(b - a + 1 for a, b in spans) == last, "an event is in the stream twice"
 
 
+def _caught_up_then_stopped(shipper: subprocess.Popen[str], url: str, last: int) -> None:
+    """Wait until the stream holds event ``last`` of hub h, stop the following shipper as a user
+    would (SIGTERM), and check every event 1..last is in the stream once."""
+    wait_for(lambda: shipped_through(url, "TASKLOG", "h") == last, 90, "the shipper to catch up")
+    shipper.send_signal(signal.SIGTERM)
+    out, err = shipper.communicate(timeout=30)
+    assert shipper.returncode == 0 and f"the stream holds events 1..{last}" in out, err
+    _exactly_once(hub_spans(url, "TASKLOG", "h"), last)
+
+
 # -- the vocabulary and bad input --------------------------------------------------------
 
 
@@ -257,12 +267,8 @@ def test_killing_the_stream_leader_while_a_hub_ships_loses_and_doubles_nothing(t
         log.flush()
         last = log.last_seq
     up = ",".join(f"nats://127.0.0.1:{p}" for i, p in enumerate(cluster.client_ports) if cluster.procs[i])
-    wait_for(lambda: shipped_through(up, "TASKLOG", "h") == last, 90, "the shipper to catch up")
-    shipper.send_signal(signal.SIGTERM)
-    out, err = shipper.communicate(timeout=30)
-    assert shipper.returncode == 0 and f"the stream holds events 1..{last}" in out, err
+    _caught_up_then_stopped(shipper, up, last)
     assert stream_leader(up, "TASKLOG") != leader
-    _exactly_once(hub_spans(up, "TASKLOG", "h"), last)
     spec = f"sqlite:///{tmp_path / 'fed.db'}"
     run_cli("replay", "--source", up, "--projection", spec, check=True)
     assert _without_hub(_folded(spec), "h") == _own(path)
@@ -289,11 +295,7 @@ def test_losing_two_servers_of_three_stalls_shipping_until_they_return(tmp_path:
         assert shipper.poll() is None  # still trying
         for i in (0, 1):
             cluster.start(i)
-        wait_for(lambda: shipped_through(cluster.url, "TASKLOG", "h") == last, 90, "the shipper to catch up")
-        shipper.send_signal(signal.SIGTERM)
-        out, err = shipper.communicate(timeout=30)
-        assert shipper.returncode == 0 and f"the stream holds events 1..{last}" in out, err
-        _exactly_once(hub_spans(cluster.url, "TASKLOG", "h"), last)
+        _caught_up_then_stopped(shipper, cluster.url, last)
     finally:
         if shipper.poll() is None:
             shipper.kill()
@@ -332,11 +334,7 @@ def test_a_shipper_started_while_the_cluster_is_down_catches_up(tmp_path: Path) 
         time.sleep(1.5)
         assert shipper.poll() is None, shipper.stderr.read() if shipper.stderr else ""
         down.start()
-        wait_for(lambda: shipped_through(down.url, "TASKLOG", "h") == last, 90, "the shipper to catch up")
-        shipper.send_signal(signal.SIGTERM)
-        out, err = shipper.communicate(timeout=30)
-        assert shipper.returncode == 0 and f"the stream holds events 1..{last}" in out, err
-        _exactly_once(hub_spans(down.url, "TASKLOG", "h"), last)
+        _caught_up_then_stopped(shipper, down.url, last)
     finally:
         if shipper.poll() is None:
             shipper.kill()
