@@ -60,7 +60,7 @@ class StreamFeed:
         self.origin = STREAM_ORIGIN + self.stream
         self.progress, self.record_lag = progress, record_lag
         self.stats = FeedStats()
-        self._held: dict[str, dict[int, tuple[Batch, Any]]] = {}
+        self._orders: dict[str, jetstream.HubOrder] = {}
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -119,52 +119,37 @@ class StreamFeed:
 
     async def _drained(self, sub: Any) -> bool:
         info = await jetstream.retrying(sub.consumer_info, self._stop.is_set)
-        return int(info.num_pending) == 0 and int(info.num_ack_pending) <= sum(len(h) for h in self._held.values())
+        return int(info.num_pending) == 0 and int(info.num_ack_pending) <= self._waiting()
 
     async def _fold(self, msgs: list[Any]) -> None:
         """Apply each hub's next events in one projection transaction, then acknowledge them."""
         by_hub: dict[str, list[tuple[Batch, Any]]] = {}
         for msg in msgs:
             batch = jetstream.batch_of(msg.headers, msg.data, msg.subject)
-            if batch.schema != codec.SCHEMA_VERSION:
-                raise StreamError(f"{msg.subject} event {batch.seq} has schema {batch.schema}; "
-                                  f"this tasklog reads {codec.SCHEMA_VERSION}")
             by_hub.setdefault(batch.log, []).append((batch, msg))
         for identity, arrived in by_hub.items():
             await self._fold_hub(identity, arrived)
-        self.stats.waiting = sum(len(h) for h in self._held.values())
+        self.stats.waiting = self._waiting()
+
+    def _waiting(self) -> int:
+        return sum(len(order.held) for order in self._orders.values())
 
     async def _fold_hub(self, identity: str, arrived: list[tuple[Batch, Any]]) -> None:
-        held = self._held.setdefault(identity, {})
+        order = self._orders.setdefault(identity, jetstream.HubOrder())
         for batch, msg in arrived:
-            held[batch.seq] = (batch, msg)  # a redelivery replaces the copy held
+            order.add(batch, msg)
         known = self.projection.hubs.get(identity)
-        upto = known[1] if known else 0
-        events: list[tuple[int, Any]] = []
-        done: list[Any] = []
-        hub = arrived[0][0].hub
-        for seq in sorted(held):
-            batch, msg = held[seq]
-            if (seq > upto + 1) if upto else batch.ordinal != 1:
-                break  # a gap (or a hub's first message not here yet): what follows waits, unacknowledged
-            if batch.last > upto:
-                events += [(s, ev) for s, ev in batch.decoded() if s > upto]
-                upto = batch.last
-            done.append(msg)
-            del held[seq]
-        if events:
-            with self.projection.lock:
-                self.projection.apply_hub(identity, hub, events, self.origin)
+        # What waits behind a gap stays unacknowledged.
+        raw, _, used = order.take(known[1] if known else 0, known is not None)
+        if raw:
+            events = [(seq, codec.decode(data, seq)) for seq, data in raw]
+            self.projection.apply_hub(identity, arrived[0][0].hub, events, self.origin)
             self.stats.applied += len(events)
             if self.progress:
                 self.progress(len(events))
-        for msg in done:  # after the commit: a feed killed before this sees them again, and skips them
+        for _, msg in used:  # after the commit: a feed killed before this sees them again, and skips them
             await msg.ack()
-        self.stats.acked += len(done)
-        if self.record_lag and done:
-            self._lag(done)
-
-    def _lag(self, done: list[Any]) -> None:
-        for msg in done:
-            batch = jetstream.batch_of(msg.headers, None)
-            self.stats.lags.append(time.time() - batch.time)
+        self.stats.acked += len(used)
+        if self.record_lag:
+            now = time.time()
+            self.stats.lags += [now - batch.time for batch, _ in used]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,9 +39,9 @@ import msgpack
 from . import codec
 from .errors import InterfaceError, MissingExtraError, StreamError
 
-__all__ = ["DEFAULT_STREAM", "Batch", "batch_of", "connect", "ensure_stream", "first_gap", "hub_subject",
-           "parse_servers", "nats_module", "hub_count", "check_name", "stream_subjects", "retrying", "transient",
-           "translated"]
+__all__ = ["DEFAULT_STREAM", "Batch", "HubOrder", "batch_of", "check_name", "connect", "ensure_stream",
+           "first_gap", "hub_batches", "hub_count", "hub_subject", "nats_module", "parse_servers", "retrying",
+           "stream_subjects", "transient", "translated"]
 
 DEFAULT_STREAM = "TASKLOG"
 T = TypeVar("T")
@@ -211,10 +211,6 @@ class Batch:
         """The message's body: the commits and the stored events."""
         return bytes(msgpack.packb([[list(c) for c in self.commits], self.events], use_bin_type=True))
 
-    def decoded(self) -> list[tuple[int, Any]]:
-        """``(seq, Event)`` for each event."""
-        return [(self.seq + i, codec.decode(raw, self.seq + i)) for i, raw in enumerate(self.events)]
-
 
 def batch_of(headers: dict[str, str] | None, data: bytes | None, where: str = "") -> Batch:
     """The batch a message carries (``data`` None or empty: its headers only); StreamError when it
@@ -233,3 +229,57 @@ async def hub_count(js: Any, stream: str, subject: str) -> int:
     """How many messages ``stream`` holds on ``subject``."""
     info = await js.stream_info(stream, subjects_filter=subject)
     return int((info.state.subjects or {}).get(subject, 0))
+
+
+async def hub_batches(js: Any, stream: str, subject: str, headers_only: bool = False) -> AsyncIterator[Batch]:
+    """Every message ``stream`` holds on ``subject``, in stream order, as batches (``headers_only``:
+    without their events)."""
+    total = await hub_count(js, stream, subject)
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, headers_only=headers_only)
+    try:
+        for _ in range(total):
+            msg = await sub.next_msg(timeout=10)
+            yield batch_of(msg.headers, None if headers_only else msg.data, subject)
+    finally:
+        await sub.unsubscribe()
+
+
+class HubOrder:
+    """One hub's batches put back in log order (a failover can reorder them, a resend repeat them).
+
+    What ``restore`` and a stream-fed projection both need: a batch waits until every event before
+    it has been taken, and the hub's first message (number 1) starts it.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[int, tuple[Batch, Any]] = {}
+
+    def add(self, batch: Batch, item: Any = None) -> None:
+        """Hold ``batch`` (with ``item``: what its consumer acknowledges) until it can be taken."""
+        if batch.schema != codec.SCHEMA_VERSION:
+            raise StreamError(f"hub {batch.hub} event {batch.seq} has schema {batch.schema}; "
+                              f"this tasklog reads {codec.SCHEMA_VERSION}")
+        self.held[batch.seq] = (batch, item)  # a redelivered message replaces the copy held
+
+    def take(self, upto: int, begun: bool = True) -> tuple[list[tuple[int, bytes]], list[tuple[int, float]],
+                                                            list[tuple[Batch, Any]]]:
+        """The events after ``upto`` that follow it with no gap, the commits that wrote them, and
+        every batch used up (repeats included). Not ``begun`` (nothing taken yet): the first batch
+        must be the hub's first message."""
+        events: list[tuple[int, bytes]] = []
+        commits: list[tuple[int, float]] = []
+        used: list[tuple[Batch, Any]] = []
+        for seq in sorted(self.held):
+            batch, item = self.held[seq]
+            if (seq > upto + 1) if begun else batch.ordinal != 1:
+                break  # a gap, or the hub's first message not here yet: what follows waits
+            begun = True
+            if batch.last > upto:
+                # A batch that overlaps what is taken (a resend with other bounds) gives its new tail.
+                skip = max(upto + 1 - seq, 0)
+                events += [(seq + i, raw) for i, raw in enumerate(batch.events[skip:], skip)]
+                commits += batch.commits
+                upto = batch.last
+            used.append((batch, item))
+            del self.held[seq]
+        return events, commits, used

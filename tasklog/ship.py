@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import codec, jetstream
+from . import jetstream
 from .errors import InterfaceError, StreamError
 from .jetstream import Batch
 from .log import TaskLog
@@ -39,9 +39,6 @@ _BACKOFF_MAX = 2.0  # seconds between rounds resent after failures, at most
 BATCH_EVENTS = 256  # events a message holds at most (and at most about the server's max_payload)
 _HEADROOM = 4096  # bytes of a message's max_payload left for its headers
 _PER_EVENT = 24  # bytes an event adds to a message besides its own: msgpack framing, a commit's entry
-# Messages read before the restored log's first event is chosen: a failover reorders at most a
-# shipper's window of them, so the earliest event is among the first this many.
-_REORDER_SPAN = 1024
 
 
 class ShipStats:
@@ -52,7 +49,6 @@ class ShipStats:
         self.messages = 0
         self.last_acked = 0
         self.retries = 0
-        self.started_at = 0
 
 
 class Shipper:
@@ -101,7 +97,6 @@ class Shipper:
                 js = nc.jetstream(publish_async_max_pending=self.window + 1)
                 await self._retrying(lambda: jetstream.ensure_stream(js, self.stream, self.replicas))
                 await self._retrying(lambda: self._resume(js))
-                self.stats.started_at = self._next_seq
                 await self._loop(js, follow, poll)
             return self.stats
         finally:
@@ -151,16 +146,7 @@ class Shipper:
 
     async def _spans(self, js: Any) -> list[tuple[int, int]]:
         """``(first, last)`` of every message the stream holds for this hub (headers only)."""
-        total = await jetstream.hub_count(js, self.stream, self.subject)
-        sub = await js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, headers_only=True)
-        try:
-            spans = []
-            for _ in range(total):
-                batch = jetstream.batch_of((await sub.next_msg(timeout=10)).headers, None, self.subject)
-                spans.append((batch.seq, batch.last))
-            return spans
-        finally:
-            await sub.unsubscribe()
+        return [(b.seq, b.last) async for b in jetstream.hub_batches(js, self.stream, self.subject, headers_only=True)]
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -313,21 +299,14 @@ async def restore_async(log: TaskLog, servers: list[str], stream: str, hub: str,
     subject = jetstream.hub_subject(stream, hub)
     nc = await jetstream.connect(servers)
     try:
-        js = nc.jetstream()
-        try:
-            total = await jetstream.hub_count(js, stream, subject)
-        except importlib.import_module("nats.js.errors").NotFoundError:
-            raise StreamError(f"there is no stream {stream} at {','.join(servers)}") from None
-        if total == 0:
-            raise StreamError(f"stream {stream} holds nothing of hub {hub}")
-        sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
         restorer = _Restorer(log, progress)
         try:
-            for _ in range(total):
-                msg = await sub.next_msg(timeout=10)
-                restorer.add(jetstream.batch_of(msg.headers, msg.data, subject))
-        finally:
-            await sub.unsubscribe()
+            async for batch in jetstream.hub_batches(nc.jetstream(), stream, subject):
+                restorer.add(batch)
+        except importlib.import_module("nats.js.errors").NotFoundError:
+            raise StreamError(f"there is no stream {stream} at {','.join(servers)}") from None
+        if restorer.identity is None:
+            raise StreamError(f"stream {stream} holds nothing of hub {hub}")
         restorer.finish()
         return restorer.written
     finally:
@@ -344,13 +323,13 @@ def restore(log: TaskLog, servers: str, stream: str, hub: str, progress: Callabl
 
 
 class _Restorer:
-    """Puts batches back in order (a failover can reorder them), drops repeats, writes each run."""
+    """Writes a hub's batches as they come back into log order (``HubOrder``), each run at once."""
 
     def __init__(self, log: TaskLog, progress: Callable[[int], None] | None) -> None:
         self.log, self.progress = log, progress
-        self.held: dict[int, Batch] = {}
-        self.next: int | None = None
+        self.order = jetstream.HubOrder()
         self.identity: str | None = None
+        self.upto, self.begun = 0, False
         self.written = 0
 
     def add(self, batch: Batch) -> None:
@@ -359,39 +338,23 @@ class _Restorer:
             self.identity = batch.log
         elif batch.log != self.identity:
             raise StreamError(f"hub {batch.hub} holds events of two logs ({self.identity} and {batch.log})")
-        if batch.schema != codec.SCHEMA_VERSION:
-            raise StreamError(f"event {batch.seq} has schema {batch.schema}; this tasklog reads {codec.SCHEMA_VERSION}")
-        if self.next is None or batch.last >= self.next:
-            self.held.setdefault(batch.seq, batch)
-        if self.next is None and len(self.held) >= _REORDER_SPAN:
-            self.next = min(self.held)
-        if self.next is not None:
-            self._write_ready()
+        self.order.add(batch)
+        self._write(*self.order.take(self.upto, self.begun)[:2])
 
-    def _write_ready(self) -> None:
-        while True:
-            # A batch that overlaps what is written (a resend with other bounds) gives its new tail.
-            ready = [b for s, b in self.held.items() if s <= (self.next or 0)]
-            if not ready:
-                return
-            for b in ready:
-                del self.held[b.seq]
-            batch = max(ready, key=lambda b: b.last)
-            if batch.last < (self.next or 0):
-                continue
-            skip = (self.next or 0) - batch.seq
-            events = [(batch.seq + skip + i, raw) for i, raw in enumerate(batch.events[skip:])]
-            self.log.put_verbatim(events, batch.commits, batch.log)
-            self.next = batch.last + 1
-            self.written += len(events)
-            if self.progress:
-                self.progress(len(events))
+    def _write(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]]) -> None:
+        if not events:
+            return
+        self.log.put_verbatim(events, commits, self.identity)
+        self.upto, self.begun = events[-1][0], True
+        self.written += len(events)
+        if self.progress:
+            self.progress(len(events))
 
     def finish(self) -> None:
         """Write what is held; refuse a stream that lacks an event between its first and last."""
-        if self.next is None and self.held:
-            self.next = min(self.held)
-            self._write_ready()
-        if self.held:
-            raise StreamError(f"the stream lacks event {self.next} of log {self.identity} "
-                              f"({len(self.held)} later messages held back); restored up to {(self.next or 1) - 1}")
+        if not self.begun and self.order.held:
+            # The hub's first message is gone (a stream with limits): start at the earliest held.
+            self._write(*self.order.take(min(self.order.held) - 1)[:2])
+        if self.order.held:
+            raise StreamError(f"the stream lacks event {self.upto + 1} of log {self.identity} "
+                              f"({len(self.order.held)} later messages held back); restored up to {self.upto}")

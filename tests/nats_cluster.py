@@ -106,20 +106,11 @@ class NatsCluster:
 async def _spans(url: str, stream: str, hub: str) -> list[tuple[int, int]]:
     import nats
 
-    from tasklog.jetstream import batch_of, hub_count, hub_subject
+    from tasklog.jetstream import hub_batches, hub_subject
 
     nc = await nats.connect(servers=url.split(","))
     try:
-        js = nc.jetstream()
-        subject = hub_subject(stream, hub)
-        total = await hub_count(js, stream, subject)
-        sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, headers_only=True)
-        spans = []
-        for _ in range(total):
-            b = batch_of((await sub.next_msg(timeout=10)).headers, None)
-            spans.append((b.seq, b.last))
-        await sub.unsubscribe()
-        return spans
+        return [(b.seq, b.last) async for b in hub_batches(nc.jetstream(), stream, hub_subject(stream, hub), True)]
     finally:
         await nc.close()
 

@@ -106,6 +106,30 @@ def test_addresses_names_and_messages_are_checked() -> None:
         batch_of({"Nats-Msg-Id": "x"}, b"junk")
 
 
+def test_a_hubs_batches_come_back_in_order_once() -> None:
+    from tasklog.codec import SCHEMA_VERSION
+    from tasklog.jetstream import Batch, HubOrder
+
+    def batch(seq: int, last: int, ordinal: int) -> Batch:
+        return Batch("log", "h", seq, last - seq + 1, ordinal, SCHEMA_VERSION, 0.0, [(seq, 1.0)],
+                     [b"e%d" % s for s in range(seq, last + 1)])
+    order = HubOrder()
+    order.add(batch(11, 20, 2), "m2")  # a failover: the second message landed first
+    assert order.take(0, begun=False) == ([], [], [])  # it waits for the hub's first message
+    order.add(batch(1, 10, 1), "m1")
+    events, commits, used = order.take(0, begun=False)
+    assert [s for s, _ in events] == list(range(1, 21)) and events[0][1] == b"e1"
+    assert commits == [(1, 1.0), (11, 1.0)] and [item for _, item in used] == ["m1", "m2"]
+    order.add(batch(11, 20, 2), "again")  # a repeat: used up, nothing new
+    order.add(batch(15, 25, 3), "overlap")  # a resend with other bounds: its new tail only
+    order.add(batch(30, 31, 5), "after a gap")
+    events, _, used = order.take(20)
+    assert [s for s, _ in events] == list(range(21, 26)) and [i for _, i in used] == ["again", "overlap"]
+    assert list(order.held) == [30]
+    with pytest.raises(StreamError, match="has schema 99"):
+        order.add(Batch("log", "h", 40, 1, 6, 99, 0.0, [], [b"x"]))
+
+
 def test_a_missing_nats_extra_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from tasklog import MissingExtraError
     _hub_log(tmp_path / "log", 3, seed=1)
