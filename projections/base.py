@@ -218,17 +218,22 @@ class Projection(ABC):
             fresh = [item for item in batch if item[0] > self.last_seq]
             if not fresh:
                 return 0
-            records = self._load(touched(fresh))
-            changed: set[str] = set()
-            refer = self.by_reference
-            for seq, event in fresh:
-                changed.update(apply_event(records, seq, event, self.anomalies))
-                if refer:
-                    refer_buffers(records, seq, event)
+            records, changed = self._folded(fresh, self.by_reference)
             self._store(records, changed, fresh[-1][0])
             self.last_seq = fresh[-1][0]
             self.applied += len(fresh)
             return len(fresh)
+
+    def _folded(self, fresh: Sequence[tuple[int, Event]], refer: bool) -> tuple[Records, set[str]]:
+        """The stored records ``fresh`` touches with its events folded in (buffers as references to
+        their events where ``refer``), and the ids it changed."""
+        records = self._load(touched(fresh))
+        changed: set[str] = set()
+        for seq, event in fresh:
+            changed.update(apply_event(records, seq, event, self.anomalies))
+            if refer:
+                refer_buffers(records, seq, event)
+        return records, changed
 
     def apply_one(self, seq: int, event: Event) -> int:
         """Fold one event (the hot path of a hub feeding its projection call by call)."""
@@ -264,10 +269,7 @@ class Projection(ABC):
             if self.log_identity is None:
                 self.log_identity = origin
                 self._save_marks()
-            records = self._load(touched(fresh))
-            changed: set[str] = set()
-            for seq, event in fresh:
-                changed.update(apply_event(records, seq, event, self.anomalies))
+            records, changed = self._folded(fresh, False)  # no log of its own to refer to: buffers inline
             for m in changed:
                 rec = records[m]
                 if rec is not None and not is_tombstone(rec):

@@ -55,6 +55,8 @@ class DictProjection(Projection):
     """Records in a dict; optional record_limit, size_limit (bytes of buffers and output) and
     cull_fraction (how far below a limit one eviction goes)."""
 
+    keeps_hubs = True
+
     def __init__(self, record_limit: int | None = None, size_limit: int | None = None,
                  cull_fraction: float = 0.1) -> None:
         super().__init__()
@@ -108,8 +110,6 @@ class DictProjection(Projection):
         self.refolded_count += 1
         self._store({m: rec}, {m}, self.last_seq)
         return rec
-
-    keeps_hubs = True
 
     def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         self._store(records, changed, self.last_seq)  # the checkpoints live in self.hubs, as the records do

@@ -36,6 +36,7 @@ class MongoProjection(Projection):
     """Records in a MongoDB database: ``mongodb://host:port/dbname``."""
 
     persistent = True
+    keeps_hubs = True
     datetime_resolution = timedelta(milliseconds=1)  # BSON dates: what MongoDB itself keeps
 
     def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
@@ -93,27 +94,23 @@ class MongoProjection(Projection):
         return result
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
-        ops = _replacements(records, changed)
+        self._write(records, changed, "checkpoint", {"seq": last_seq})
+
+    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+        fields = {identity: {"hub": hub, "seq": seq} for identity, (hub, seq) in hubs.items()}
+        self._write(records, changed, "hubs", fields)
+
+    def _write(self, records: Records, changed: set[str], checkpoint: str, fields: dict[str, Any]) -> None:
+        """The ``changed`` records, then ``fields`` set in the meta document ``checkpoint``."""
+        ops = [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True)
+               for m in changed if (rec := records[m]) is not None]
 
         def write() -> None:
             if ops:
                 self._records.bulk_write(ops, ordered=False)
             # The checkpoint comes after the records: a crash in between replays events that
             # each record's _seq then ignores.
-            self._meta.update_one({"_id": "checkpoint"}, {"$set": {"seq": last_seq}}, upsert=True)
-        self._guard(write)
-
-    keeps_hubs = True
-
-    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
-        ops = _replacements(records, changed)
-
-        def write() -> None:
-            if ops:
-                self._records.bulk_write(ops, ordered=False)
-            # After the records, as the log's checkpoint: each record's _seq ignores a replayed event.
-            update = {f"{identity}": {"hub": hub, "seq": seq} for identity, (hub, seq) in hubs.items()}
-            self._meta.update_one({"_id": "hubs"}, {"$set": update}, upsert=True)
+            self._meta.update_one({"_id": checkpoint}, {"$set": fields}, upsert=True)
         self._guard(write)
 
     def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
@@ -149,12 +146,6 @@ class MongoProjection(Projection):
     def close(self) -> None:
         """Close the client."""
         self._client.close()
-
-
-def _replacements(records: Records, changed: set[str]) -> list[pymongo.ReplaceOne[dict[str, Any]]]:
-    """The bulk operations that store the ``changed`` records (a dropped id's None stores nothing)."""
-    return [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True)
-            for m in changed if (rec := records[m]) is not None]
 
 
 def _regex(pattern: re.Pattern[str]) -> Regex[str]:

@@ -100,6 +100,7 @@ class SQLiteProjection(Projection):
     """Records in one SQLite file; ``path`` may be ':memory:'."""
 
     persistent = True
+    keeps_hubs = True
 
     def __init__(self, path: str, readonly: bool = False) -> None:
         super().__init__()
@@ -215,21 +216,18 @@ class SQLiteProjection(Projection):
         return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, irregular, *values, encode_document(rec))
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
+        self._write(records, changed, [("last_seq", last_seq)])
+
+    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+        self._write(records, changed, [(f"hub:{identity}", f"{seq} {hub}") for identity, (hub, seq) in hubs.items()])
+
+    def _write(self, records: Records, changed: set[str], checkpoint: list[tuple[str, Any]]) -> None:
+        """The ``changed`` records and the ``checkpoint`` rows of meta (the log's, or each hub's)."""
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
         # Records and checkpoint in one transaction: a crash leaves both old or both new.
         with self._transaction() as db:
             db.executemany(_INSERT, rows)
-            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last_seq,))
-
-    keeps_hubs = True
-
-    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
-        rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
-        # Records and the hubs' checkpoints in one transaction, as _store does for a log's.
-        with self._transaction() as db:
-            db.executemany(_INSERT, rows)
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           [(f"hub:{identity}", f"{seq} {hub}") for identity, (hub, seq) in hubs.items()])
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", checkpoint)
 
     def _where(self, node: Logical) -> tuple[str, list[Any], bool]:
         compiled = _compile(node)
