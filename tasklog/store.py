@@ -530,9 +530,8 @@ class Store:
         the first is the commit holding ``start`` (it may begin before it)."""
         cur = txn.cursor(db=self.times)
         out: list[tuple[int, float]] = []
-        past = not cur.set_range(codec.pack_key(start)) or codec.unpack_key(cur.key()) > start
-        if past and not (cur.prev() if cur.key() else cur.last()):
-            cur.first()
+        if not self._to_commit_of(cur, start):
+            cur.first()  # ``start`` is before every recorded commit
         for key, raw in cur:
             first = codec.unpack_key(key)
             if first >= stop:
@@ -584,12 +583,15 @@ class Store:
     def committed_at(self, txn: lmdb.Transaction, seq: int) -> float | None:
         """The UNIX time of the commit that wrote event ``seq`` (None: no time recorded for it)."""
         cur = txn.cursor(db=self.times)
+        return float(_TIME.unpack(cur.value())[0]) if self._to_commit_of(cur, seq) else None
+
+    @staticmethod
+    def _to_commit_of(cur: lmdb.Cursor, seq: int) -> bool:
+        """Put ``cur`` (on the times database) on the commit that wrote ``seq``; False if none did."""
         # Commits are keyed by their first event: the commit of ``seq`` is the last key <= seq.
         if cur.set_range(codec.pack_key(seq)) and codec.unpack_key(cur.key()) == seq:
-            return float(_TIME.unpack(cur.value())[0])
-        if (cur.prev() if cur.key() else cur.last()) and codec.unpack_key(cur.key()) <= seq:
-            return float(_TIME.unpack(cur.value())[0])
-        return None
+            return True
+        return bool(cur.prev() if cur.key() else cur.last()) and codec.unpack_key(cur.key()) <= seq
 
     @staticmethod
     def last_key(txn: lmdb.Transaction, db: Any) -> int:
