@@ -137,9 +137,13 @@ def cmd_query(args: argparse.Namespace) -> int:
                                  "use `tasklog replay --to/--as-of` and query that file")
         hub = _hub_projection(log) if args.projection is None and stop is None else None
         with hub or _answering(log, spec, stop) as proj:
-            for record in proj.find_records(query, keys=keys):
-                print(dumps(record))
+            _print_matches(proj, query, keys)
     return 0
+
+
+def _print_matches(proj: projections.Projection, query: dict[str, Any], keys: list[str] | None) -> None:
+    for record in proj.find_records(query, keys=keys):
+        print(dumps(record))
 
 
 def _answered_from_stream(spec: str, args: argparse.Namespace, query: dict[str, Any], keys: list[str] | None) -> bool:
@@ -152,8 +156,7 @@ def _answered_from_stream(spec: str, args: argparse.Namespace, query: dict[str, 
             return False
         if args.to is not None or args.as_of is not None:
             raise InterfaceError(f"{proj.spec} is folded from {proj.log_identity}: --to/--as-of need a log")
-        for record in proj.find_records(query, keys=keys):
-            print(dumps(record))
+        _print_matches(proj, query, keys)
     return True
 
 

@@ -69,7 +69,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 def _ship_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
-    _add_servers(p, "--to")
+    _add_servers(p, "--to", required=True)
     p.add_argument("--hub", metavar="NAME", help="this hub's name in the stream (default: the log's identity)")
     p.add_argument("--replicas", type=positive, metavar="N",
                    help="replicas of a stream this creates (default: 3 where the cluster has 3 servers, else 1)")
@@ -85,8 +85,8 @@ def _ship_args(p: argparse.ArgumentParser) -> None:
                         "--follow waits for ever)")
 
 
-def _add_servers(p: argparse.ArgumentParser, flag: str) -> None:
-    p.add_argument(flag, required=flag != "--source", metavar="nats://HOST:PORT[,...]",
+def _add_servers(p: argparse.ArgumentParser, flag: str, required: bool, dest: str | None = None) -> None:
+    p.add_argument(flag, required=required, dest=dest, metavar="nats://HOST:PORT[,...]",
                    help="the NATS servers (any of the cluster's)")
     p.add_argument("--stream", default=jetstream.DEFAULT_STREAM, metavar="NAME",
                    help=f"the JetStream stream (default {jetstream.DEFAULT_STREAM})")
@@ -97,6 +97,8 @@ def _add_servers(p: argparse.ArgumentParser, flag: str) -> None:
 
 def cmd_follow(args: argparse.Namespace) -> int:
     """Keep a projection current from a stream (a durable consumer) until interrupted."""
+    if not args.source:
+        raise InterfaceError("follow needs --source nats://HOST:PORT[,...]")
     return _feed(args, follow=True)
 
 
@@ -130,7 +132,7 @@ def _feed(args: argparse.Namespace, follow: bool) -> int:
 
 def add_source(p: argparse.ArgumentParser) -> None:
     """The arguments a command folding a stream takes (``replay`` adds them beside ``--log``)."""
-    _add_servers(p, "--source")
+    _add_servers(p, "--source", required=False)  # replay reads a log without it; follow checks it
     p.add_argument("--hub", action="append", metavar="NAME", help="fold only this hub (repeatable)")
 
 
@@ -142,11 +144,6 @@ def _follow_args(p: argparse.ArgumentParser) -> None:
                         "tasklog-follow; one per projection)")
 
 
-def _check_follow(args: argparse.Namespace) -> None:
-    if not args.source:
-        raise InterfaceError("follow needs --source nats://HOST:PORT[,...]")
-
-
 # -- restore ------------------------------------------------------------------------------
 
 
@@ -154,7 +151,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Rebuild a hub's log from the stream into a new directory."""
     if os.path.exists(args.log) and (not os.path.isdir(args.log) or os.listdir(args.log)):
         raise InterfaceError(f"{args.log} exists and is not empty: restore into a new directory")
-    with leave_nothing(args.log if not os.path.exists(args.log) else None), TaskLog.open(args.log) as log:
+    with leave_nothing(args.log), TaskLog.open(args.log) as log:
         bar = Progress(None, "restore")
         n = restore(log, args.source, args.stream, args.hub, progress=bar.update)
         bar.close()
@@ -164,22 +161,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="source", required=True, metavar="nats://HOST:PORT[,...]",
-                   help="the NATS servers (any of the cluster's)")
-    p.add_argument("--stream", default=jetstream.DEFAULT_STREAM, metavar="NAME",
-                   help=f"the JetStream stream (default {jetstream.DEFAULT_STREAM})")
+    _add_servers(p, "--from", required=True, dest="source")
     p.add_argument("--hub", required=True, metavar="NAME", help="the hub whose log to rebuild")
     p.add_argument("--log", required=True, metavar="NEWDIR", help="a new directory for the rebuilt log")
-
-
-def _run_follow(args: argparse.Namespace) -> int:
-    _check_follow(args)
-    return cmd_follow(args)
 
 
 SHIP = Command("ship", "publish the log's committed events to a NATS JetStream stream, resuming where the "
                "stream ends for this hub", _ship_args, cmd_ship)
 FOLLOW = Command("follow", "keep a projection current from a JetStream stream of many hubs (a durable consumer; "
-                 "acks after each commit)", _follow_args, _run_follow)
+                 "acks after each commit)", _follow_args, cmd_follow)
 RESTORE = Command("restore", "rebuild a hub's log from a JetStream stream: same events, numbers and commit times",
                   _restore_args, cmd_restore)
