@@ -60,12 +60,14 @@ class _Schedule:
         return engine, started, done
 
 
-def _complete(rng: random.Random, msg_id: str, engine: str, started: Any, done: Any, failed: bool) -> Complete:
-    status: dict[str, Any] = {"status": "ok"}
-    if failed:
-        ename, evalue = rng.choice(_ERRORS)
-        status = {"status": "error", "ename": ename, "evalue": evalue}
-    reply = {"msg_id": str(uuid.UUID(int=rng.getrandbits(128))), "msg_type": "apply_reply"}
+def _id(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128)))
+
+
+def _complete(rng: random.Random, msg_id: str, engine: str, started: Any, done: Any,
+              error: dict[str, str] | None) -> Complete:
+    status: dict[str, Any] = {"status": "error", **error} if error else {"status": "ok"}
+    reply = {"msg_id": _id(rng), "msg_type": "apply_reply"}
     return Complete(msg_id=msg_id, result_header=reply, result_content=status, result_metadata={"engine": engine},
                     result_buffers=[rng.randbytes(32)], started=started, completed=done, received=done,
                     engine_uuid=engine)
@@ -84,17 +86,17 @@ def _task(rng: random.Random, msg_id: str, chunks: int, early: bool, resubmit: b
     steps: list[Event] = [submit, Start(msg_id=msg_id, engine_uuid=engine, started=started), *outs]
     if early and outs:  # IOPub output can beat the request to the hub
         steps.insert(0, steps.pop(2))
-    failed = rng.random() < 0.03
-    if failed:
-        steps.append(Output(msg_id=msg_id, name="error", content={"ename": "ValueError", "evalue": "bad input"}))
-    steps.append(_complete(rng, msg_id, engine, started, done, failed))
+    error = dict(zip(("ename", "evalue"), rng.choice(_ERRORS))) if rng.random() < 0.03 else None
+    if error:  # the engine's error output and its reply name the same error
+        steps.append(Output(msg_id=msg_id, name="error", content=error))
+    steps.append(_complete(rng, msg_id, engine, started, done, error))
     if resubmit:
-        new = str(uuid.UUID(int=rng.getrandbits(128)))
+        new = _id(rng)
         again, started, finished = schedule.run(done)
         steps += [Resubmit(msg_id=msg_id, new_msg_id=new, submitted=done),
                   Start(msg_id=new, engine_uuid=again, started=started),
                   Output(msg_id=new, name="stdout", text="retry\n"),
-                  _complete(rng, new, again, started, finished, False)]
+                  _complete(rng, new, again, started, finished, None)]
     return steps
 
 
@@ -107,7 +109,7 @@ def simulate(tasks: int, seed: int = 0, chunks: tuple[int, int] = (1, 3), window
     made = 0
     while made < tasks or live:
         while made < tasks and len(live) < window:
-            msg_id = str(uuid.UUID(int=rng.getrandbits(128)))
+            msg_id = _id(rng)
             live.append(_task(rng, msg_id, rng.randint(*chunks), rng.random() < early_rate,
                               rng.random() < resubmit_rate, schedule))
             made += 1
