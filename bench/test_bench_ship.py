@@ -61,14 +61,10 @@ def _new_stream(url: str, replicas: int) -> str:
 
     async def make() -> None:
         nc = await jetstream.connect(jetstream.parse_servers(url))
-        try:
-            for _ in range(100):  # a cluster just started elects its JetStream leader first
-                try:
-                    await jetstream.ensure_stream(nc.jetstream(), name, replicas)
-                    return
-                except Exception:
-                    await asyncio.sleep(0.2)
-            raise RuntimeError(f"could not create stream {name}")
+        deadline = time.monotonic() + 30
+        try:  # a cluster just started elects its JetStream leader first
+            await jetstream.retrying(lambda: jetstream.ensure_stream(nc.jetstream(), name, replicas),
+                                     lambda: time.monotonic() > deadline)
         finally:
             await nc.close()
     asyncio.run(make())
