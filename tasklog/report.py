@@ -12,9 +12,10 @@ import importlib
 import io
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import InterfaceError, MissingExtraError
 from .events import FAILED_STATUSES, Complete, Drop, Resubmit, Start, Submit
@@ -215,8 +216,8 @@ table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-botto
 .muted{color:#888}"""
 
 
-def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None = None) -> int:
-    """Write the report of ``log`` to ``path`` (one self-contained HTML file); return the tasks in it."""
+def write_report(log: TaskLog, out: str | TextIO, progress: Callable[[int], None] | None = None) -> int:
+    """Write the report of ``log`` (one self-contained HTML file) to a path or a stream; return its tasks."""
     plt = _pyplot()
     rows = collect(log, progress)
     if not rows:
@@ -256,6 +257,6 @@ def write_report(log: TaskLog, path: str, progress: Callable[[int], None] | None
         + (f"<p class=muted>and {len(chains) - 20:,} more</p>" if len(chains) > 20 else ""),
         "</body></html>",
     ]
-    with open(path, "w") as f:
+    with open(out, "w") if isinstance(out, str) else nullcontext(out) as f:  # a stream: `report -o -`
         f.write("\n".join(parts))
     return len(rows)

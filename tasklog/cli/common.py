@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
+import stat
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TextIO
 
-from ..errors import InterfaceError
+from ..errors import InterfaceError, StorageFullError, TaskLogError
 from ..log import TaskLog
+from ..store import MARKER
 
-__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "local_file", "positive", "at_least"]
+__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "local_file", "positive", "at_least",
+           "output_to"]
 
 DEFAULT_LOG = "./tasklog-data"
 
@@ -95,15 +101,79 @@ def stop_seq(log: TaskLog, args: argparse.Namespace) -> int | None:
     return args.to  # type: ignore[no-any-return]
 
 
-@contextmanager
-def written_aside(path: str) -> Iterator[str]:
-    """A temporary name to write ``path`` under, renamed to it when the block ends: a failed
-    command leaves no half-written file (and the file it would have replaced stays whole)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+def _in_a_log(path: str) -> str | None:
+    """The log directory ``path`` lies in (a directory holding a tasklog's marker file), if any."""
+    folder = os.path.dirname(path)
+    while True:
+        if os.path.exists(os.path.join(folder, MARKER)):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def _write_error(path: str, exc: OSError) -> TaskLogError:
+    """One line for a file that could not be written (a full disk is StorageFullError)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"writing {path} failed: no space left on device")
+    return InterfaceError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _target(path: str) -> tuple[str, os.stat_result | None]:
+    """The file ``-o PATH`` names, its symlinks followed, and what is there now (None: nothing);
+    InterfaceError for a place it must not or cannot write."""
+    real = os.path.realpath(path)
+    log_dir = _in_a_log(real)
+    if log_dir is not None:  # `-o LOG/data.mdb` replaced the log's own file: the log was gone
+        raise InterfaceError(f"-o {path}: refused, it is inside the log directory {log_dir}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        st: os.stat_result | None = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    if st is None and not os.path.isdir(os.path.dirname(real)):
+        raise InterfaceError(f"-o {path}: no directory {os.path.dirname(real)} to write it in")
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise InterfaceError(f"-o {path} is a directory: name a file")
+    return real, st
+
+
+@contextmanager
+def output_to(path: str) -> Iterator[TextIO]:
+    """The stream ``-o PATH`` writes through: standard output for ``-``; a FIFO or a device itself
+    (replacing /dev/null with a file broke the machine); else a new file beside the one the path
+    (its symlinks followed) names, renamed over it when the block ends."""
+    if path == "-":
+        yield sys.stdout
+        return
+    real, st = _target(path)
+    try:
+        with (open(real, "w") if st is not None and not stat.S_ISREG(st.st_mode) else _replacing(real, st)) as out:
+            yield out
+    except OSError as exc:
+        # The stream's own (no file named, or ours) is a write that failed (ENOSPC was a
+        # traceback); an error opening some other file is not this one's to explain.
+        if exc.filename is None or str(exc.filename).startswith(real):
+            raise _write_error(path, exc) from None
+        raise
+
+
+@contextmanager
+def _replacing(real: str, old: os.stat_result | None) -> Iterator[TextIO]:
+    """A new file beside ``real`` (with the permissions of the file it replaces), synced and renamed
+    over it when the block ends: a failed command leaves no half-written file, the old one whole."""
+    tmp = f"{real}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with open(fd, "w") as out:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            yield out
+            out.flush()
+            os.fsync(fd)
+        os.replace(tmp, real)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise

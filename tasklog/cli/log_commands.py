@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from .. import report, retention, story, timeline, verify
@@ -12,7 +11,7 @@ from ..errors import TaskLogError
 from ..jsonfmt import dumps, event_to_doc
 from ..log import TaskLog
 from ..progress import Progress
-from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, positive, stop_seq, written_aside
+from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, output_to, positive, stop_seq
 
 __all__ = ["STATS", "TAIL", "VERIFY", "PRUNE"]
 
@@ -160,12 +159,10 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     since = iso_time(args.since, "--since") if args.since is not None else None
     with _open_ro(args) as log:
         stop = stop_seq(log, args)
-        if args.output == "-":
-            timeline.write_trace(log, sys.stdout, stop, since)
-            return 0
-        with written_aside(args.output) as tmp, open(tmp, "w") as out:
+        with output_to(args.output) as out:
             n = timeline.write_trace(log, out, stop, since)
-    print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    if args.output != "-":
+        print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
     return 0
 
 
@@ -182,16 +179,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write a one-file HTML report of the log (charts embedded): needs the report extra."""
     with _open_ro(args) as log:
         bar = Progress(len(log), "report")
-        with written_aside(args.output) as tmp:
-            tasks = report.write_report(log, tmp, bar.update)
+        with output_to(args.output) as out:
+            tasks = report.write_report(log, out, bar.update)
         bar.close()
-    print(f"report of {tasks:,} tasks -> {args.output}")
+    if args.output != "-":
+        print(f"report of {tasks:,} tasks -> {args.output}")
     return 0
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
-    p.add_argument("-o", "--output", default="report.html", metavar="FILE", help="default report.html")
+    p.add_argument("-o", "--output", default="report.html", metavar="FILE",
+                   help="where to write the report (default report.html; - for standard output)")
 
 
 REPORT = Command("report", "write a one-file HTML report: throughput, engines, waits and run times, failures, "
