@@ -34,6 +34,7 @@ SPEC_HELP = "dict[?record_limit=N&size_limit=BYTES&cull_fraction=F], sqlite:///p
             "mongodb://host:port/dbname, or none; any of them with buffers=inline to keep buffers in the " \
             "records instead of reading them from the log"
 _DICT_OPTIONS = {"record_limit": int, "size_limit": int, "cull_fraction": float}
+_KINDS = {int: "a whole number", float: "a number"}  # what an option's type is called in its error
 
 
 def _dict_options(query: str) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def _dict_options(query: str) -> dict[str, Any]:
         try:
             opts[key] = conv(value)
         except ValueError:
-            raise ProjectionError(f"dict option {key} needs a {conv.__name__}, got {value!r}") from None
+            raise ProjectionError(f"dict option {key} needs {_KINDS[conv]}, got {value!r}") from None
     return opts
 
 

@@ -195,7 +195,7 @@ class Projection(ABC):
             this = f"this log ({identity})" if identity else "this log, which has no identity (an older tasklog's)"
             built = self.log_identity if self.log_identity.startswith(STREAM_ORIGIN) else f"log {self.log_identity}"
             raise ProjectionError(f"{self.spec} was built from {built}, not from {this}; "
-                                  "replay with rebuild to build it from this log")
+                                  "replay with --rebuild to build it from this log")
 
     def pin(self, seq: int | None) -> None:
         """Keep the records as of event ``seq`` (a time-travel replay), or let them follow the log (None)."""

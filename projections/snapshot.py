@@ -116,7 +116,7 @@ def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: 
         proj.clear()
     if stop is not None and proj.last_seq > stop:
         raise ProjectionError(f"{proj.spec} is already at event {proj.last_seq}, past {stop}; "
-                              "replay with rebuild to see an earlier state")
+                              "replay with --rebuild to see an earlier state")
     snap = _pick(log, proj, stop) if start is None else None
     if snap is not None:
         _restore(proj, log, snap)

@@ -1,4 +1,5 @@
-"""MongoDB Extended JSON (relaxed mode), as mongoexport and mongosh write it.
+"""MongoDB Extended JSON (relaxed mode), as mongoexport and mongosh write it, and values as text
+safe for a terminal.
 
 Datetimes become ``{"$date": "...Z"}`` and bytes ``{"$binary": ...}`` so both
 survive a round trip through the CLI.
@@ -15,7 +16,7 @@ from bson.json_util import JSONMode, JSONOptions
 
 from .errors import InterfaceError
 
-__all__ = ["dumps", "loads", "event_to_doc"]
+__all__ = ["dumps", "loads", "event_to_doc", "printable"]
 
 _OPTIONS = JSONOptions(json_mode=JSONMode.RELAXED, tz_aware=True, tzinfo=timezone.utc)
 
@@ -48,3 +49,12 @@ def loads(text: str) -> Any:
 def event_to_doc(seq: int, event: Any) -> dict[str, Any]:
     """A JSON-ready dict of one event: its seq, type and fields."""
     return {"seq": seq, "type": event.type, **event._asdict()}
+
+
+def printable(value: Any, quoted: bool = False) -> str:
+    """``value`` as text a terminal shows as it is: control characters escaped as Python writes them."""
+    # A label of ESC[2J cleared the screen of whoever ran `story`, an OSC sequence retitled the
+    # window, a newline forged a line: what a log holds is escaped (as repr does) before it is shown.
+    if isinstance(value, str) and not quoted:
+        return value if value.isprintable() else repr(value)[1:-1]
+    return repr(value)

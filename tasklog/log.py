@@ -18,10 +18,10 @@ from typing import Any, Protocol
 from . import codec
 from .asynccommit import AsyncCommitter, Receipt
 from .errors import InterfaceError, LogClosedError
-from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
+from .events import Complete, Event, Output, Resubmit, Start, Submit, check_msg_id, construct, validate
 from .groupcommit import GroupCommit, Item
 from .progress import Progress
-from .reader import LogView, Reader
+from .reader import LogView, Reader, check_seq
 from .store import DURABILITY, MARKER, Store, open_here
 
 __all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here"]
@@ -324,6 +324,7 @@ class TaskLog:
         """Event ``seq``: from the log, from the events a prune kept for a snapshot, or (async) not
         yet committed; MissingEventError when it is in none of them."""
         self._check_readable()
+        seq = check_seq(seq)
         ev = self._writer.pending(seq)
         return ev if ev is not None else self._reader.event(seq)
 
@@ -334,6 +335,7 @@ class TaskLog:
         events (a resubmit is in the streams of both its ids, a drop in each one's).
         """
         self._check_readable()
+        msg_id = check_msg_id(msg_id)
         # The queue first: an event committed between the two reads is then in the log's read.
         queued = self._writer.pending_of(msg_id)
         found = self._reader.events_of(msg_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -10,13 +11,22 @@ from typing import Any
 import lmdb
 
 from . import codec
-from .errors import MissingEventError
+from .errors import InterfaceError, MissingEventError
 from .events import Event, task_ids, utc
 from .store import Store
 
-__all__ = ["Reader", "LogView", "READ_CHUNK"]
+__all__ = ["Reader", "LogView", "READ_CHUNK", "check_seq"]
 
 READ_CHUNK = 2048  # events per read transaction: short ones never hold pages long
+_LAST_KEY = (1 << 64) - 1  # the largest number a key holds
+
+
+def check_seq(seq: Any) -> int:
+    """``seq`` if it can number an event (a whole number >= 1); InterfaceError saying why not."""
+    # event(-1) and event("1") were struct.errors, event(0) said event 0 "was pruned".
+    if isinstance(seq, bool) or not isinstance(seq, numbers.Integral) or seq < 1:
+        raise InterfaceError(f"seq must be a whole number >= 1, got {seq!r:.60}")
+    return int(seq)
 
 
 class LogView:
@@ -98,7 +108,7 @@ class Reader:
     def event(self, seq: int) -> Event:
         """Event ``seq`` from the log, or from the events kept past a prune; MissingEventError if neither."""
         store = self._store
-        key = codec.pack_key(seq)
+        key = codec.pack_key(min(seq, _LAST_KEY))  # past any key: no event, so "not committed" below
         with store.reader() as txn:
             raw = txn.get(key, db=store.events)
             if raw is None and store.kept is not None:

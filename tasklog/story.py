@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import InterfaceError
 from .events import Complete, Drop, Event, Output, Resubmit, Start, Submit
-from .jsonfmt import event_to_doc
+from .jsonfmt import event_to_doc, printable
 from .log import TaskLog
 
 __all__ = ["Step", "Story", "story"]
@@ -38,7 +38,7 @@ class Story:
                 "events": [{**event_to_doc(s.seq, s.event), "committed": s.committed} for s in self.steps]}
 
     def lines(self) -> list[str]:
-        """The story for people: one line per event."""
+        """The story for people: one line per event, control characters escaped."""
         head = f"task {self.msg_id}"
         if len(self.tasks) > 1:
             head += f" (resubmit chain: {' -> '.join(self.tasks)})"
@@ -46,7 +46,7 @@ class Story:
         for s in self.steps:
             when = s.committed.isoformat(timespec="milliseconds") if s.committed else "?"
             out.append(f"{s.seq:>10}  {when}  {s.event.type:9s} {describe(s.event, self.msg_id)}")
-        return out
+        return [printable(line) for line in out]  # ids, labels, engines, errors: the log's text, escaped
 
 
 def story(log: TaskLog, msg_id: str) -> Story:

@@ -37,21 +37,17 @@ class LogStats:
     last_commit: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the figures."""
+        """An Extended-JSON-ready dict of the figures (the commit times as datetimes: ``$date``)."""
         return {"events": self.events, "first_seq": self.first_seq, "last_seq": self.last_seq,
                 "start_seq": self.start_seq, "snapshots": self.snapshots,
                 "disk_bytes": self.disk_bytes, "by_type": dict(sorted(self.by_type.items())),
                 "by_state": {s: self.by_state.get(s, 0) for s in STATES},
-                "first_commit": _iso(self.first_commit), "last_commit": _iso(self.last_commit)}
+                "first_commit": self.first_commit, "last_commit": self.last_commit}
 
 
 # A task's state after the events seen so far, in the order a task goes through them. A task
 # whose reply has a status in FAILED_STATUSES has failed; a resubmitted one was replaced.
 STATES = ("pending", "running", "completed", "failed", "resubmitted", "dropped")
-
-
-def _iso(when: datetime | None) -> str | None:
-    return None if when is None else when.isoformat()
 
 
 def _state_after(states: dict[str, str], event: Event) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from .. import report, retention, story, timeline, verify
 from ..errors import TaskLogError
-from ..jsonfmt import dumps, event_to_doc
+from ..jsonfmt import dumps, event_to_doc, printable
 from ..log import TaskLog
 from ..progress import Progress
 from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, output_to, positive, stop_seq
@@ -27,7 +26,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         st = verify.stats(log, bar)
         bar.close()
     if args.json:
-        print(json.dumps(st.as_dict()))
+        print(dumps(st.as_dict()))  # Extended JSON, as the README says (the dates were plain strings)
         return 0
     print(f"log         {log.path}")
     print(f"identity    {log.identity or 'none yet (a writer gives it one)'}")
@@ -54,7 +53,8 @@ def _show(seq: int, event: Any, as_json: bool) -> None:
     if as_json:
         print(dumps(event_to_doc(seq, event)), flush=True)
     else:
-        fields = " ".join(f"{k}={v!r:.80}" for k, v in event._asdict().items() if v not in (None, {}, []))
+        fields = " ".join(f"{k}={printable(v, quoted=True):.80}" for k, v in event._asdict().items()
+                          if v not in (None, {}, []))
         print(f"{seq:>10} {event.type:9s} {fields}", flush=True)
 
 
@@ -88,7 +88,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"  {p}")
         return 1
-    print(f"{log.path}: sound, events {first}..{last}")
+    print(f"{log.path}: sound, " + (f"events {first}..{last}" if last >= first else "no events"))  # not "1..0"
     return 0
 
 

@@ -28,7 +28,7 @@ from ..events import utcnow
 from ..jsonfmt import dumps, loads
 from ..log import DURABILITY, TaskLog
 from ..progress import Progress
-from .common import AS_OF_HELP, Command, add_log, at_least, leave_nothing, local_file, positive, stop_seq
+from .common import AS_OF_HELP, DEFAULT_LOG, Command, add_log, at_least, leave_nothing, local_file, positive, stop_seq
 from .stream_commands import add_source, replay_from_stream
 
 __all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
@@ -130,7 +130,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     spec = args.projection or "dict"
     if spec != "dict" and _answered_from_stream(spec, args, query, keys):
         return 0
-    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(local_file(spec)):
+    with TaskLog.open(args.log or DEFAULT_LOG, readonly=True) as log, leave_nothing(local_file(spec)):
         stop = stop_seq(log, args)
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
@@ -156,6 +156,9 @@ def _answered_from_stream(spec: str, args: argparse.Namespace, query: dict[str, 
             return False
         if args.to is not None or args.as_of is not None:
             raise InterfaceError(f"{proj.spec} is folded from {proj.log_identity}: --to/--as-of need a log")
+        if args.log is not None:  # it answered and --log was ignored without a word
+            raise InterfaceError(f"{proj.spec} is folded from {proj.log_identity}, not from a log: it cannot "
+                                 f"answer for --log {args.log} (query it without --log)")
         _print_matches(proj, query, keys)
     return True
 
@@ -201,6 +204,7 @@ def _answering(log: TaskLog, spec: str, stop: int | None) -> projections.Project
 
 def _query_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
+    p.set_defaults(log=None)  # DEFAULT_LOG, unless a projection folded from a stream answers: then refused if given
     p.add_argument("--projection", metavar="SPEC", help=projections.SPEC_HELP + " (default: the Hub's "
                    "SQLite projection in the log directory, read-only, when there is one; else dict)")
     p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'; '
