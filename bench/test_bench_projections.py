@@ -209,3 +209,37 @@ def test_query(benchmark: Any, query_records: dict[str, Any], store: str, qname:
 @pytest.mark.parametrize("qname", QNAMES)
 def test_query_mongo(benchmark: Any, mongo_query_records: dict[str, Any], store: str, qname: str) -> None:
     _bench_query(benchmark, mongo_query_records, store, qname)
+
+
+_CHUNKS, _CHUNK_BYTES = 20_000, 500
+
+
+@pytest.fixture(scope="module")
+def long_output() -> list[tuple[int, Any]]:
+    """One task that writes 20,000 stdout chunks of 500 B (issue 20 item 9: folding it was quadratic)."""
+    from tasklog import Complete, Output, Submit
+    from tasklog.events import utcnow
+
+    now = utcnow()
+    evs: list[Any] = [Submit("t", {"msg_id": "t"}, {}, {}, [], "c", "task", now, None)]
+    evs += [Output("t", "stdout", f"{i:0{_CHUNK_BYTES - 1}d}\n", None) for i in range(_CHUNKS)]
+    evs.append(Complete("t", {}, {"status": "ok"}, {}, [], now, now, now, "e"))
+    return list(enumerate(evs, start=1))
+
+
+def _fold_output(evs: list[tuple[int, Any]]) -> None:
+    p = projections.open("dict")
+    p.catch_up(iter(evs))  # batches of 4096, as a query's replay folds them
+    assert len(p.get_record("t")["stdout"]) == _CHUNKS * _CHUNK_BYTES
+
+
+def _join_output(evs: list[tuple[int, Any]]) -> None:
+    assert len("".join(e.text for _, e in evs if e.type == "output")) == _CHUNKS * _CHUNK_BYTES
+
+
+@pytest.mark.parametrize("how", ["fold", "join"])
+def test_long_output(benchmark: Any, long_output: list[tuple[int, Any]], how: str) -> None:
+    """A task's stdout folded from its chunks against the least any fold does: joining them once."""
+    record(benchmark, _CHUNKS, "n/a (projection)", "long output", role=f"long_output_{how}", unit="chunks",
+           baseline="long_output_join" if how == "fold" else None, series=how)
+    benchmark.pedantic(_fold_output if how == "fold" else _join_output, args=(long_output,), rounds=ROUNDS)

@@ -28,6 +28,7 @@ from .fold import (
     is_tombstone,
     ref_seq,
     refer_buffers,
+    settle,
     targets,
     touched,
 )
@@ -233,6 +234,7 @@ class Projection(ABC):
             changed.update(apply_event(records, seq, event, self.anomalies))
             if refer:
                 refer_buffers(records, seq, event)
+        settle(records, changed)
         return records, changed
 
     def apply_one(self, seq: int, event: Event) -> int:
@@ -244,6 +246,7 @@ class Projection(ABC):
             changed = apply_event(records, seq, event, self.anomalies)
             if self.by_reference:
                 refer_buffers(records, seq, event)
+            settle(records, changed)
             self._store(records, set(changed), seq)
             self.last_seq = seq
             self.applied += 1
@@ -394,6 +397,7 @@ class Projection(ABC):
             apply_event(records, seq, event, scratch)
             if refer:
                 refer_buffers(records, seq, event)
+        settle(records, [msg_id])
         return records.get(msg_id)
 
     def peek(self, msg_id: str) -> dict[str, Any] | None:

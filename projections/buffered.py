@@ -21,7 +21,7 @@ from typing import Any
 from tasklog.events import Event
 
 from .base import Projection, Records
-from .fold import Anomalies, apply_event, refer_buffers, targets
+from .fold import Anomalies, apply_event, refer_buffers, settle, targets
 from .query import Logical
 
 __all__ = ["WriteBehind"]
@@ -86,6 +86,7 @@ class WriteBehind(Projection):
         # second read of each record).
         with self._lock:
             if self._pending:
+                settle(self._overlay, self._changed)
                 self.inner.store_folded({m: self._overlay[m] for m in self._changed}, self.last_seq,
                                         self._anomalies, self._pending)
             self._forget_pending()
@@ -136,6 +137,7 @@ class WriteBehind(Projection):
                 out[m] = self._overlay[m]
             else:
                 rest.add(m)
+        settle(out, out)  # the overlay's streams may still be in chunks: joined when read
         if rest:
             # Kept, found or not: the Hub peeks at a new task, then appends its submit; the
             # submit then finds it here instead of asking the projection again. Reads alone

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
+from tasklog.events import OUTPUT_NAMES, Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
 
 __all__ = [
     "RECORD_KEYS",
@@ -34,6 +34,7 @@ __all__ = [
     "describe",
     "touched",
     "fold_all",
+    "settle",
     "BUFFER_KEYS",
     "buffer_ref",
     "ref_seq",
@@ -108,11 +109,61 @@ def _start(rec: dict[str, Any], ev: Start) -> None:
     _fill(rec, "started", ev.started)
 
 
+class _Text:
+    """A stream's text while events are folded: its chunks, joined once by ``settle``.
+
+    Issue 20 (item 9): ``(rec.get(name) or "") + text`` copied the whole text at every chunk, so
+    a long output took time quadratic in its chunks to fold. Records folded one from another share one list
+    of chunks, each seeing as many as it holds; the newest appends in place (no older record
+    sees past its own count, so each stays as it was), and an older one folded again copies
+    its own chunks first.
+    """
+
+    __slots__ = ("count", "parts")
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts, self.count = parts, len(parts)
+
+    def plus(self, text: str) -> _Text:
+        """This text and then ``text``; this one is unchanged."""
+        parts = self.parts if len(self.parts) == self.count else self.parts[:self.count]
+        parts.append(text)
+        return _Text(parts)
+
+    def __str__(self) -> str:
+        return "".join(self.parts if len(self.parts) == self.count else self.parts[:self.count])
+
+
 def _output(rec: dict[str, Any], ev: Output) -> None:
-    if ev.text is not None:
-        rec[ev.name] = (rec.get(ev.name) or "") + ev.text
-    else:
+    if ev.text is None:
         rec[ev.name] = ev.content
+        return
+    so_far = rec.get(ev.name) or ""
+    if so_far.__class__ is _Text:
+        rec[ev.name] = so_far.plus(ev.text)
+    elif isinstance(so_far, str):
+        rec[ev.name] = _Text([so_far, ev.text])
+    else:  # what an annotation put there: concatenated (or refused) as it always was
+        rec[ev.name] = so_far + ev.text
+
+
+def settle(records: dict[str, dict[str, Any] | None], msg_ids: Iterable[str]) -> None:
+    """Join the stream text ``apply_event`` left in chunks in the records of ``msg_ids`` (in place).
+
+    Every caller of ``apply_event`` does this before its records leave it (stored, returned or
+    read): a record's streams are then plain str again.
+    """
+    for msg_id in msg_ids:
+        rec = records.get(msg_id)
+        if rec is not None:
+            _join(rec)
+
+
+def _join(rec: dict[str, Any]) -> None:
+    for name in OUTPUT_NAMES:
+        value = rec.get(name)
+        if value.__class__ is _Text:
+            rec[name] = str(value)
 
 
 def _complete(rec: dict[str, Any], ev: Complete) -> None:
@@ -138,6 +189,15 @@ def fold(record: dict[str, Any] | None, event: Event, seq: int, *, msg_id: str |
     reads the original as ``source``). A tombstone or an already-applied
     sequence number leaves the record as it is; None means "no record".
     """
+    after = _fold(record, event, seq, msg_id, source)
+    if after is not record and after is not None:
+        _join(after)
+    return after
+
+
+def _fold(record: dict[str, Any] | None, event: Event, seq: int, msg_id: str | None,
+          source: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``fold``, its streams' text left in chunks (``settle`` joins them)."""
     if record is not None and (record["_seq"] >= seq or record.get("_dropped")):
         return record
     target = msg_id or getattr(event, "msg_id", None)
@@ -226,14 +286,17 @@ def _note(anomalies: Anomalies, before: dict[str, Any] | None, kind: type, part:
 
 def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Event,
                 anomalies: Anomalies) -> list[str]:
-    """Fold ``event`` into the loaded ``records`` (msg_id -> record or None); return the ids it changed."""
+    """Fold ``event`` into the loaded ``records`` (msg_id -> record or None); return the ids it changed.
+
+    The changed records' streams may be left in chunks: ``settle`` them before they leave the caller.
+    """
     if event.__class__ in _ONE_TASK:
         # Nearly every event names one task and reads no other: the general case below, unrolled
         # for it (a tenth of applying 1M events went to the checks only a resubmit or drop needs).
         msg_id: str = event.msg_id  # type: ignore[union-attr]
         before = records.get(msg_id)
         _note(anomalies, before, event.__class__, "self", seq)
-        after = fold(before, event, seq)
+        after = _fold(before, event, seq, None, None)
         if after is before:
             return []
         records[msg_id] = after
@@ -248,7 +311,7 @@ def apply_event(records: dict[str, dict[str, Any] | None], seq: int, event: Even
         part = ("original" if msg_id == event.msg_id else "new") if resubmit else "self"  # type: ignore[union-attr]
         _note(anomalies, before, event.__class__, part, seq)
         source = records.get(event.msg_id) if part == "new" else None  # type: ignore[union-attr]
-        after = fold(before, event, seq, msg_id=msg_id, source=source)
+        after = _fold(before, event, seq, msg_id, source)
         if after is not before:
             records[msg_id] = after
             changed.append(msg_id)
@@ -299,5 +362,6 @@ def fold_all(batch: Sequence[tuple[int, Event]], records: dict[str, dict[str, An
     anomalies = Counter() if anomalies is None else anomalies
     for seq, event in batch:
         apply_event(records, seq, event, anomalies)
+    settle(records, records)
     return records
 

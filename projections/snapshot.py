@@ -4,7 +4,8 @@
 every day costs a day of events) and stores the records, tombstones included,
 through ``tasklog.retention``; ``catch_up`` brings any projection to a point in
 the log, restoring a snapshot first when the events before it were pruned or
-when the projection starts empty.
+when the projection starts empty; ``view_base`` tells the log's own views (timeline, report,
+stats) which snapshot a pruned log's tasks start from.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tasklog import retention
+from tasklog.baseline import Baseline
 from tasklog.log import TaskLog
 
 from .base import Projection, gc_paused
 from .errors import ProjectionError
-from .fold import BUFFER_KEYS, Anomalies, apply_event, ref_seq, refer_buffers
+from .fold import BUFFER_KEYS, Anomalies, apply_event, is_tombstone, ref_seq, refer_buffers, settle
 
-__all__ = ["SnapshotInfo", "take", "catch_up"]
+__all__ = ["SnapshotInfo", "take", "catch_up", "view_base"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
                 refer_buffers(records, seq, event)  # buffers stay in the log: a snapshot stays small
             if progress is not None:
                 progress(len(chunk))
+        settle(records, records)
         header = {"seq": at, "records": len(records), "anomalies": dict(anomalies),
                   "created": datetime.now(timezone.utc), "log_identity": log.identity,
                   "keeps": _referenced(records.values())}
@@ -92,9 +95,13 @@ def _pick(log: TaskLog, proj: Projection, stop: int | None) -> int | None:
     gap = proj.last_seq + 1 < log.start_seq
     if not gap and proj.last_seq:
         return None
-    fits = [s for s in retention.list_snapshots(log)
-            if s > proj.last_seq and s >= log.start_seq - 1 and (stop is None or s <= stop)]
+    fits = [s for s in _usable(log) if s > proj.last_seq and (stop is None or s <= stop)]
     return fits[-1] if fits else None
+
+
+def _usable(log: TaskLog) -> list[int]:
+    """The snapshots the log's events continue from (a state past a prune starts at one of them)."""
+    return [s for s in retention.list_snapshots(log) if s >= log.start_seq - 1]
 
 
 def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: int | None = None,
@@ -122,8 +129,32 @@ def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: 
         _restore(proj, log, snap)
     first = max(proj.last_seq + 1, start or 1)
     if first < log.start_seq and (stop is None or stop >= first):
-        usable = [s for s in retention.list_snapshots(log) if s >= log.start_seq - 1]
-        earliest = f"event {usable[0]} (its oldest snapshot)" if usable else "none: no snapshot covers the gap"
-        raise ProjectionError(f"{proj.spec} needs events {first}..{log.start_seq - 1}, which were pruned; "
-                              f"the earliest state the log can rebuild is {earliest}")
+        raise _pruned(log, proj.spec, first)
     return proj.apply_chunks(log.read_chunks(first, None if stop is None else stop + 1), progress=progress)
+
+
+def _pruned(log: TaskLog, who: str, first: int) -> ProjectionError:
+    usable = _usable(log)
+    earliest = f"event {usable[0]} (its oldest snapshot)" if usable else "none: no snapshot covers the gap"
+    return ProjectionError(f"{who} needs events {first}..{log.start_seq - 1}, which were pruned; "
+                           f"the earliest state the log can rebuild is {earliest}")
+
+
+def view_base(log: TaskLog, who: str, stop: int | None = None) -> Baseline | None:
+    """Where a view of ``log`` up to event ``stop`` starts: None while the log holds every event
+    from the first; past a prune, the newest snapshot at or before ``stop`` the log continues from.
+
+    A state no snapshot rebuilds is refused as ``catch_up`` refuses it (``who`` names the view).
+    """
+    if log.start_seq <= 1:
+        return None
+    fits = [s for s in _usable(log) if stop is None or s <= stop]
+    if not fits:
+        raise _pruned(log, who, 1)
+    seq = fits[-1]
+    _read(log, seq)[1].close()  # type: ignore[attr-defined]  # checked now: a bad one fails before any output
+
+    def tasks() -> Iterator[tuple[str, dict[str, Any] | None]]:
+        for rec in _read(log, seq)[1]:
+            yield rec["msg_id"], None if is_tombstone(rec) else rec
+    return Baseline(seq, tasks)

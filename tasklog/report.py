@@ -1,7 +1,8 @@
 """A one-file HTML report of what the cluster did: charts (matplotlib, embedded as PNG) and tables.
 
 Read from the log's events in one pass: a small row per task (times, engine, status), not the
-records. Needs the ``report`` extra (matplotlib); ``MissingExtraError`` says so otherwise.
+records (a pruned log's rows start from its snapshot's tasks: a ``Baseline``). Needs the ``report``
+extra (matplotlib); ``MissingExtraError`` says so otherwise.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import base64
 import html
 import importlib
 import io
+import warnings
 from collections import Counter
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
+from .baseline import Baseline
 from .errors import InterfaceError, MissingExtraError
 from .events import FAILED_STATUSES, Complete, Drop, Resubmit, Start, Submit
 from .log import TaskLog
@@ -57,10 +60,12 @@ def _secs(a: datetime | None, b: datetime | None) -> float | None:
     return (b - a).total_seconds() if a is not None and b is not None and b >= a else None
 
 
-def collect(log: TaskLog, progress: Callable[[int], None] | None = None) -> list[TaskRow]:
-    """One row per task, from every event in the log."""
-    rows: dict[str, TaskRow] = {}
-    for chunk in log.read_chunks():
+def collect(log: TaskLog, progress: Callable[[int], None] | None = None,
+            base: Baseline | None = None) -> list[TaskRow]:
+    """One row per task, from every event in the log (or from the tasks of ``base``, a snapshot, and
+    the events after it)."""
+    rows = {} if base is None else {msg_id: _row_of(msg_id, rec) for msg_id, rec in base.tasks()}
+    for chunk in log.read_chunks(1 if base is None else base.seq + 1):
         for _, ev in chunk:
             if isinstance(ev, Drop):
                 for m in ev.msg_ids:
@@ -84,6 +89,17 @@ def collect(log: TaskLog, progress: Callable[[int], None] | None = None) -> list
         if progress is not None:
             progress(len(chunk))
     return list(rows.values())
+
+
+def _row_of(msg_id: str, rec: dict[str, Any] | None) -> TaskRow:
+    """A snapshot's task as a row (a purged one kept no more than that it was purged)."""
+    if rec is None:
+        return TaskRow(msg_id, dropped=True)
+    done = rec.get("completed") is not None
+    content = (rec.get("result_content") or {}) if done else {}
+    return TaskRow(msg_id, rec.get("submitted"), rec.get("started"), rec.get("completed"), rec.get("engine_uuid"),
+                   content.get("status", "ok") if done else None, content.get("ename"), rec.get("label"),
+                   rec.get("resubmitted"))
 
 
 def _pyplot() -> Any:
@@ -119,18 +135,32 @@ def _throughput(plt: Any, rows: list[TaskRow]) -> str:
     ax.set_title("Tasks submitted, started and completed over time")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    _time_axis(ax)
+    times = [t for r in rows for t in (r.submitted, r.started, r.completed) if t is not None]
+    _time_axis(ax, (min(times), max(times)) if times else None)
     return _png(fig)
 
 
-def _time_axis(ax: Any) -> None:
-    """Dates as a person reads them (hours and minutes, or seconds for a short log), UTC."""
+# matplotlib draws dates in years 1-9999 only, and pads an axis past its data and rounds its ticks
+# outwards: a task completed at 9999-12-31 raised its ValueError (issue 20, item 12). The axis is
+# the data's span and a margin, kept a day inside those years: a time past them is drawn at the
+# edge, and the tables show it as it is.
+_AXIS_FIRST = datetime(1, 1, 2, tzinfo=timezone.utc)
+_AXIS_LAST = datetime(9999, 12, 30, tzinfo=timezone.utc)
+
+
+def _time_axis(ax: Any, span: tuple[datetime, datetime] | None, margin: float = 0.05) -> None:
+    """Dates as a person reads them (hours and minutes, or seconds for a short log), UTC, over ``span``."""
     # Typed as Any: matplotlib is an optional extra, typed in some versions and not in others.
     mdates: Any = importlib.import_module("matplotlib.dates")
     locator = mdates.AutoDateLocator(tz=timezone.utc)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
     ax.set_xlabel("time (UTC)")
+    if span is not None:
+        first, last = (min(max(t, _AXIS_FIRST), _AXIS_LAST) for t in span)
+        pad = max((last - first) * margin, timedelta(seconds=1))  # never one point: matplotlib would widen it
+        ax.set_xlim(first - pad if first - _AXIS_FIRST > pad else _AXIS_FIRST,
+                    last + pad if _AXIS_LAST - last > pad else _AXIS_LAST)
 
 
 def _engines(plt: Any, rows: list[TaskRow]) -> tuple[str, str]:
@@ -158,7 +188,8 @@ def _engines(plt: Any, rows: list[TaskRow]) -> tuple[str, str]:
     ax.set_yticks(range(len(engines)))
     ax.set_yticklabels([e[:12] for e in engines])
     ax.grid(alpha=0.3, axis="x")
-    _time_axis(ax)
+    span = (min(start for _, start, _, _ in ran), max(end for _, _, end, _ in ran)) if ran else None
+    _time_axis(ax, span, 0.05 if len(ran) <= _GANTT_MAX else 0)
     return _png(fig), "engines: one bar per task" if len(ran) <= _GANTT_MAX else "engines: busy fraction"
 
 
@@ -202,6 +233,44 @@ def _failures(plt: Any, rows: list[TaskRow]) -> str | None:
     return _png(fig)
 
 
+def _charts(plt: Any, rows: list[TaskRow]) -> list[str]:
+    """The HTML of the charts: throughput, engines, waits and run times, failures."""
+    wait_png, wait_txt = _distribution(plt, [w for r in rows if (w := r.wait) is not None],
+                                       "Queue wait (submitted to started)")
+    run_png, run_txt = _distribution(plt, [x for r in rows if (x := r.run) is not None],
+                                     "Run time (started to completed)")
+    fail_png = _failures(plt, rows)
+    engines_png, engines_alt = _engines(plt, rows)
+    return [
+        f"<h2>Throughput</h2><img alt='throughput' src='data:image/png;base64,{_throughput(plt, rows)}'>",
+        f"<h2>Engines</h2><img alt='{engines_alt}' src='data:image/png;base64,{engines_png}'>",
+        f"<h2>Waiting and running</h2><p>Queue wait: {wait_txt}. Run time: {run_txt}.</p><div class=pair>"
+        f"<img alt='queue wait' src='data:image/png;base64,{wait_png}'>"
+        f"<img alt='run time' src='data:image/png;base64,{run_png}'></div>",
+        "<h2>Failures</h2>" + (f"<img alt='failures' src='data:image/png;base64,{fail_png}'>" if fail_png
+                               else "<p class=muted>none</p>"),
+    ]
+
+
+@contextmanager
+def _drawing(plt: Any) -> Iterator[None]:
+    """Charts drawn quietly, their text as it is."""
+    # Issue 20 (items 12, 14): matplotlib's warnings (a layout too narrow for long names, a glyph the
+    # font lacks for a control character) went to stderr, and a `$` in an engine id, label or error
+    # name was parsed as mathematics and raised. The charts say what the log holds, whatever it is.
+    with warnings.catch_warnings(), plt.rc_context({"text.parse_math": False}):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _source(log: TaskLog, base: Baseline | None) -> str:
+    """Which events the report read."""
+    if base is None:
+        return f"events {log.start_seq}..{log.last_seq}"
+    return (f"events 1..{log.start_seq - 1} were pruned: tasks as of snapshot {base.seq} (a task purged "
+            f"before it is only counted), then events {base.seq + 1}..{log.last_seq}")
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -216,39 +285,31 @@ table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-botto
 .muted{color:#888}"""
 
 
-def write_report(log: TaskLog, out: str | TextIO, progress: Callable[[int], None] | None = None) -> int:
-    """Write the report of ``log`` (one self-contained HTML file) to a path or a stream; return its tasks."""
+def write_report(log: TaskLog, out: str | TextIO, progress: Callable[[int], None] | None = None,
+                 base: Baseline | None = None) -> int:
+    """Write the report of ``log`` (one self-contained HTML file) to a path or a stream; return its tasks
+    (starting from the tasks of ``base``, a snapshot, and the events after it, if given)."""
     plt = _pyplot()
-    rows = collect(log, progress)
+    rows = collect(log, progress, base)
     if not rows:
         raise InterfaceError(f"{log.path} holds no task to report on")
-    done = [r for r in rows if r.completed is not None]
-    failed = [r for r in done if r.status in FAILED_STATUSES]
-    waits = [w for r in rows if (w := r.wait) is not None]
-    runs = [x for r in rows if (x := r.run) is not None]
-    wait_png, wait_txt = _distribution(plt, waits, "Queue wait (submitted to started)")
-    run_png, run_txt = _distribution(plt, runs, "Run time (started to completed)")
-    fail_png = _failures(plt, rows)
-    engines_png, engines_alt = _engines(plt, rows)
+    with _drawing(plt):
+        charts = _charts(plt, rows)
+    done = [r for r in rows if r.completed is not None and not r.dropped]
+    dropped = sum(r.dropped for r in rows)
     slowest = sorted((r for r in rows if r.run is not None), key=lambda r: -(r.run or 0))[:10]
     chains = [r for r in rows if r.resubmitted_as]
-    cards = [("tasks", len(rows)), ("completed", len(done)), ("failed", len(failed)),
-             ("running or pending", len(rows) - len(done) - sum(r.dropped for r in rows)),
+    cards = [("tasks", len(rows)), ("completed", len(done)), ("failed", sum(r.status in FAILED_STATUSES for r in done)),
+             ("running or pending", len(rows) - len(done) - dropped), ("purged", dropped),
              ("resubmitted", len(chains)), ("engines", len({r.engine for r in done if r.engine}))]
     made = datetime.now(timezone.utc).isoformat(timespec="seconds")
     parts = [
         f"<!doctype html><html><head><meta charset=utf-8><title>tasklog report</title><style>{_CSS}</style>"
         "</head><body>",
-        f"<h1>What the cluster did</h1><p class=muted>{html.escape(log.path)}: events {log.start_seq}..{log.last_seq}"
+        f"<h1>What the cluster did</h1><p class=muted>{html.escape(log.path)}: {_source(log, base)}"
         f", report made {made}</p>",
         "<div class=cards>" + "".join(f"<div class=card><b>{v:,}</b>{k}</div>" for k, v in cards) + "</div>",
-        f"<h2>Throughput</h2><img alt='throughput' src='data:image/png;base64,{_throughput(plt, rows)}'>",
-        f"<h2>Engines</h2><img alt='{engines_alt}' src='data:image/png;base64,{engines_png}'>",
-        f"<h2>Waiting and running</h2><p>Queue wait: {wait_txt}. Run time: {run_txt}.</p><div class=pair>"
-        f"<img alt='queue wait' src='data:image/png;base64,{wait_png}'>"
-        f"<img alt='run time' src='data:image/png;base64,{run_png}'></div>",
-        "<h2>Failures</h2>" + (f"<img alt='failures' src='data:image/png;base64,{fail_png}'>" if fail_png
-                               else "<p class=muted>none</p>"),
+        *charts,
         "<h2>Slowest tasks</h2>" + _table(["msg_id", "label", "engine", "run (s)", "status"],
                                           [[r.msg_id, r.label or "", r.engine or "", f"{r.run:.3f}", r.status or ""]
                                            for r in slowest]),

@@ -6,23 +6,26 @@ One track per engine (process "engines", a thread each) with a complete event ("
 ``started`` to ``completed``, named by its label; the queue wait from ``submitted`` to
 ``started`` as an async slice on the "queue" process; failed tasks in category ``failed`` and
 coloured; a resubmit as a flow from the original's slice to its resubmission's. Timestamps are
-microseconds since the epoch.
+microseconds since the epoch. A pruned log's trace starts from the tasks of the snapshot it
+continues from (a ``Baseline``), then reads the events after it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
+from .baseline import Baseline
 from .events import FAILED_STATUSES, Complete, Drop, Event, Resubmit, Start, Submit
 from .log import TaskLog
 
 __all__ = ["trace_events", "write_trace"]
 
 _ENGINES, _QUEUE = 1, 2  # the two trace "processes"
+_Trace = Iterator[dict[str, Any]]
 
 
 def _us(when: datetime | None) -> int | None:
@@ -35,16 +38,22 @@ class _Task:
     started: int | None = None
     engine: str | None = None
     label: str | None = None
+    #: A resubmission's original whose first events were pruned: its label, and where it ran if no
+    #: later event says, are read from the snapshot, so this task is drawn at the end.
+    original: str | None = None
 
 
 @dataclass
 class _State:
     log: TaskLog
     since: int | None
+    base: Baseline | None = None
     tasks: dict[str, _Task] = field(default_factory=dict)
     engines: dict[str, int] = field(default_factory=dict)
     linked: dict[str, str] = field(default_factory=dict)  # original -> resubmission, both waiting to run
     ran: dict[str, tuple[int, int]] = field(default_factory=dict)  # linked task -> (track, end µs)
+    # Tasks that ended with an ``original`` to read from the snapshot: (msg_id, task, end, reply content).
+    unplaced: list[tuple[str, _Task, int | None, dict[str, Any] | None]] = field(default_factory=list)
 
     def track(self, engine: str | None) -> tuple[int, list[dict[str, Any]]]:
         name = engine or "(unknown engine)"
@@ -54,14 +63,24 @@ class _State:
         return tid, [{"ph": "M", "name": "thread_name", "pid": _ENGINES, "tid": tid, "args": {"name": name}}]
 
 
-def trace_events(log: TaskLog, stop: int | None = None, since: datetime | None = None) -> Iterator[dict[str, Any]]:
-    """The trace events of the log up to event ``stop``, of tasks started at or after ``since``."""
+def trace_events(log: TaskLog, stop: int | None = None, since: datetime | None = None,
+                 base: Baseline | None = None) -> _Trace:
+    """The trace events of the log up to event ``stop``, of tasks started at or after ``since``
+    (starting from the tasks of ``base``, a snapshot, and the events after it, if given)."""
     yield {"ph": "M", "name": "process_name", "pid": _ENGINES, "args": {"name": "engines"}}
     yield {"ph": "M", "name": "process_name", "pid": _QUEUE, "args": {"name": "queue"}}
-    state = _State(log, _us(since))
-    for chunk in log.read_chunks(1, None if stop is None else stop + 1):
+    state = _State(log, _us(since), base)
+    if base is not None:
+        yield from _seed(state, base)
+    for chunk in log.read_chunks(1 if base is None else base.seq + 1, None if stop is None else stop + 1):
         for _, event in chunk:
             yield from _on(state, event)
+    if base is not None:
+        yield from _placed_late(state, base)
+    yield from _running(state)
+
+
+def _running(state: _State) -> _Trace:
     for msg_id, task in state.tasks.items():  # still running: a slice that has not ended
         if task.started is not None and (state.since is None or task.started >= state.since):
             tid, meta = state.track(task.engine)
@@ -82,66 +101,156 @@ def _on(state: _State, event: Event) -> Iterator[dict[str, Any]]:
         yield from _complete(state, event)
     elif isinstance(event, Resubmit) and event.new_msg_id is not None:
         state.linked[event.msg_id] = event.new_msg_id
-        yield from _ran(state, event.msg_id)
+        label, pruned = yield from _ran(state, event.msg_id)
         new = state.tasks.setdefault(event.new_msg_id, _Task())
         new.submitted = _us(event.submitted)
-        new.label = new.label or (state.tasks.get(event.msg_id) or _Task()).label
+        # The resubmission runs the original's request, label included (the original has usually
+        # completed and left ``tasks``: its label was lost, and its resubmission drawn as "task").
+        new.label = new.label or (state.tasks.get(event.msg_id) or _Task()).label or label
+        if pruned is not None and state.base is not None:
+            new.original = pruned
     elif isinstance(event, Drop):
         for m in event.msg_ids:
             state.tasks.pop(m, None)
 
 
-def _complete(state: _State, event: Complete) -> Iterator[dict[str, Any]]:
+def _complete(state: _State, event: Complete) -> _Trace:
     task = state.tasks.pop(event.msg_id, None) or _Task()
-    start = _us(event.started) or task.started
-    end = _us(event.completed)
-    if start is None or end is None or (state.since is not None and start < state.since):
+    task.started = _us(event.started) or task.started
+    task.engine = event.engine_uuid or task.engine
+    if task.original is not None:
+        state.unplaced.append((event.msg_id, task, _us(event.completed), event.result_content))
         return
-    status = (event.result_content or {}).get("status", "ok")
-    tid, meta = state.track(event.engine_uuid or task.engine)
+    yield from _ended(state, event.msg_id, task, _us(event.completed), event.result_content)
+
+
+def _ended(state: _State, msg_id: str, task: _Task, end: int | None,
+           content: dict[str, Any] | None) -> Generator[dict[str, Any], None, tuple[int, int] | None]:
+    """The slice of a task that ended at ``end``, its queue wait and resubmit arrows; return where it
+    ran (track, start), None if it is not drawn."""
+    start = task.started
+    if start is None or end is None or (state.since is not None and start < state.since):
+        return None
+    status = (content or {}).get("status", "ok")
+    tid, meta = state.track(task.engine)
     yield from meta
-    args: dict[str, Any] = {"msg_id": event.msg_id, "status": status}
+    args: dict[str, Any] = {"msg_id": msg_id, "status": status}
     slice_: dict[str, Any] = {"ph": "X", "name": task.label or "task", "cat": "task", "pid": _ENGINES,
                               "tid": tid, "ts": start, "dur": max(end - start, 1), "args": args}
     if status in FAILED_STATUSES:
         slice_.update(cat="failed", cname="terrible")  # a colour Chrome's viewer names for failures
-        args["error"] = (event.result_content or {}).get("ename")
+        args["error"] = (content or {}).get("ename")
     yield slice_
     if task.submitted is not None and task.submitted <= start:
-        ident = {"cat": "queue", "name": "queued", "pid": _QUEUE, "tid": 1, "id": event.msg_id}
-        yield {**ident, "ph": "b", "ts": task.submitted, "args": {"msg_id": event.msg_id}}
+        ident = {"cat": "queue", "name": "queued", "pid": _QUEUE, "tid": 1, "id": msg_id}
+        yield {**ident, "ph": "b", "ts": task.submitted, "args": {"msg_id": msg_id}}
         yield {**ident, "ph": "e", "ts": start}
-    yield from _flows(state, event.msg_id, tid, start)
+    yield from _flows(state, msg_id, tid, start)
+    return tid, start
 
 
-def _ran(state: _State, msg_id: str) -> Iterator[dict[str, Any]]:
-    """Where the original of a resubmit ran, read from its stream (nothing is kept for every task)."""
-    for _, ev in reversed(state.log.events_of(msg_id)):
+def _ran(state: _State, msg_id: str) -> Generator[dict[str, Any], None, tuple[str | None, str | None]]:
+    """Where the original of a resubmit ran, read from its stream (nothing is kept for every task);
+    return its label and, if the event that made it (or its own original) was pruned, whose it was."""
+    stream = state.log.events_of(msg_id)
+    for _, ev in reversed(stream):
         if isinstance(ev, Complete) and ev.completed is not None:
             tid, meta = state.track(ev.engine_uuid)
             yield from meta
             state.ran[msg_id] = (tid, _us(ev.completed) or 0)
-            return
+            break
+    return _made(state, msg_id, stream)
 
 
-def _flows(state: _State, msg_id: str, tid: int, start: int) -> Iterator[dict[str, Any]]:
+def _made(state: _State, msg_id: str, stream: list[tuple[int, Event]]) -> tuple[str | None, str | None]:
+    """The label of the task ``stream`` is of, and the task whose making was pruned (None: none was)."""
+    seen = {msg_id}
+    while True:
+        made = next((ev for _, ev in stream if (isinstance(ev, Submit) and ev.msg_id == msg_id)
+                     or (isinstance(ev, Resubmit) and ev.new_msg_id == msg_id)), None)
+        if not isinstance(made, (Submit, Resubmit)):
+            return None, msg_id  # the event that made it was pruned (or it never was made: a stub)
+        if isinstance(made, Submit):
+            return made.label, None
+        if made.msg_id in seen:
+            return None, None  # a loop of resubmits names no request
+        msg_id = made.msg_id  # a resubmission runs its original's request
+        seen.add(msg_id)
+        stream = state.log.events_of(msg_id)
+
+
+def _flows(state: _State, msg_id: str, tid: int, start: int) -> _Trace:
     """The resubmit arrows this task closes or opens (flows bind to the slices they sit in)."""
     originals = [o for o, new in state.linked.items() if new == msg_id]
     for original in originals:
         del state.linked[original]
-        if original not in state.ran:
-            continue  # the original never ran: nothing to draw the arrow from
-        o_tid, o_end = state.ran.pop(original)
-        ident = {"name": "resubmit", "cat": "resubmit", "id": f"{original}->{msg_id}"}
-        yield {**ident, "ph": "s", "pid": _ENGINES, "tid": o_tid, "ts": o_end - 1}
-        yield {**ident, "ph": "f", "bp": "e", "pid": _ENGINES, "tid": tid, "ts": start}
+        if original in state.ran:  # else the original never ran: nothing to draw the arrow from
+            yield from _arrow(original, state.ran.pop(original), msg_id, (tid, start))
 
 
-def write_trace(log: TaskLog, out: IO[str], stop: int | None = None, since: datetime | None = None) -> int:
+def _arrow(original: str, ran: tuple[int, int], new: str, runs: tuple[int, int]) -> _Trace:
+    """The flow from where ``original`` ended, ``ran`` (track, end), to where ``new`` started, ``runs``."""
+    ident = {"name": "resubmit", "cat": "resubmit", "id": f"{original}->{new}"}
+    yield {**ident, "ph": "s", "pid": _ENGINES, "tid": ran[0], "ts": ran[1] - 1}
+    yield {**ident, "ph": "f", "bp": "e", "pid": _ENGINES, "tid": runs[0], "ts": runs[1]}
+
+
+def _seed(state: _State, base: Baseline) -> _Trace:
+    """The snapshot's tasks: a slice for each that ended, the rest in flight; the arrows between them."""
+    ended: dict[str, tuple[int, int, int]] = {}  # tasks in a resubmit that ran: (track, start, end)
+    links: list[tuple[str, str]] = []  # (original, resubmission)
+    for msg_id, rec in base.tasks():
+        if rec is None:
+            continue  # purged
+        task = _Task(_us(rec.get("submitted")), _us(rec.get("started")), rec.get("engine_uuid"), rec.get("label"))
+        if rec.get("resubmitted_from") is not None:
+            links.append((rec["resubmitted_from"], msg_id))
+        end = _us(rec.get("completed"))
+        if end is None:
+            state.tasks[msg_id] = task
+            continue
+        where = yield from _ended(state, msg_id, task, end, rec.get("result_content"))
+        if where is not None and (rec.get("resubmitted") is not None or rec.get("resubmitted_from") is not None):
+            ended[msg_id] = (*where, end)
+    for original, new in links:
+        if original in ended and new in ended:
+            yield from _arrow(original, (ended[original][0], ended[original][2]), new, ended[new][:2])
+        elif new in state.tasks:  # still to run: the arrow is drawn when it does
+            state.linked[original] = new
+            if original in ended:
+                state.ran[original] = (ended[original][0], ended[original][2])
+
+
+def _placed_late(state: _State, base: Baseline) -> _Trace:
+    """The tasks whose originals' first events were pruned, their labels and arrows read from the snapshot."""
+    waiting = [task for task in state.tasks.values() if task.original is not None]
+    wanted = {task.original for task in waiting} | {task.original for _, task, _, _ in state.unplaced}
+    if not wanted:
+        return  # the usual case: the snapshot is read once
+    found: dict[str | None, dict[str, Any]] = {}
+    for msg_id, rec in base.tasks():
+        if msg_id in wanted and rec is not None:
+            found[msg_id] = rec
+    for task in waiting:
+        task.label = task.label or found.get(task.original, {}).get("label")
+    for msg_id, task, end, content in state.unplaced:
+        rec = found.get(task.original, {})
+        task.label = task.label or rec.get("label")
+        done = _us(rec.get("completed"))
+        if done is not None and task.original not in state.ran and state.linked.get(str(task.original)) == msg_id:
+            tid, meta = state.track(rec.get("engine_uuid"))  # it ran before the prune
+            yield from meta
+            state.ran[str(task.original)] = (tid, done)
+        task.original = None
+        yield from _ended(state, msg_id, task, end, content)
+
+
+def write_trace(log: TaskLog, out: IO[str], stop: int | None = None, since: datetime | None = None,
+                base: Baseline | None = None) -> int:
     """Write the trace JSON to ``out`` as it is made; return how many trace events it holds."""
     out.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
     n = 0
-    for ev in trace_events(log, stop, since):
+    for ev in trace_events(log, stop, since, base):
         out.write((",\n" if n else "") + json.dumps(ev, separators=(",", ":")))
         n += 1
     out.write("\n]}\n")

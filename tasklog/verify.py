@@ -11,6 +11,7 @@ from typing import Any
 import lmdb
 
 from . import codec, retention
+from .baseline import Baseline
 from .errors import TaskLogError
 from .events import FAILED_STATUSES, Complete, Drop, Event, Resubmit, Start, task_ids
 from .log import TaskLog
@@ -35,6 +36,8 @@ class LogStats:
     #: When the first and the last event still in the log were committed (UTC).
     first_commit: datetime | None = None
     last_commit: datetime | None = None
+    #: The snapshot the tasks' states start from (a pruned log's; None: from the first event).
+    tasks_from: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """An Extended-JSON-ready dict of the figures (the commit times as datetimes: ``$date``)."""
@@ -42,7 +45,7 @@ class LogStats:
                 "start_seq": self.start_seq, "snapshots": self.snapshots,
                 "disk_bytes": self.disk_bytes, "by_type": dict(sorted(self.by_type.items())),
                 "by_state": {s: self.by_state.get(s, 0) for s in STATES},
-                "first_commit": self.first_commit, "last_commit": self.last_commit}
+                "first_commit": self.first_commit, "last_commit": self.last_commit, "tasks_from": self.tasks_from}
 
 
 # A task's state after the events seen so far, in the order a task goes through them. A task
@@ -73,11 +76,25 @@ def _state_after(states: dict[str, str], event: Event) -> None:
         states[msg_id] = "pending"
 
 
-def stats(log: TaskLog, progress: Progress | None = None) -> LogStats:
-    """Count the events of ``log`` by type and its tasks by state, every figure from one read transaction."""
+def _state_of(record: dict[str, Any] | None) -> str:
+    """A snapshot's task's state (None: a purged one), as its events left it."""
+    if record is None:
+        return "dropped"
+    if record.get("resubmitted") is not None:
+        return "resubmitted"
+    if record.get("completed") is not None:
+        failed = (record.get("result_content") or {}).get("status") in FAILED_STATUSES
+        return "failed" if failed else "completed"
+    return "running" if record.get("started") is not None or record.get("engine_uuid") is not None else "pending"
+
+
+def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None = None) -> LogStats:
+    """Count the events of ``log`` by type and its tasks by state, every figure from one read transaction
+    (the states from the tasks of ``base``, a snapshot, and the events after it, if given)."""
     # Figures read one by one under a live writer disagreed ("events": 13100, "last_seq": 12800).
     by_type: Counter[str] = Counter()
-    states: dict[str, str] = {}
+    states = {} if base is None else {msg_id: _state_of(rec) for msg_id, rec in base.tasks()}
+    after = 0 if base is None else base.seq
     with log.view() as view:
         out = LogStats(first_seq=view.first_seq, last_seq=view.last_seq, start_seq=view.start_seq,
                        events=len(view))
@@ -88,10 +105,12 @@ def stats(log: TaskLog, progress: Progress | None = None) -> LogStats:
                 by_type["(unreadable)"] += 1
                 continue
             by_type[event.type] += 1
-            _state_after(states, event)
+            if seq > after:
+                _state_after(states, event)
             if progress is not None:
                 progress.update()
     out.by_type = by_type
+    out.tasks_from = None if base is None else base.seq
     out.by_state = Counter(states.values())
     if out.events:
         times = log.committed_at([out.first_seq, out.last_seq])

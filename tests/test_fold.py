@@ -114,3 +114,57 @@ def test_resubmit_never_takes_over_an_existing_task() -> None:
     records, anomalies = _applied([dup, again, Resubmit("dup", "n1", T + timedelta(seconds=9))])
     assert records["n1"]["resubmitted_from"] == "dup" and records["dup"]["resubmitted"] == "n1"
     assert anomalies == {}
+
+
+def _versions(chunks: int, size: int) -> list[dict[str, Any]]:
+    """Every record a task's stdout of ``chunks`` chunks goes through, folded as projections fold."""
+    from projections.fold import apply_event
+
+    records: dict[str, Any] = {}
+    anomalies: Counter[str] = Counter()
+    kept = []
+    for seq, i in enumerate(range(chunks), start=1):
+        apply_event(records, seq, Output("t", "stdout", f"{i:0{size}d}", None), anomalies)
+        kept.append(records["t"])
+    return kept
+
+
+def _held_by_versions(chunks: int, size: int) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = _versions(chunks, size)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == chunks
+    return held
+
+
+def test_a_long_output_is_folded_in_linear_work() -> None:
+    # Issue 20 (item 9): each chunk copied the whole text so far, so a task's stdout cost time
+    # quadratic in its chunks. The fold is pure: every record a chunk makes is a value of its own,
+    # so keeping them all holds exactly the characters the fold copied. Twice the chunks must hold
+    # about twice as much (linear), not four times (quadratic); tracemalloc counts it exactly.
+    small, large = _held_by_versions(400, 200), _held_by_versions(800, 200)
+    assert large < 2.5 * small, (small, large)
+
+
+def test_a_long_output_reads_back_whole_from_every_projection_path() -> None:
+    from projections.fold import settle
+
+    kept = _versions(300, 7)
+    older, newest = kept[99], kept[-1]
+    # A record folded again from an older version (a replay from there) has its own chunks...
+    fork = fold(older, Output("t", "stdout", "X", None), 101)
+    assert fork is not None and fork["stdout"] == "".join(f"{i:07d}" for i in range(100)) + "X"
+    # ...and neither it nor the newer versions change the others.
+    settle({"t": newest}, ["t"])
+    assert newest["stdout"] == "".join(f"{i:07d}" for i in range(300))
+    settle({"t": older}, ["t"])
+    assert older["stdout"] == "".join(f"{i:07d}" for i in range(100))
+    batch = list(enumerate([Submit("t", {}, {}, {}, [], "c", "task", T, None),
+                            *(Output("t", "stdout", f"{i:07d}", None) for i in range(300))], start=1))
+    assert fold_all(batch)["t"]["stdout"] == newest["stdout"]  # type: ignore[index]

@@ -7,12 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
 
-from tasklog import InterfaceError, MissingExtraError, TaskLog
+from tasklog import InterfaceError, MissingExtraError, TaskLog, report
 from tasklog.report import busy_fraction, collect, write_report
 
 # Recorded in the page itself: what its images did and every error the page met, then read back
@@ -120,3 +121,58 @@ def test_busy_fraction_is_the_share_of_each_bin_an_engine_ran() -> None:
     assert busy[0] == [1.0] * 120 + [0.0] * 120
     assert busy[1][9] == 0 and busy[1][10] == 0.75 and busy[1][11] == 1.0 and busy[1][12] == 0
     assert sum(busy[1]) == 1.75
+
+
+def _log_of(path: str, tasks: list[tuple[str, datetime, datetime, datetime, str, str | None, dict[str, str]]]) -> None:
+    """A log of tasks given as (msg_id, submitted, started, completed, engine, label, reply content)."""
+    with TaskLog.open(path) as log:
+        for m, submitted, started, completed, engine, label, content in tasks:
+            log.submit(m, submitted=submitted, label=label)
+            log.start(m, engine, started)
+            log.complete(m, result_content=content, engine_uuid=engine, started=started, completed=completed)
+
+
+def _reported(path: str, page: Path, tasks: int) -> str:
+    done = run_cli("report", "--log", path, "-o", str(page))
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr[-3000:]  # no traceback, no warning
+    assert done.stdout == f"report of {tasks:,} tasks -> {page}\n"
+    text = page.read_text()
+    charts = re.findall(r"base64,([^']*)'", text)
+    assert len(charts) == text.count("<img ") >= 4 and all(len(png) > 1000 for png in charts), text[-2000:]
+    return text
+
+
+def test_report_draws_times_at_the_ends_of_the_calendar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 20 (item 12): a task completed at 9999-12-31 raised matplotlib's ValueError, a traceback:
+    # its date axis pads the data and rounds its ticks past the years it can draw (1-9999).
+    utc = timezone.utc
+    t0 = datetime(2026, 11, 27, 9, tzinfo=utc)
+    first, last = datetime.min.replace(tzinfo=utc), datetime.max.replace(tzinfo=utc)
+    ok = {"status": "ok"}
+    normal = [(f"t{i}", t0, t0 + timedelta(seconds=i), t0 + timedelta(seconds=i + 1), "e1", None, ok) for i in range(5)]
+    cases = {"late": [*normal, ("x", t0, t0, datetime(9999, 12, 31, tzinfo=utc), "e2", None, ok)],
+             "every year": [*normal, ("x", first, first, last, "e2", None, ok)],
+             "one instant": [("x", last, last, last, "e1", None, ok)],
+             "early": [("x", first, first, first + timedelta(microseconds=1), "e1", None, ok), *normal]}
+    for i, (name, tasks) in enumerate(cases.items()):
+        _log_of(str(tmp_path / f"log{i}"), tasks)
+        text = _reported(str(tmp_path / f"log{i}"), tmp_path / f"r{i}.html", len(tasks))
+        if name in ("late", "every year"):
+            assert "<td>x</td>" in text.split("Slowest tasks")[1], name  # the tables show it as it is
+    # The busy-fraction chart (past 4,000 tasks) draws the same axis: here past 2.
+    monkeypatch.setattr(report, "_GANTT_MAX", 2)
+    with TaskLog.open(str(tmp_path / "log1"), readonly=True) as log:
+        write_report(log, str(tmp_path / "busy.html"))
+    assert "alt='engines: busy fraction'" in (tmp_path / "busy.html").read_text()
+
+
+def test_report_is_quiet_whatever_the_names_say(tmp_path: Path) -> None:
+    # Issue 20 (item 14): matplotlib's warnings reached stderr (a layout too narrow for long error
+    # names, glyphs missing for control characters), and a `$` in a name was parsed as mathematics
+    # and raised.
+    t0 = datetime(2026, 11, 27, 9, tzinfo=timezone.utc)
+    odd = ["$\\frac{a", "\x1b[2J\x07 $x^2$", "E" * 300, "$\\x$", "\t\x00tab"]
+    tasks = [(f"t{i}", t0, t0 + timedelta(seconds=i), t0 + timedelta(seconds=i + 2), f"{odd[i % 5]}-{i}",
+              odd[(i + 1) % 5], {"status": "error", "ename": f"{odd[(i + 2) % 5]}{i}"}) for i in range(40)]
+    _log_of(str(tmp_path / "log"), tasks)
+    _reported(str(tmp_path / "log"), tmp_path / "odd.html", 40)

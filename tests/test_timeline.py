@@ -55,6 +55,26 @@ def test_timeline_is_a_well_formed_trace_with_a_track_per_engine(tmp_path: Path)
     assert len(waits) == 7 and all(e["cat"] == "queue" for e in waits)
 
 
+def test_a_resubmission_is_drawn_with_its_originals_label(tmp_path: Path) -> None:
+    # Issue 20 (item 11, seen comparing a pruned log's trace with the whole log's): the original had
+    # completed, so its label was no longer held, and t3b was drawn as "task"; its record says job-3.
+    path = str(tmp_path / "log")
+    _one_at_a_time(path)
+    with TaskLog.open(path) as log:
+        log.resubmit("t3b", "t3c", _at(60))  # a resubmission's resubmission: the same request again
+        log.complete("t3c", result_content={"status": "ok"}, engine_uuid="e0", started=_at(61), completed=_at(62))
+    with TaskLog.open(path, readonly=True) as log:
+        names = {e["args"]["msg_id"]: e["name"] for e in trace_events(log) if e["ph"] == "X"}
+    assert names["t3"] == names["t3b"] == names["t3c"] == "job-3"
+    with TaskLog.open(path) as log:  # a loop of resubmits (the fold refuses it; the log holds it) names no label
+        log.resubmit("x", "y", _at(70))
+        log.resubmit("y", "x", _at(71))
+        log.resubmit("x", "z", _at(72))
+        log.complete("z", result_content={"status": "ok"}, engine_uuid="e0", started=_at(73), completed=_at(74))
+    with TaskLog.open(path, readonly=True) as log:
+        assert [e["name"] for e in trace_events(log) if e["ph"] == "X" and e["args"]["msg_id"] == "z"] == ["task"]
+
+
 def test_timeline_up_to_an_event_and_since_a_time(tmp_path: Path) -> None:
     path = str(tmp_path / "log")
     _one_at_a_time(path)

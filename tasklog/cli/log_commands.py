@@ -1,9 +1,12 @@
-"""Commands over the log alone: stats, tail, verify, prune. None of them folds events."""
+"""Commands over the log alone: stats, tail, verify, prune, story, timeline, report. None of them folds
+events; the views of a pruned log start from its snapshot's tasks (``projections.snapshot`` reads them)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from projections.snapshot import view_base
 
 from .. import report, retention, story, timeline, verify
 from ..errors import TaskLogError
@@ -22,8 +25,9 @@ def _open_ro(args: argparse.Namespace) -> TaskLog:
 def cmd_stats(args: argparse.Namespace) -> int:
     """Counts per event type, sequence range, bytes on disk."""
     with _open_ro(args) as log:
+        base = view_base(log, "stats")  # a pruned log's tasks start from its snapshot
         bar = Progress(len(log), "stats")
-        st = verify.stats(log, bar)
+        st = verify.stats(log, bar, base)
         bar.close()
     if args.json:
         print(dumps(st.as_dict()))  # Extended JSON, as the README says (the dates were plain strings)
@@ -34,7 +38,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"first seq   {st.first_seq}")
     print(f"last seq    {st.last_seq}")
     if st.start_seq > 1:
-        print(f"pruned      events 1..{st.start_seq - 1}")
+        print(f"pruned      events 1..{st.start_seq - 1} (tasks by state from snapshot {st.tasks_from})")
     print(f"snapshots   {', '.join(map(str, st.snapshots)) or 'none'}")
     print(f"disk bytes  {st.disk_bytes:,}")
     if st.first_commit is not None and st.last_commit is not None:
@@ -159,8 +163,9 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     since = iso_time(args.since, "--since") if args.since is not None else None
     with _open_ro(args) as log:
         stop = stop_seq(log, args)
+        base = view_base(log, "timeline" if stop is None else f"timeline up to event {stop}", stop)
         with output_to(args.output) as out:
-            n = timeline.write_trace(log, out, stop, since)
+            n = timeline.write_trace(log, out, stop, since, base)
     if args.output != "-":
         print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
     return 0
@@ -178,9 +183,10 @@ def _timeline_args(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a one-file HTML report of the log (charts embedded): needs the report extra."""
     with _open_ro(args) as log:
-        bar = Progress(len(log), "report")
+        base = view_base(log, "report")
+        bar = Progress(len(log) if base is None else log.last_seq - base.seq, "report")
         with output_to(args.output) as out:
-            tasks = report.write_report(log, out, bar.update)
+            tasks = report.write_report(log, out, bar.update, base)
         bar.close()
     if args.output != "-":
         print(f"report of {tasks:,} tasks -> {args.output}")
