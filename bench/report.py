@@ -51,6 +51,9 @@ def _figure(b: dict[str, Any]) -> str:
     info = b["extra_info"]
     if "peak_rss_mb" in info:
         return f"peak RSS {info['peak_rss_mb']} MB (limit {info['limit_mb']} MB)"
+    if "rss_anon_growth_mb" in info:
+        grown = ", ".join(f"{store} {mb} MB" for store, mb in info["rss_anon_growth_mb"].items())
+        return f"RssAnon growth {grown} ({info['pace']} pace)"
     if "lag_p99_ms" in info:
         return (f"lag p50 {info['lag_p50_ms']} ms, p99 {info['lag_p99_ms']} ms, max {info['lag_max_ms']} ms "
                 f"({info['tasks_written']:,} tasks, {info['events_written']:,} events written)")

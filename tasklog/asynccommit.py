@@ -4,7 +4,12 @@ The caller gets its sequence number at once, which is only possible because an a
 holds an exclusive writer lock on the directory (no other process can take a number in
 between). A background thread commits every ``commit_interval`` seconds, or at once when
 someone waits. A commit that fails (disk full) fails every queued receipt with its error: the
-numbers they held are void, and later events reuse them under a new epoch.
+numbers they held are void, and later events reuse them under a new epoch. The loss stays on
+record until it is reported: the next flush() or close() raises it, unless every lost event's
+receipt already raised it to whoever waited on it.
+
+The queue is bounded in events and in bytes (the stored size of the events not yet committed):
+a producer past either bound waits for a commit. Nothing of an event outlives its commit here.
 """
 
 from __future__ import annotations
@@ -16,18 +21,56 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from . import codec
-from .errors import CommitError, FlushTimeoutError, LogClosedError, StorageError
+from .errors import CommitError, FlushTimeoutError, LogClosedError, StorageError, StorageFullError, same_kind
 from .events import Event, task_ids
 from .groupcommit import Item
 from .store import Store, put_run
 
-__all__ = ["AsyncCommitter", "Receipt"]
+__all__ = ["AsyncCommitter", "Receipt", "DEFAULT_QUEUE_BYTES"]
+
+#: The default bound on the bytes an async log holds uncommitted (their stored size). A Hub's
+#: events with two 100 KB buffers each, appended at full speed, queued hundreds of megabytes
+#: under the 100,000-event bound alone (issue 20).
+DEFAULT_QUEUE_BYTES = 8 << 20
 
 Notify = Callable[[Sequence[tuple[int, Event]]], None]
 # Past a few thousand events a transaction stops getting cheaper per event and LMDB starts
 # spilling dirty pages: a 95k-event async batch took 3x longer per event than 8k batches.
 _MAX_BATCH = 8192
+# A transaction's pages sit in LMDB's heap until it commits (writemap is off), so a batch is cut
+# by bytes too: 8,192 Hub events with 100 KB buffers made one 85 MB transaction (issue 20).
+_MAX_BATCH_BYTES = 4 << 20
 Pending = tuple[int, bytes, bytes | None, Event]
+
+
+class _Loss:
+    """The events one failed commit voided: its error, the numbers they held, the receipts told."""
+
+    __slots__ = ("error", "first", "last", "reported", "told")
+
+    def __init__(self, error: StorageError, first: int, last: int) -> None:
+        # A fresh copy: the original's traceback and context hold the failed commit's frames,
+        # and they the whole batch's bytes.
+        self.error = same_kind(error, error.args[0] if error.args else str(error))
+        self.first, self.last = first, last
+        self.told: set[int] = set()  # the lost events whose receipt's wait() raised the error
+        self.reported = False  # flush() or close() raised it
+
+    def unreported(self) -> int:
+        """How many of its events nobody has been told about."""
+        return 0 if self.reported else self.last - self.first + 1 - len(self.told)
+
+
+def _lost_error(losses: list[_Loss]) -> StorageError:
+    """One error for every loss not yet reported: how many events, the numbers they held, why."""
+    count = sum(loss.unreported() for loss in losses)
+    first, last = min(loss.first for loss in losses), max(loss.last for loss in losses)
+    cause = next((loss.error for loss in losses if isinstance(loss.error, StorageFullError)), losses[-1].error)
+    commits = f"{len(losses)} failed commits" if len(losses) > 1 else "a failed commit"
+    exc = same_kind(cause, f"{count:,} events were never written ({commits}; they held numbers "
+                           f"{first:,}..{last:,}, now free for later events): {cause.args[0]}")
+    exc.lost, exc.lost_range = count, (first, last)
+    return exc
 
 
 class Receipt(int):
@@ -51,12 +94,16 @@ class AsyncCommitter:
     """The writer of an async log: a queue of numbered events and the thread that commits them."""
 
     def __init__(self, store: Store, notify: Notify, commit_interval: float, queue_size: int,
-                 last_seq: int, listeners: Sequence[object] = ()) -> None:
+                 last_seq: int, listeners: Sequence[object] = (), *,
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         self._store = store
         self._notify = notify
         self._listeners = listeners  # the log's own list: the committed events are built only for them
         self.commit_interval = commit_interval
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        self._queued_bytes = 0  # stored bytes numbered and not yet committed: queued and in flight
+        self._pending_bytes = 0  # of which still queued
         # A plain Lock under the Condition: entering it directly is a C call, which the async
         # hot path uses (Condition.__enter__ is Python-level and showed up in profiles).
         self._mutex = threading.Lock()
@@ -70,7 +117,8 @@ class AsyncCommitter:
         self._durable_seq = last_seq  # durable_seq trails the numbers handed out
         self._next_seq = last_seq + 1
         self._epoch = 0
-        self._failed: dict[int, tuple[BaseException, int]] = {}
+        self._failed: dict[int, _Loss] = {}  # by epoch
+        self._unreported: list[_Loss] = []  # until flush() or close() raises them
         self._flush_wanted = False
         self._thread = threading.Thread(target=self._commit_loop, name="tasklog-commit", daemon=True)
         self._thread.start()
@@ -84,11 +132,15 @@ class AsyncCommitter:
         """The hub's hot path: one keyless event, queue not full. None means: take the general path."""
         with self._mutex:
             pending = self._pending
-            if self._closed or len(pending) >= self.queue_size:
+            size = len(payload)
+            queued = self._queued_bytes + size
+            if self._closed or len(pending) >= self.queue_size or queued > self.queue_bytes:
                 return None
             seq = self._next_seq
             self._next_seq = seq + 1
             pending.append((seq, payload, None, event))
+            self._queued_bytes = queued
+            self._pending_bytes += size
             if len(pending) == 1:
                 self._cond.notify_all()  # wake the committer on the first item of a batch
             epoch = self._epoch
@@ -98,9 +150,10 @@ class AsyncCommitter:
 
     def append(self, items: list[Item]) -> list[int]:
         """Number ``items`` now (a key the log holds gets its original number); commit them soon."""
+        size = sum(len(payload) for payload, _, _ in items)
         with self._cond:
             self._check_open()
-            while len(self._pending) >= self.queue_size:  # back-pressure
+            while self._full(size):  # back-pressure
                 self._flush_wanted = True
                 self._cond.notify_all()
                 self._cond.wait()
@@ -113,6 +166,8 @@ class AsyncCommitter:
                     seq = self._next_seq
                     self._next_seq += 1
                     self._pending.append((seq, payload, key, event))
+                    self._queued_bytes += len(payload)
+                    self._pending_bytes += len(payload)
                     if key is not None:
                         fresh[key] = seq
                 out.append(self._receipt(seq, self._epoch))
@@ -120,6 +175,18 @@ class AsyncCommitter:
             if len(self._pending) == len(items):
                 self._cond.notify_all()  # wake the committer on the first item of a batch
             return out
+
+    def _full(self, size: int) -> bool:
+        """Whether ``size`` more bytes must wait for a commit (an event bigger than the bound
+        waits for an empty queue, then goes alone)."""
+        queued = self._queued_bytes
+        return len(self._pending) >= self.queue_size or (queued > 0 and queued + size > self.queue_bytes)
+
+    @property
+    def queued_bytes(self) -> int:
+        """The stored bytes of the events numbered and not yet committed (queued or in flight)."""
+        with self._mutex:
+            return self._queued_bytes
 
     def _check_open(self) -> None:
         if self._closed:
@@ -140,20 +207,37 @@ class AsyncCommitter:
                     self._cond.wait()
                 if not self._pending and self._closed:
                     return
-                deadline = time.monotonic() + self.commit_interval
-                while not (self._closed or self._flush_wanted) and len(self._pending) < _MAX_BATCH:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                batch = self._pending[:_MAX_BATCH]
-                del self._pending[:_MAX_BATCH]
-                self._inflight = batch
-                self._flush_wanted = bool(self._pending)
-                self._cond.notify_all()  # room in the queue again
-            self._commit(batch)
+                self._linger()
+                batch, size = self._take()
+            self._commit(batch, size)
+            del batch  # emptied by the commit; held here it kept the last batch's events (issue 20)
 
-    def _commit(self, batch: list[Pending]) -> None:
+    def _linger(self) -> None:
+        """Give a batch up to the commit interval to fill, unless someone waits or it is full."""
+        deadline = time.monotonic() + self.commit_interval
+        while (not (self._closed or self._flush_wanted) and len(self._pending) < _MAX_BATCH
+               and self._pending_bytes < _MAX_BATCH_BYTES):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+
+    def _take(self) -> tuple[list[Pending], int]:
+        """The next batch off the queue, now in flight, and its bytes: at most _MAX_BATCH events
+        and _MAX_BATCH_BYTES bytes, at least one event."""
+        pending = self._pending
+        n, size = min(len(pending), _MAX_BATCH), self._pending_bytes
+        if n < len(pending) or size > _MAX_BATCH_BYTES:
+            n, size = _cut(pending, n)
+        batch = pending[:n]
+        del pending[:n]
+        self._pending_bytes -= size
+        self._inflight = batch
+        self._flush_wanted = bool(pending)
+        self._cond.notify_all()  # room in the queue again
+        return batch, size
+
+    def _commit(self, batch: list[Pending], size: int) -> None:
         store = self._store
         pairs = [(codec.pack_key(seq), payload) for seq, payload, _, _ in batch]
         rows = store.index_rows((seq, ev) for seq, _, _, ev in batch)
@@ -177,23 +261,37 @@ class AsyncCommitter:
         try:
             store.write(body)
         except StorageError as exc:
-            with self._cond:
-                # Every queued number is void now: later events reuse them under a new epoch.
-                self._failed[self._epoch] = (exc, self._durable_seq)
-                self._epoch += 1
-                self._pending = []
-                self._inflight = []
-                self._pending_keys.clear()
-                self._next_seq = self._durable_seq + 1
-                self._cond.notify_all()
+            self._fail(exc, batch)
             return
+        # A temporary, not a name: the events must be gone once the waiters hear of the commit.
         self._notify([(seq, ev) for seq, _, _, ev in batch] if self._listeners else ())
+        self._done(batch, size)
+
+    def _done(self, batch: list[Pending], size: int) -> None:
+        """The batch is durable: tell its waiters, and let go of its events."""
         with self._cond:
-            self._durable_seq = batch[-1][0]
-            self._inflight = []
             for _, _, key, _ in batch:
                 if key is not None:
                     self._pending_keys.pop(key, None)
+            self._durable_seq = batch[-1][0]
+            self._inflight = []
+            self._queued_bytes -= size
+            batch.clear()
+            self._cond.notify_all()
+
+    def _fail(self, exc: StorageError, batch: list[Pending]) -> None:
+        """The batch's commit failed: void every number queued, and keep the loss until it is reported."""
+        with self._cond:
+            # Every queued number is void now: later events reuse them under a new epoch.
+            loss = _Loss(exc, self._durable_seq + 1, self._next_seq - 1)
+            self._failed[self._epoch] = loss
+            self._unreported.append(loss)
+            self._epoch += 1
+            self._pending, self._inflight = [], []
+            batch.clear()
+            self._pending_keys.clear()
+            self._queued_bytes = self._pending_bytes = 0
+            self._next_seq = self._durable_seq + 1
             self._cond.notify_all()
 
     def pending(self, seq: int) -> Event | None:
@@ -219,38 +317,72 @@ class AsyncCommitter:
         with self._cond:
             return epoch in self._failed or (epoch == self._epoch and self._durable_seq >= seq)
 
+    def _settle(self, seq: int, epoch: int, timeout: float | None) -> _Loss | None:
+        """With the lock held: wait until event ``seq`` of ``epoch`` is durable (None) or lost (its
+        loss); FlushTimeoutError past ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            loss = self._failed.get(epoch)
+            if loss is not None:
+                return loss if seq >= loss.first else None
+            if self._durable_seq >= seq:
+                return None
+            if self._closed and not self._thread.is_alive():
+                raise LogClosedError(f"log {self._store.path} closed before event {seq} was committed")
+            self._flush_wanted = True
+            self._cond.notify_all()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise FlushTimeoutError(f"event {seq} not committed within {timeout} s")
+            self._cond.wait(left)
+
     def wait_durable(self, seq: int, epoch: int, timeout: float | None) -> None:
         """Wait until event ``seq`` is durable; raise its commit's error, or FlushTimeoutError."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                if epoch in self._failed:
-                    exc, durable = self._failed[epoch]
-                    if seq <= durable:
-                        return
-                    raise exc
-                if self._durable_seq >= seq:
-                    return
-                if self._closed and not self._thread.is_alive():
-                    raise LogClosedError(f"log {self._store.path} closed before event {seq} was committed")
-                self._flush_wanted = True
-                self._cond.notify_all()
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise FlushTimeoutError(f"event {seq} not committed within {timeout} s")
-                self._cond.wait(left)
+            loss = self._settle(seq, epoch, timeout)
+            if loss is None:
+                return
+            if not loss.reported:
+                loss.told.add(seq)  # told here: flush() and close() need not tell it again
+            raise same_kind(loss.error, loss.error.args[0])
 
     def flush(self, timeout: float | None = None) -> int:
-        """Commit and sync everything queued so far; return the last number handed out."""
+        """Commit and sync everything queued so far; return the last number that covered. Raise
+        what failed commits lost since the last report, if nobody was told (count and numbers)."""
         with self._cond:
-            target, epoch = self._next_seq - 1, self._epoch
-        if target > 0:
-            self.wait_durable(target, epoch, timeout)
-        return target
+            target = self._next_seq - 1
+            loss = self._settle(target, self._epoch, timeout) if target > 0 else None
+            self._report()
+            return target if loss is None else loss.first - 1
+
+    def _report(self) -> None:
+        """With the lock held: raise, once, the losses nobody has been told about."""
+        losses = [loss for loss in self._unreported if loss.unreported()]
+        error = _lost_error(losses) if losses else None
+        for loss in self._unreported:
+            loss.reported = True
+            loss.told.clear()
+        self._unreported = []
+        if error is not None:
+            raise error
 
     def close(self) -> None:
-        """Refuse new appends, commit everything queued, stop the thread."""
+        """Refuse new appends, commit everything queued, stop the thread; then raise what
+        failed commits lost that nobody was told about."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join()
+        with self._cond:
+            self._report()
+
+
+def _cut(pending: list[Pending], most: int) -> tuple[int, int]:
+    """How many of the first ``most`` queued events fit in _MAX_BATCH_BYTES (at least one), and their bytes."""
+    n = size = 0
+    for _, payload, _, _ in pending[:most]:
+        if n and size + len(payload) > _MAX_BATCH_BYTES:
+            break
+        n += 1
+        size += len(payload)
+    return n, size

@@ -75,6 +75,11 @@ class LogClosedError(InterfaceError):
 class StorageError(TaskLogError):
     """The storage under the log is not what it should be."""
 
+    #: Set on what an async log's flush() or close() raises for events failed commits never wrote:
+    #: how many, and the first and last number they held (later events reuse those numbers).
+    lost = 0
+    lost_range = (0, 0)
+
 
 class NotATaskLogError(StorageError):
     """The path exists but is not a tasklog directory; it was left untouched."""
@@ -128,6 +133,11 @@ class StorageFullError(StorageError):
 
 class CommitError(StorageError):
     """A commit failed; the events of that batch were not written."""
+
+
+def same_kind(error: StorageError, message: str) -> StorageError:
+    """A new error of ``error``'s kind (a full disk, or another failed commit) saying ``message``."""
+    return StorageFullError(message) if isinstance(error, StorageFullError) else CommitError(message)
 
 
 class FlushTimeoutError(TaskLogError, TimeoutError):

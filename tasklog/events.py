@@ -82,7 +82,10 @@ class Start(NamedTuple):
 
     msg_id: Annotated[str, _msg_id]
     engine_uuid: Annotated[str | None, _opt_str] = None
-    started: Annotated[datetime | None, _opt_dt] = None
+    # The time of the call when not given, as submit and complete record theirs: without it the
+    # README's own example left `started` null and its task out of every timeline (issue 20).
+    # The engine's own `started`, in the complete, still wins in the record.
+    started: Annotated[datetime | None, _dt_now] = None
 
     @property
     def type(self) -> str:

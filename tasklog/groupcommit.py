@@ -61,6 +61,11 @@ class GroupCommit:
         """Nothing is ever uncommitted here once its append returned."""
         return []
 
+    @property
+    def queued_bytes(self) -> int:
+        """Nothing is ever uncommitted here once its append returned."""
+        return 0
+
     def flush(self, timeout: float | None = None) -> int:
         """Everything appended is committed already: the last sequence number."""
         with self._store.reader() as txn:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
@@ -287,13 +288,15 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         return self.records.get_history()
 
     def close(self) -> None:
-        """Commit what is queued and release the log and the projection."""
+        """Commit what is queued and release the log and the projection; then raise what failed
+        commits lost that nobody was told about (a flush or close of the log reports it)."""
         if not self.tasklog.closed:
             self.maintenance.stop()
             shipping = getattr(self, "shipping", None)  # None, or not yet set when opening failed
-            if shipping is not None:
-                self.tasklog.flush()
-                shipping.stop()  # ships what is committed first, unless the cluster does not answer
-            self.tasklog.close()
-            self.records.close()
+            with ExitStack() as last_first:  # each runs, even when one before it raised
+                last_first.callback(self.records.close)
+                last_first.callback(self.tasklog.close)
+                if shipping is not None:
+                    last_first.callback(shipping.stop)  # ships what is committed, unless the cluster does not answer
+                    self.tasklog.flush()
         atexit.unregister(self.close)

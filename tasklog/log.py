@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from . import codec
-from .asynccommit import AsyncCommitter, Receipt
+from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, Receipt
 from .errors import InterfaceError, LogClosedError
 from .events import Complete, Event, Output, Resubmit, Start, Submit, check_msg_id, construct, validate
 from .groupcommit import GroupCommit, Item
@@ -24,7 +24,7 @@ from .progress import Progress
 from .reader import LogView, Reader, check_seq
 from .store import DURABILITY, MARKER, Store, open_here
 
-__all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here"]
+__all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here", "DEFAULT_QUEUE_BYTES"]
 
 _MIB = 1 << 20
 Listener = Callable[[Sequence[tuple[int, Event]]], None]
@@ -48,8 +48,12 @@ class Writer(Protocol):
     def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
         """The uncommitted events naming ``msg_id``."""
 
+    @property
+    def queued_bytes(self) -> int:
+        """The stored bytes of the events appended and not yet committed."""
+
     def close(self) -> None:
-        """Refuse new appends and commit what is queued."""
+        """Refuse new appends and commit what is queued (raise what a failed commit lost)."""
 
 
 class _Refusing:
@@ -78,6 +82,11 @@ class _Refusing:
         """Nothing is pending here."""
         return []
 
+    @property
+    def queued_bytes(self) -> int:
+        """Nothing is pending here."""
+        return 0
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -86,17 +95,21 @@ class TaskLog:
     """An append-only log of task events in an LMDB directory."""
 
     def __init__(self, path: str, durability: str = "sync", *, commit_interval: float = 0.002,
-                 queue_size: int = 100_000, map_size: int = 64 * _MIB, readonly: bool = False,
-                 max_map_size: int | None = None, create: bool = True, lock_timeout: float = 0.0) -> None:
+                 queue_size: int = 100_000, queue_bytes: int = DEFAULT_QUEUE_BYTES, map_size: int = 64 * _MIB,
+                 readonly: bool = False, max_map_size: int | None = None, create: bool = True,
+                 lock_timeout: float = 0.0) -> None:
         if durability not in DURABILITY:
             raise InterfaceError(f"unknown durability {durability!r}; choose one of {sorted(DURABILITY)}")
-        if commit_interval <= 0 or queue_size < 1 or lock_timeout < 0:
-            raise InterfaceError("commit_interval must be > 0, queue_size >= 1 and lock_timeout >= 0")
+        if commit_interval <= 0 or queue_size < 1 or queue_bytes < 1 or lock_timeout < 0:
+            raise InterfaceError("commit_interval must be > 0, queue_size and queue_bytes >= 1 "
+                                 "and lock_timeout >= 0")
         self.path = os.path.abspath(path)
         self.durability = durability
         self.readonly = readonly
         self.commit_interval = commit_interval
         self.queue_size = queue_size
+        #: An async log's bound on the stored bytes of its uncommitted events (with ``queue_size``).
+        self.queue_bytes = queue_bytes
         self._mode = DURABILITY[durability]
         self._closed, self._why_closed = True, "did not open"  # until it has
         #: The directory and its LMDB environment: the layer below the log, for tools that must see
@@ -117,7 +130,7 @@ class TaskLog:
             self._writer = _Refusing(InterfaceError(f"log {self.path} was opened read-only"))
         elif self._mode.background:
             self._writer = AsyncCommitter(self.store, self._notify, commit_interval, queue_size, self.last_seq,
-                                          self._listeners)
+                                          self._listeners, queue_bytes=queue_bytes)
         else:
             self._writer = GroupCommit(self.store, self._notify)
         self.store.on_abandon.append(self._leave_to_parent)
@@ -161,16 +174,19 @@ class TaskLog:
         self.close()
 
     def close(self) -> None:
-        """Commit everything queued, then release the directory."""
+        """Commit everything queued, then release the directory; raise (once closed) what failed
+        async commits lost that no flush() or receipt reported."""
         with self._close_lock:
             if self._closed:
                 return
-            self._writer.close()  # commits what is queued first
-            self._writer = _Refusing(LogClosedError(f"log {self.path} is closed"))
-            self._closed = True
-        with self._committed:
-            self._committed.notify_all()
-        self.store.close()
+            try:
+                self._writer.close()  # commits what is queued first
+            finally:
+                self._writer = _Refusing(LogClosedError(f"log {self.path} is closed"))
+                self._closed = True
+                with self._committed:
+                    self._committed.notify_all()
+                self.store.close()
 
     @property
     def closed(self) -> bool:
@@ -296,8 +312,18 @@ class TaskLog:
         self._check_readable()
 
     def flush(self, timeout: float | None = None) -> int:
-        """Commit and sync everything appended so far; return the last durable sequence number."""
+        """Commit and sync everything appended so far; return the last durable sequence number.
+
+        On an async log, raise what failed commits lost since the last report, unless each lost
+        event's receipt raised it already: a StorageError (StorageFullError for a full disk) whose
+        ``lost`` and ``lost_range`` say how many events and which numbers they held.
+        """
         return self._writer.flush(timeout)
+
+    @property
+    def queued_bytes(self) -> int:
+        """The stored bytes of the events appended and not yet committed (async; else 0)."""
+        return self._writer.queued_bytes
 
     # -- reading -----------------------------------------------------------
 

@@ -46,6 +46,9 @@ _LMDB_FILES = ("data.mdb", "lock.mdb")
 _OWN_FILES = frozenset({MARKER, "writer.lock", "users.lock", *_LMDB_FILES})
 _TIME = struct.Struct(">d")
 _INDEX_CHUNK = 20_000  # events indexed per transaction when a schema-1 log is upgraded
+# After a write stopped short for want of space, what is left is less than a block or two; this
+# much allows for another process freeing a little meanwhile.
+_FULL_BELOW = 1 << 20
 
 
 def put_run(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
@@ -199,11 +202,27 @@ def _writable(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _storage_error(exc: lmdb.Error, doing: str) -> StorageError:
+def _storage_error(exc: lmdb.Error, doing: str, path: str) -> StorageError:
     # py-lmdb raises DiskError for ENOSPC, MapFullError when the map (not the disk) is full.
     if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
         return StorageFullError(f"{doing} failed: no space left ({exc})")
+    # LMDB reports a write that stopped short as EIO ("short write, filesystem full?" in
+    # mdb_page_flush), not ENOSPC: on a full tmpfs, big events failed with "Input/output error"
+    # (issue 20). Read it as a full disk when the disk is in fact full; any other EIO stays one.
+    free = _free_bytes(path) if getattr(exc, "code", None) == errno.EIO else None
+    if free is not None and free < _FULL_BELOW:
+        return StorageFullError(f"{doing} failed: no space left on device ({free:,} bytes free where the "
+                                f"log is; LMDB reported the short write as {exc})")
     return CommitError(f"{doing} failed: {exc}")
+
+
+def _free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem of ``path`` (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class Store:
@@ -483,7 +502,7 @@ class Store:
             except StorageError:
                 raise
             except lmdb.Error as exc:
-                raise _storage_error(exc, "commit") from None
+                raise _storage_error(exc, "commit", self.path) from None
 
     def grow(self) -> None:
         """Double the map (in 64 GiB steps past 64 GiB), up to ``max_map_size``."""

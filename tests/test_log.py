@@ -410,3 +410,21 @@ def test_appenders_keep_their_positional_signatures(log_dir: str) -> None:
     assert got[0].queue == "mux" and got[3].completed == t
     with TaskLog.open(log_dir) as log, pytest.raises(EventError, match=r"submit\.colour: unknown field"):
         log.submit("c", colour="red")
+
+
+def test_start_records_the_time_of_the_call_as_submit_and_complete_do(log_dir: str) -> None:
+    """The README's own example (no started=) gives a timeline slice and a report row."""
+    from tasklog.events import utcnow
+    from tasklog.timeline import trace_events
+
+    with TaskLog.open(log_dir) as log:
+        before = utcnow()
+        log.submit("m", header={}, content={}, buffers=[b"..."], client_uuid="c1", queue="task")
+        log.start("m", engine_uuid="e1")
+        log.output("m", name="stdout", text="hello\n")
+        log.complete("m", result_content={"status": "ok"})
+        after = utcnow()
+        started = log.event(2).started  # type: ignore[union-attr]
+        assert started is not None and before <= started <= after
+        assert before <= log.event(1).submitted <= started  # type: ignore[union-attr, operator]
+        assert [e["args"]["msg_id"] for e in trace_events(log) if e["ph"] == "X"] == ["m"]

@@ -23,7 +23,7 @@ from projections.sqlite import SQLiteProjection
 from projections.streamfeed import stream_fed
 
 from ..demo import simulate
-from ..errors import InterfaceError
+from ..errors import InterfaceError, StorageError, same_kind
 from ..events import utcnow
 from ..jsonfmt import dumps, loads
 from ..log import DURABILITY, TaskLog
@@ -42,36 +42,50 @@ _NO_RECORDS = "the none projection keeps no records (like ipyparallel's NoDB)"
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a hub under heavy load."""
     spec = args.projection
+    new_log = not os.path.exists(args.log)
     with leave_nothing(args.log, local_file(spec) if spec else None):
         # The projection first: an unreachable server must fail before a log is made for it.
         proj = projections.open(spec) if spec else None
         with TaskLog.open(args.log, args.durability) as log:
             live = attach(log, proj) if proj is not None else None
-            _simulate_into(log, args)
+            _simulate_into(log, args, new_log)
             if live is not None:
                 _demo_queries(live)
                 live.close()
     return 0
 
 
-def _simulate_into(log: TaskLog, args: argparse.Namespace) -> None:
+def _simulate_into(log: TaskLog, args: argparse.Namespace, new_log: bool) -> None:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     before = log.last_seq
     bar = Progress(None, "demo", "ev")
     t0 = time.perf_counter()
     n = 0
-    for event in simulate(args.tasks, seed=seed):  # a new seed each run: new tasks, never the same ids again
-        log.append(event)
-        n += 1
-        if n % 512 == 0:
-            bar.update(512)
-    bar.update(n % 512)
-    log.flush()
+    try:
+        for event in simulate(args.tasks, seed=seed):  # a new seed each run: new tasks, never the same ids again
+            log.append(event)
+            n += 1
+            if n % 512 == 0:
+                bar.update(512)
+        bar.update(n % 512)
+        # Raises what any failed async commit lost: the demo once printed "15,750 events" and
+        # exited 0 on a full disk while the log held 7,977 (issue 20).
+        log.flush()
+    except StorageError as exc:
+        bar.close()
+        raise exc if new_log else _what_was_kept(exc, log, before) from None
     elapsed = time.perf_counter() - t0
     bar.close()
     print(f"{n:,} events for {args.tasks:,} tasks in {elapsed:.2f} s: {n / elapsed:,.0f} events/s "
           f"({args.durability} durability: {DURABILITY[args.durability].promise}); seed {seed}")
     print(f"log {log.path}: events {before + 1}..{log.last_seq}, {log.disk_bytes() / 1e6:.1f} MB on disk")
+
+
+def _what_was_kept(exc: StorageError, log: TaskLog, before: int) -> StorageError:
+    """``exc`` saying which of the demo's events a log that was there before keeps (a new log goes)."""
+    kept = log.last_seq - before
+    where = f" (events {before + 1:,}..{log.last_seq:,})" if kept else ""
+    return same_kind(exc, f"{exc.args[0]}; the log keeps {kept:,} of the demo's events{where}")
 
 
 def _demo_queries(projection: Any) -> None:

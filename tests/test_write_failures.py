@@ -1,0 +1,152 @@
+"""Failed writes on a full disk (issue 20, item 2): every loss is reported, never hidden behind a
+later success, and a full disk is a StorageFullError however LMDB surfaces it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+from conftest import run_cli
+
+from tasklog import Receipt, StorageError, StorageFullError, TaskLog
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for the test (needs mount rights: root in a container, as on CI)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _settled(receipts: list[Receipt], within: float = 60.0) -> None:
+    """Wait until every receipt is committed or failed, without observing a failure."""
+    deadline = time.monotonic() + within
+    while not receipts[-1].done:  # a failed commit voids everything queued: the last settles last
+        assert time.monotonic() < deadline, "the async queue never drained"
+        time.sleep(0.01)
+
+
+def _overfill(path: str, filler: Path) -> tuple[TaskLog, int, int]:
+    """An async log that lost events to a full disk, then committed one after space returned.
+
+    Returns the open log, how many events were appended before space returned, and how many of
+    them the log holds. Nothing has observed the loss: no receipt was waited on.
+    """
+    filler.write_bytes(b"\0" * (512 << 10))  # taken back below: "space returns"
+    log = TaskLog.open(path, "async")
+    receipts = [cast(Receipt, log.submit(f"t{i}", buffers=[os.urandom(1000)])) for i in range(3000)]  # 3 MB, 2 MiB
+    _settled(receipts)
+    held = log.last_seq
+    assert held < len(receipts), "the disk never filled: the test proves nothing"
+    filler.unlink()
+    assert cast(Receipt, log.start("after")).wait(30) == held + 1  # a later commit succeeds
+    return log, len(receipts), held
+
+
+def _check_loss(exc: StorageError, appended: int, held: int) -> None:
+    lost = appended - held
+    assert isinstance(exc, StorageFullError), exc
+    assert exc.lost == lost and f"{lost:,} events" in str(exc), exc
+    first, last = exc.lost_range
+    assert 1 <= first <= held + 1 and first <= last <= appended, exc
+    assert f"{first:,}..{last:,}" in str(exc), exc
+
+
+def test_a_loss_is_raised_by_the_next_flush_after_a_later_success(tiny_fs: Path) -> None:
+    path = str(tiny_fs / "log")
+    log, appended, held = _overfill(path, tiny_fs / "filler")
+    try:
+        with pytest.raises(StorageFullError) as caught:
+            log.flush()
+        _check_loss(caught.value, appended, held)
+        assert log.flush() == held + 1  # reported once: observed now
+        cast(Receipt, log.start("later")).wait(30)
+    finally:
+        log.close()  # nothing lost since the flush reported it: closes quietly
+    with TaskLog.open(path, readonly=True) as reader:
+        assert reader.last_seq == held + 2
+        assert [ev.msg_id for _, ev in reader.read(held + 1)] == ["after", "later"]  # type: ignore[union-attr]
+
+
+def test_a_loss_no_flush_saw_is_raised_by_close(tiny_fs: Path) -> None:
+    path = str(tiny_fs / "log")
+    log, appended, held = _overfill(path, tiny_fs / "filler")
+    with pytest.raises(StorageFullError) as caught:
+        log.close()
+    _check_loss(caught.value, appended, held)
+    assert log.closed
+    with TaskLog.open(path, "async") as again:  # close() released the directory all the same
+        assert again.last_seq == held + 1
+
+
+def test_a_loss_every_receipt_reported_is_not_reported_again(tiny_fs: Path) -> None:
+    path = str(tiny_fs / "log")
+    with TaskLog.open(path, "async") as log:
+        receipts = [cast(Receipt, log.submit(f"t{i}", buffers=[os.urandom(1000)])) for i in range(3000)]
+        failed = 0
+        for r in receipts:
+            try:
+                r.wait(30)
+            except StorageFullError:
+                failed += 1
+        assert failed == len(receipts) - log.last_seq > 0
+        assert log.flush() == log.last_seq  # each lost event was reported to whoever waited on it
+
+
+def test_a_full_disk_is_storage_full_however_lmdb_says_it(tiny_fs: Path) -> None:
+    # LMDB reports a short write as EIO ("short write, filesystem full?"): big events on a full
+    # tmpfs gave CommitError: Input/output error, small ones ENOSPC.
+    seen: Counter[str] = Counter()
+    with TaskLog.open(str(tiny_fs / "log"), "sync") as log:
+        for i in range(600):
+            size = (300, 5_000, 20_000, 70_000)[i % 4]
+            try:
+                log.submit(f"t{i}", buffers=[os.urandom(size)])
+            except StorageError as exc:
+                seen[f"{type(exc).__name__}: {'no space left' in str(exc).lower()}"] += 1
+    assert sum(seen.values()) > 300, seen  # the disk filled early: most appends met it
+    assert seen == {"StorageFullError: True": sum(seen.values())}, seen
+
+
+def test_demo_on_a_full_disk_exits_non_zero_with_one_line_and_leaves_no_log(tiny_fs: Path) -> None:
+    path = tiny_fs / "log"
+    out = run_cli("demo", "--log", str(path), "--tasks", "3000", "--seed", "7")
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tasklog demo: error: "), out.stderr
+    assert "no space left" in lines[0].lower() and "Traceback" not in out.stderr
+    assert "events for" not in out.stdout, out.stdout  # it claims nothing was written
+    assert not path.exists()  # a failed command leaves nothing behind: the log was its own
+
+
+def test_demo_into_an_existing_log_says_what_the_log_kept(tiny_fs: Path) -> None:
+    path = tiny_fs / "log"
+    with TaskLog.open(str(path)) as log:
+        for i in range(10):
+            log.start(f"before-{i}")
+    out = run_cli("demo", "--log", str(path), "--tasks", "3000", "--seed", "7")
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tasklog demo: error: "), out.stderr
+    assert "events for" not in out.stdout, out.stdout
+    with TaskLog.open(str(path), readonly=True) as log:
+        last = log.last_seq
+        assert [ev.msg_id for _, ev in log.read(1, 11)] == [f"before-{i}" for i in range(10)]  # type: ignore[union-attr]
+    kept = last - 10
+    assert f"the log keeps {kept:,} of the demo's events" in lines[0], (lines[0], last)
+    if kept:
+        assert f"(events 11..{last:,})" in lines[0], lines[0]
