@@ -6,6 +6,8 @@ hub (``hub``), and a query selects by it. Messages are acknowledged only after t
 transaction that holds their events has committed: a feed killed at any point loses nothing, and
 what it sees again is skipped by the checkpoints. A hub's messages arriving out of order (a
 leader failed over while it shipped) wait, unacknowledged, until the gap before them is filled.
+A hub must start at its log's first event: one whose events before were never shipped (an older
+tasklog shipped a pruned log) is refused, never folded into records missing their beginnings.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from functools import partial
 from typing import Any
 
 from tasklog import codec, jetstream
-from tasklog.errors import StreamError
+from tasklog.errors import StreamError, StreamServerError
 from tasklog.jetstream import Batch
 
 from .base import STREAM_ORIGIN, Projection
 
-__all__ = ["StreamFeed", "FeedStats", "stream_fed"]
+__all__ = ["StreamFeed", "FeedStats", "check_source", "stream_fed"]
 
 _FETCH = 256  # messages asked for at a time
 
@@ -45,12 +47,34 @@ def stream_fed(projection: Projection) -> bool:
     return (projection.log_identity or "").startswith(STREAM_ORIGIN)
 
 
+async def check_source(servers: list[str], stream: str, hubs: list[str] | None = None,
+                       deadline: float | None = 30.0) -> None:
+    """Refuse, before anything is made, a stream no server answers for, a missing stream, or a
+    named hub the stream holds nothing of (``replay --source --hub nope`` folded nothing and
+    left a new projection file behind: issue 20)."""
+    nc = await jetstream.connect(servers, deadline=deadline)
+    try:
+        with jetstream.translated(f"reading {stream}"):
+            js = nc.jetstream()
+            try:
+                await jetstream.retrying(lambda: js.stream_info(stream))
+            except importlib.import_module("nats.js.errors").NotFoundError:
+                raise StreamServerError(f"there is no stream {stream} at {','.join(servers)}") from None
+            for hub in hubs or []:
+                subject = jetstream.hub_subject(stream, hub)
+                if not await jetstream.retrying(partial(jetstream.hub_count, js, stream, subject)):
+                    raise StreamError(f"stream {stream} holds nothing of hub {hub}")
+    finally:
+        await jetstream.close(nc)
+
+
 class StreamFeed:
     """Folds the hubs of ``stream`` into ``projection``; ``hubs`` limits it to some of them."""
 
     def __init__(self, projection: Projection, servers: str | list[str], stream: str = jetstream.DEFAULT_STREAM,
                  durable: str | None = None, hubs: list[str] | None = None,
-                 progress: Callable[[int], None] | None = None, record_lag: bool = False) -> None:
+                 progress: Callable[[int], None] | None = None, record_lag: bool = False,
+                 connect_deadline: float | None = 30.0) -> None:
         self.projection = projection
         self.servers = jetstream.parse_servers(servers) if isinstance(servers, str) else servers
         self.stream = jetstream.check_name("stream", stream)
@@ -58,7 +82,7 @@ class StreamFeed:
         self.subjects = [jetstream.hub_subject(stream, h) for h in hubs] if hubs else \
             [jetstream.stream_subjects(stream)]
         self.origin = STREAM_ORIGIN + self.stream
-        self.progress, self.record_lag = progress, record_lag
+        self.progress, self.record_lag, self.connect_deadline = progress, record_lag, connect_deadline
         self.stats = FeedStats()
         self._orders: dict[str, jetstream.HubOrder] = {}
         self._stop = threading.Event()
@@ -73,7 +97,7 @@ class StreamFeed:
 
     async def run(self, follow: bool = False) -> FeedStats:
         """Fold everything the stream holds, then return (or, ``follow``, wait for more until stopped)."""
-        nc = await jetstream.connect(self.servers)
+        nc = await jetstream.connect(self.servers, deadline=self.connect_deadline)
         try:
             with jetstream.translated(f"folding {self.stream}"):
                 js = nc.jetstream()
@@ -82,7 +106,7 @@ class StreamFeed:
                 await self._loop(subs, follow)
             return self.stats
         finally:
-            await nc.close()
+            await jetstream.close(nc)
 
     async def _loop(self, subs: list[Any], follow: bool) -> None:
         while not self._stop.is_set():
@@ -103,7 +127,7 @@ class StreamFeed:
             return await js.pull_subscribe(subject, durable=self._durable_for(subject), stream=self.stream,
                                            config=config)
         except importlib.import_module("nats.js.errors").NotFoundError:
-            raise StreamError(f"there is no stream {self.stream} at {','.join(self.servers)}") from None
+            raise StreamServerError(f"there is no stream {self.stream} at {','.join(self.servers)}") from None
 
     def _durable_for(self, subject: str) -> str | None:
         if self.durable is None or len(self.subjects) == 1:
@@ -141,6 +165,11 @@ class StreamFeed:
         known = self.projection.hubs.get(identity)
         # What waits behind a gap stays unacknowledged.
         raw, _, used = order.take(known[1] if known else 0, known is not None)
+        if raw and known is None and raw[0][0] != 1:
+            seq = raw[0][0]
+            raise StreamError(f"hub {arrived[0][0].hub} of stream {self.stream} starts at event {seq} of log "
+                              f"{identity}: events 1..{seq - 1} were pruned before they were shipped, so the "
+                              "tasks they began cannot be folded; fold the other hubs by naming them (--hub)")
         if raw:
             events = [(seq, codec.decode(data, seq)) for seq, data in raw]
             self.projection.apply_hub(identity, arrived[0][0].hub, events, self.origin)

@@ -30,6 +30,7 @@ from .errors import (
     StorageError,
     StorageFullError,
     StreamError,
+    StreamServerError,
     TaskLogError,
 )
 from .events import (
@@ -77,6 +78,7 @@ __all__ = [
     "MissingEventError",
     "MissingExtraError",
     "StreamError",
+    "StreamServerError",
     "CorruptSnapshotError",
     "LogBusyError",
     "ReadOnlyLogError",

@@ -28,6 +28,7 @@ __all__ = [
     "MissingEventError",
     "MissingExtraError",
     "StreamError",
+    "StreamServerError",
 ]
 
 
@@ -147,6 +148,11 @@ class FlushTimeoutError(TaskLogError, TimeoutError):
 
 
 class StreamError(TaskLogError):
-    """A NATS JetStream stream refused, was unreachable past a deadline, or holds what it must not."""
+    """A NATS JetStream stream holds what it must not, or what was asked of it does not fit the log."""
 
-    hint = "check the servers named by --to/--source and the stream's state (nats stream info)"
+
+class StreamServerError(StreamError):
+    """The NATS servers did not answer past a deadline, or refused what was asked of them."""
+
+    # Only here: on a stream's contents (another log's hub, a fork) it sent users to the servers (issue 20).
+    hint = "check the servers named by --to/--from/--source and the stream's state (nats stream info)"

@@ -16,9 +16,17 @@ deduplicable. Why runs and not one event a message: a message costs the Python c
 ``Tasklog-Msg``      the message's number among the hub's (dense: a lost one shows in the count)
 ``Tasklog-Time``     the UNIX time of the commit of its last event (``repr`` of a float: exact)
 ``Tasklog-Schema``   the event encoding's version byte
+``Tasklog-Fork``     only from a restored log: the copy's fork id (a restore that is written to
+                     is a fork of the original); its message ids are ``<identity>/<fork>:<span>``
 ===================  =====================================================================
 
 The body is msgpack ``[[[commit first seq, commit time], ...], [event bytes, ...]]``.
+
+The first message of each round a shipper sends carries no message id but
+``Nats-Expected-Last-Subject-Sequence``: the stream stores it only if the hub's last message is
+the one the shipper last saw, so a second copy of a log that starts shipping as the same hub is
+refused at once instead of merging its events with the first's (issue 20: two restores of one
+hub, each written to and shipped, merged silently while both shippers reported success).
 
 Needs the ``nats`` extra (nats-py); ``MissingExtraError`` says so otherwise.
 """
@@ -28,8 +36,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,11 +45,11 @@ from urllib.parse import urlsplit
 import msgpack
 
 from . import codec
-from .errors import InterfaceError, MissingExtraError, StreamError
+from .errors import InterfaceError, MissingExtraError, StreamError, StreamServerError
 
-__all__ = ["DEFAULT_STREAM", "Batch", "HubOrder", "batch_of", "check_name", "connect", "ensure_stream",
-           "first_gap", "hub_batches", "hub_count", "hub_subject", "nats_module", "parse_servers", "retrying",
-           "stream_subjects", "transient", "translated"]
+__all__ = ["DEFAULT_STREAM", "Batch", "HubOrder", "batch_of", "check_name", "close", "connect", "ensure_stream",
+           "first_gap", "hub_batches", "hub_count", "hub_subject", "lost_claim", "nats_module", "parse_servers",
+           "retrying", "stream_subjects", "transient", "translated"]
 
 DEFAULT_STREAM = "TASKLOG"
 T = TypeVar("T")
@@ -49,7 +57,11 @@ _BACKOFF_MAX = 2.0
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HEADER_LOG, _HEADER_HUB, _HEADER_SEQ = "Tasklog-Log", "Tasklog-Hub", "Tasklog-Seq"
 _HEADER_COUNT, _HEADER_MSG = "Tasklog-Count", "Tasklog-Msg"
-_HEADER_TIME, _HEADER_SCHEMA = "Tasklog-Time", "Tasklog-Schema"
+_HEADER_TIME, _HEADER_SCHEMA, _HEADER_FORK = "Tasklog-Time", "Tasklog-Schema", "Tasklog-Fork"
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST = 10071  # JetStream's error code for a message whose expected last sequence is not the last
+_NO_PEERS = 10005  # ... for a stream whose replicas the cluster has no servers to place on
+_PLACEMENT_WAIT = 10.0  # seconds a new stream's placement is asked again while the cluster forms
 # Stream settings as data: what a stream made by tasklog is, whoever makes it.
 STREAM_DEFAULTS = {"duplicate_window": 120.0, "max_msgs_per_subject": -1, "storage": "file"}
 
@@ -108,7 +120,20 @@ async def connect(servers: list[str], *, deadline: float | None = 30.0) -> Any:
     try:
         return await asyncio.wait_for(attempt, deadline)
     except asyncio.TimeoutError:
-        raise StreamError(f"no NATS server answered at {','.join(servers)} within {deadline:g} s") from None
+        raise StreamServerError(f"no NATS server answered at {','.join(servers)} within {deadline:g} s") from None
+
+
+async def close(nc: Any) -> None:
+    """Close a client, giving up after a second: with no server answering, nats-py's close waits
+    on a flush that never ends (issue 20: Ctrl-C could not stop a shipper in that state)."""
+    with suppress(Exception):  # a timeout, or a connection already gone: nothing left to release
+        await asyncio.wait_for(nc.close(), 1.0)
+
+
+def lost_claim(exc: BaseException) -> bool:
+    """Whether a publish was refused because the hub's last message is not the one it expected
+    (another shipper published to the hub meanwhile)."""
+    return getattr(exc, "err_code", None) == _WRONG_LAST
 
 
 def transient() -> tuple[type[BaseException], ...]:
@@ -129,7 +154,8 @@ async def retrying(call: Callable[[], Awaitable[T]], stopped: Callable[[], bool]
             return await call()
         except transient() as exc:
             if stopped():
-                raise StreamError(f"stopped while the NATS cluster did not answer ({type(exc).__name__})") from None
+                raise StreamServerError(f"stopped while the NATS cluster did not answer ({type(exc).__name__})") \
+                    from None
             await asyncio.sleep(wait)
             wait = min(wait * 2, most)
 
@@ -141,7 +167,7 @@ def translated(doing: str) -> Iterator[None]:
     try:
         yield
     except errors.Error as exc:
-        raise StreamError(f"{doing}: {type(exc).__name__} {exc}".strip()) from None
+        raise StreamServerError(f"{doing}: {type(exc).__name__} {exc}".strip()) from None
 
 
 async def ensure_stream(js: Any, stream: str, replicas: int | None) -> int:
@@ -153,16 +179,25 @@ async def ensure_stream(js: Any, stream: str, replicas: int | None) -> int:
         return int(info.config.num_replicas or 1)
     except errors.NotFoundError:
         pass
+    loop = asyncio.get_running_loop()
+    settled = loop.time() + _PLACEMENT_WAIT
     for n in ([replicas] if replicas else [3, 1]):
-        try:
-            await js.add_stream(name=stream, subjects=[stream_subjects(stream)], num_replicas=n,
-                                **STREAM_DEFAULTS)
-            return n
-        except errors.ServiceUnavailableError:
-            raise  # no JetStream leader yet: the caller waits and asks again
-        except errors.APIError as exc:
-            if replicas or ("replicas" not in str(exc).lower() and "resources" not in str(exc).lower()):
-                raise StreamError(f"cannot create stream {stream} with {n} replicas: {exc}") from None
+        while True:
+            try:
+                await js.add_stream(name=stream, subjects=[stream_subjects(stream)], num_replicas=n,
+                                    **STREAM_DEFAULTS)
+                return n
+            except errors.ServiceUnavailableError:
+                raise  # no JetStream leader yet: the caller waits and asks again
+            except errors.APIError as exc:
+                # A cluster just started may not have met every peer: a 3-replica stream failed so
+                # in about one test run in six. Past the wait, the cluster lacks the peers.
+                if getattr(exc, "err_code", None) == _NO_PEERS and loop.time() < settled:
+                    await asyncio.sleep(0.25)
+                    continue
+                if replicas or ("replicas" not in str(exc).lower() and "resources" not in str(exc).lower()):
+                    raise StreamServerError(f"cannot create stream {stream} with {n} replicas: {exc}") from None
+                break
     raise AssertionError("unreachable: the last attempt raises or returns")
 
 
@@ -182,7 +217,8 @@ class Batch:
 
     ``ordinal`` numbers a hub's messages densely (a shipper knows a lost one by the count);
     ``commits`` are ``(first seq, UNIX time)`` of the commits that wrote the events; ``time``
-    is the last event's commit time.
+    is the last event's commit time; ``fork`` names the copy of the log that shipped it (None:
+    the original, as every message of an older tasklog).
     """
 
     log: str
@@ -194,18 +230,28 @@ class Batch:
     time: float
     commits: list[tuple[int, float]]
     events: list[bytes]
+    fork: str | None = None
 
     @property
     def last(self) -> int:
         """The last event's sequence number."""
         return self.seq + self.count - 1
 
-    def headers(self) -> dict[str, str]:
-        """The message's headers (``Nats-Msg-Id`` names the span: a repeat of it is dropped)."""
+    def headers(self, claim: int | None = None) -> dict[str, str]:
+        """The message's headers: ``Nats-Msg-Id`` names the span (a repeat of it is dropped); with
+        ``claim``, no id but the stream sequence of the hub's last message, which must still be last."""
         span = str(self.seq) if self.count == 1 else f"{self.seq}-{self.last}"
-        return {"Nats-Msg-Id": f"{self.log}:{span}", _HEADER_LOG: self.log, _HEADER_HUB: self.hub,
-                _HEADER_SEQ: str(self.seq), _HEADER_COUNT: str(self.count), _HEADER_MSG: str(self.ordinal),
-                _HEADER_TIME: repr(self.time), _HEADER_SCHEMA: str(self.schema)}
+        copy = self.log if self.fork is None else f"{self.log}/{self.fork}"
+        out = {_HEADER_LOG: self.log, _HEADER_HUB: self.hub, _HEADER_SEQ: str(self.seq),
+               _HEADER_COUNT: str(self.count), _HEADER_MSG: str(self.ordinal), _HEADER_TIME: repr(self.time),
+               _HEADER_SCHEMA: str(self.schema)}
+        if self.fork is not None:
+            out[_HEADER_FORK] = self.fork
+        if claim is None:
+            out["Nats-Msg-Id"] = f"{copy}:{span}"
+        else:
+            out[_EXPECTED_LAST] = str(claim)
+        return out
 
     def payload(self) -> bytes:
         """The message's body: the commits and the stored events."""
@@ -220,7 +266,7 @@ def batch_of(headers: dict[str, str] | None, data: bytes | None, where: str = ""
         commits, events = msgpack.unpackb(data, use_list=True) if data else ([], [])
         return Batch(h[_HEADER_LOG], h[_HEADER_HUB], int(h[_HEADER_SEQ]), int(h[_HEADER_COUNT]),
                      int(h[_HEADER_MSG]), int(h[_HEADER_SCHEMA]), float(h[_HEADER_TIME]),
-                     [(int(a), float(t)) for a, t in commits], [bytes(e) for e in events])
+                     [(int(a), float(t)) for a, t in commits], [bytes(e) for e in events], h.get(_HEADER_FORK))
     except (KeyError, ValueError, TypeError, msgpack.UnpackException):
         raise StreamError(f"message {where} is not a tasklog batch (its headers: {sorted(h)})") from None
 
@@ -231,7 +277,7 @@ async def hub_count(js: Any, stream: str, subject: str) -> int:
     return int((info.state.subjects or {}).get(subject, 0))
 
 
-async def hub_batches(js: Any, stream: str, subject: str, headers_only: bool = False) -> AsyncIterator[Batch]:
+async def hub_batches(js: Any, stream: str, subject: str, headers_only: bool = False) -> AsyncGenerator[Batch, None]:
     """Every message ``stream`` holds on ``subject``, in stream order, as batches (``headers_only``:
     without their events)."""
     total = await hub_count(js, stream, subject)

@@ -388,9 +388,9 @@ class TaskLog:
             return self.store.commits(txn, start, self.last_seq + 1 if stop is None else stop)
 
     def put_verbatim(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]],
-                     identity: str | None = None) -> None:
+                     identity: str | None = None, fork: str | None = None) -> None:
         """Write stored events at their own numbers and commit times (what a restore does); the
-        first batch into an empty log also gives it the original's ``identity``.
+        first batch into an empty log also gives it the original's ``identity`` and this copy's ``fork``.
 
         Only on a sync log that nothing else writes: the numbers are the original's, not new ones.
         """
@@ -398,8 +398,15 @@ class TaskLog:
         if self.durability != "sync":
             raise InterfaceError("a restore writes through a sync log (its numbers are the original's)")
         if events:
-            self.store.put_verbatim(events, commits, identity)
+            self.store.put_verbatim(events, commits, identity, fork)
             self.identity = self.store.identity
+
+    @property
+    def fork(self) -> str | None:
+        """This copy's fork id: None for a log as it was created; a restore gives its copy a new one
+        (a restored log that is written to is a fork of the original: shipping tells them apart)."""
+        self._check_readable()
+        return self.store.fork
 
     def view(self) -> Any:
         """One read transaction (a context manager yielding a LogView): figures that agree."""

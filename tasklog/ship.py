@@ -1,4 +1,4 @@
-"""Ship a log's committed events to a NATS JetStream stream, and restore a log from one.
+"""Ship a log's committed events to a NATS JetStream stream (``restore`` brings them back).
 
 Shipping publishes the committed events in log order, a run of them a message, to the hub's
 subject, with a bounded window of messages awaiting their acks. A failed publish (no leader,
@@ -12,6 +12,14 @@ shipper killed before it resent) is scanned for the first event missing, and shi
 there. A stream may thus hold a hub's events out of order after a failover, or twice after a
 resend past the duplicate window; consumers and ``restore`` put them in order and drop repeats
 by sequence number. It never holds a hub's events with one missing.
+
+A hub holds one copy of one log. A shipper goes on only from a stream whose last message for
+the hub its log holds byte for byte; any other copy (a backup behind the stream, a second
+restore written to) is refused, naming the copy that shipped. The first message of each round
+is published on condition that the hub's last message is still the one the shipper knows, so
+a copy that takes the hub over stops the other's shipper at its next round. Nor does a shipper
+start a hub at an event past the first one the stream lacks: events pruned before they were
+shipped would leave a stream no reader could fold.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 from . import jetstream
@@ -32,7 +41,7 @@ from .errors import InterfaceError, StreamError
 from .jetstream import Batch
 from .log import TaskLog
 
-__all__ = ["Shipper", "ShipStats", "Shipping", "restore", "BATCH_EVENTS"]
+__all__ = ["Shipper", "ShipStats", "Shipping", "BATCH_EVENTS"]
 
 _ACK_TIMEOUT = 5.0  # seconds a message may wait for its ack before it and those after it go again
 _BACKOFF_MAX = 2.0  # seconds between rounds resent after failures, at most
@@ -42,13 +51,15 @@ _PER_EVENT = 24  # bytes an event adds to a message besides its own: msgpack fra
 
 
 class ShipStats:
-    """What a shipper did: events acked, the last acked sequence number, rounds resent."""
+    """What a shipper did: events acked, the last acked sequence number, rounds resent; ``resumed``
+    once it knows where the stream ends for its hub (``last_acked`` means nothing before)."""
 
     def __init__(self) -> None:
         self.shipped = 0
         self.messages = 0
         self.last_acked = 0
         self.retries = 0
+        self.resumed = False
 
 
 class Shipper:
@@ -63,7 +74,7 @@ class Shipper:
                                  "read-only): open it once for writing")
         if window < 1 or batch_events < 1 or (replicas is not None and replicas < 1):
             raise InterfaceError("window, batch_events and replicas must be >= 1")
-        self.log, self.identity = log, log.identity
+        self.log, self.identity, self.fork = log, log.identity, log.fork
         self.servers = jetstream.parse_servers(servers) if isinstance(servers, str) else servers
         self.stream = jetstream.check_name("stream", stream)
         self.hub = jetstream.check_name("hub", hub or log.identity)
@@ -77,6 +88,8 @@ class Shipper:
         self._next_ordinal = 1
         self._resend: deque[Batch] = deque()
         self._max_bytes = 1 << 20
+        self._claim = 0  # the stream sequence of the hub's last message, as far as this shipper knows
+        self._lost_claim = False  # another shipper published to the hub since: ask the stream again
 
     def stop(self, drain: bool = False) -> None:
         """Ask a running :meth:`run` to return once its window is settled; ``drain``: once it has
@@ -100,7 +113,7 @@ class Shipper:
                 await self._loop(js, follow, poll)
             return self.stats
         finally:
-            await nc.close()
+            await jetstream.close(nc)
 
     async def _loop(self, js: Any, follow: bool, poll: float) -> None:
         while not self._stop.is_set():
@@ -110,8 +123,11 @@ class Shipper:
                 if not follow or self._drain.is_set():
                     return
                 await asyncio.sleep(poll)
-                continue
-            if not await self._publish(js, round_):
+            elif not await self._publish(js, round_):
+                if self._lost_claim:  # where the stream ends is not where this shipper thought
+                    self._lost_claim, self._resend = False, deque()
+                    await self._retrying(lambda: self._resume(js))
+                    continue
                 self.stats.retries += 1
                 await asyncio.sleep(min(0.05 * 2 ** min(self.stats.retries, 6), _BACKOFF_MAX))
 
@@ -122,31 +138,57 @@ class Shipper:
     # -- where to start ----------------------------------------------------------------
 
     async def _resume(self, js: Any) -> None:
-        """Set the first event and message number to publish from what the stream holds."""
+        """Set the first event and message number to publish, and the message to follow, from
+        what the stream holds."""
         not_found = importlib.import_module("nats.js.errors").NotFoundError
         try:
-            last = jetstream.batch_of((await js.get_last_msg(self.stream, self.subject)).headers, None, self.subject)
+            msg = await js.get_last_msg(self.stream, self.subject)
         except not_found:
-            self._next_seq, self._next_ordinal = self.log.start_seq, 1  # nothing shipped yet
-            self.stats.last_acked = self._next_seq - 1
+            self._start(1, 1, 0)  # nothing shipped yet
             return
-        if last.log != self.identity:
-            raise StreamError(f"hub {self.hub} of stream {self.stream} holds events of log {last.log}, "
-                              f"not of {self.identity}: choose another --hub")
+        last = jetstream.batch_of(msg.headers, msg.data, self.subject)
+        self._check_continues(last)
         first = jetstream.batch_of((await js.get_msg(self.stream, seq=1, subject=self.subject, next=True)).headers,
                                    None, self.subject)
         nxt = last.last + 1
         if await jetstream.hub_count(js, self.stream, self.subject) < last.ordinal - first.ordinal + 1:
             nxt = min(nxt, jetstream.first_gap(await self._spans(js), first.seq))  # a message was lost
+        self._start(nxt, last.ordinal + 1, int(msg.seq))
+
+    def _start(self, nxt: int, ordinal: int, claim: int) -> None:
+        # A pruned log shipped from its start gave a stream whose restore no query could read and
+        # whose feed built stubs (issue 20): the events the stream lacks must be in the log.
         if nxt < self.log.start_seq:
-            raise StreamError(f"events {nxt}..{self.log.start_seq - 1} of {self.log.path} were pruned before "
-                              f"they were shipped to {self.stream}/{self.hub}")
-        self._next_seq, self._next_ordinal = nxt, last.ordinal + 1
-        self.stats.last_acked = nxt - 1
+            raise StreamError(f"{self.stream}/{self.hub} lacks events {nxt}..{self.log.start_seq - 1} of log "
+                              f"{self.identity}, and {self.log.path} no longer holds them (pruned before they were "
+                              "shipped): no reader of the stream could rebuild the tasks they began. Ship a copy "
+                              "of the log that holds them, or query this one (its snapshot has them)")
+        self._next_seq, self._next_ordinal, self._claim = nxt, ordinal, claim
+        self.stats.last_acked, self.stats.resumed = nxt - 1, True
+
+    def _check_continues(self, last: Batch) -> None:
+        """Refuse a stream whose last message for this hub is not in this log as it is."""
+        if last.log != self.identity:
+            raise StreamError(f"hub {self.hub} of stream {self.stream} holds events of log {last.log}, "
+                              f"not of {self.identity}: choose another --hub")
+        skip = max(self.log.start_seq - last.seq, 0)  # what the log pruned since it shipped it
+        if [raw for _, raw in self.log.read_raw(last.seq + skip, last.last + 1)] == last.events[skip:]:
+            return
+        # Shipping from the log's end instead said "shipped 0 events" for a copy behind the
+        # stream, and a second restore's events were dropped as repeats of the first's (issue 20).
+        by = "this copy of the log" if last.fork == self.fork else \
+            f"another copy of it ({'the original' if last.fork is None else 'a restore, fork ' + last.fork})"
+        here = f"this log ends at event {self.log.last_seq}" if self.log.last_seq < last.last else \
+            "this log holds other events there"
+        raise StreamError(f"{self.stream}/{self.hub} holds events up to {last.last} of log {self.identity}, "
+                          f"shipped by {by}, and {here}: {self.log.path} does not continue the stream. Restore "
+                          "the hub into a new directory (tasklog restore) to go on from the stream, or ship this "
+                          "log as another --hub")
 
     async def _spans(self, js: Any) -> list[tuple[int, int]]:
         """``(first, last)`` of every message the stream holds for this hub (headers only)."""
-        return [(b.seq, b.last) async for b in jetstream.hub_batches(js, self.stream, self.subject, headers_only=True)]
+        async with aclosing(jetstream.hub_batches(js, self.stream, self.subject, headers_only=True)) as batches:
+            return [(b.seq, b.last) async for b in batches]
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -180,14 +222,18 @@ class Shipper:
         # The commit holding the first event, through the last commit that starts in the run.
         mine = commits[max(bisect.bisect_right(starts, first) - 1, 0):bisect.bisect_right(starts, last)]
         batch = Batch(self.identity or "", self.hub, first, len(run), self._next_ordinal, run[0][1][0],
-                      mine[-1][1] if mine else 0.0, mine, [raw for _, raw in run])
+                      mine[-1][1] if mine else 0.0, mine, [raw for _, raw in run], self.fork)
         self._next_ordinal += 1
         self._next_seq = last + 1
         return batch
 
     async def _publish(self, js: Any, batches: deque[Batch]) -> bool:
-        """Publish ``batches`` with at most ``window`` unacked; False (and what must go again kept
-        for the next round) when one failed."""
+        """Publish ``batches``, the first alone as a claim on the hub, the rest with at most
+        ``window`` unacked; False (and what must go again kept for the next round) when one failed."""
+        if not await self._claimed(js, batches[0]):
+            self._resend = batches
+            return False
+        batches.popleft()
         loop = asyncio.get_running_loop()
         inflight: deque[tuple[Batch, Any]] = deque()
         failed: Batch | None = None
@@ -214,20 +260,37 @@ class Shipper:
         self._resend = deque([failed, *(b for b, _ in inflight if b.seq > failed.seq), *batches])
         return False
 
+    async def _claimed(self, js: Any, batch: Batch) -> bool:
+        """Publish ``batch`` on condition that the hub's last message is the one this shipper
+        knows of; whether it landed (``_lost_claim`` when another message came last meanwhile)."""
+        try:
+            # A request, not publish_async: nats-py never settles the future of a refused publish.
+            ack = await js.publish(self.subject, batch.payload(), timeout=_ACK_TIMEOUT,
+                                   headers=batch.headers(claim=self._claim))
+        except Exception as exc:  # as in _acked; and a lost claim
+            self._lost_claim = jetstream.lost_claim(exc)
+            return False
+        self._landed(batch, ack)
+        return batch.last <= self.stats.last_acked
+
     async def _acked(self, batch: Batch, future: Any, deadline: float) -> bool:
         """Whether ``batch`` is in the stream, and every event before it too."""
         try:
-            await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0.001))
+            ack = await asyncio.wait_for(future, max(deadline - asyncio.get_running_loop().time(), 0.001))
         except Exception:  # a timeout, no responders, a stream error: the same remedy, send again
             future.cancel()
             return False
+        self._landed(batch, ack)
+        return batch.last <= self.stats.last_acked
+
+    def _landed(self, batch: Batch, ack: Any) -> None:
+        self._claim = max(self._claim, int(ack.seq))
         if batch.seq == self.stats.last_acked + 1:  # a later ack after a failed one moves nothing
             self.stats.last_acked = batch.last
             self.stats.shipped += batch.count
             self.stats.messages += 1
             if self.progress:
                 self.progress(batch.count)
-        return batch.last <= self.stats.last_acked
 
 
 class Shipping:
@@ -288,73 +351,3 @@ class Shipping:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-# -- restore -------------------------------------------------------------------------------
-
-
-async def restore_async(log: TaskLog, servers: list[str], stream: str, hub: str,
-                        progress: Callable[[int], None] | None = None) -> int:
-    """Write the events of ``hub`` from ``stream`` into the empty sync ``log``; return how many."""
-    subject = jetstream.hub_subject(stream, hub)
-    nc = await jetstream.connect(servers)
-    try:
-        restorer = _Restorer(log, progress)
-        try:
-            async for batch in jetstream.hub_batches(nc.jetstream(), stream, subject):
-                restorer.add(batch)
-        except importlib.import_module("nats.js.errors").NotFoundError:
-            raise StreamError(f"there is no stream {stream} at {','.join(servers)}") from None
-        if restorer.identity is None:
-            raise StreamError(f"stream {stream} holds nothing of hub {hub}")
-        restorer.finish()
-        return restorer.written
-    finally:
-        await nc.close()
-
-
-def restore(log: TaskLog, servers: str, stream: str, hub: str, progress: Callable[[int], None] | None = None) -> int:
-    """Rebuild hub ``hub``'s events from ``stream`` into ``log`` (new, sync): the same events at
-    the same sequence numbers with the same commit times. Return the events written."""
-    if log.last_seq:
-        raise InterfaceError(f"{log.path} already holds events: restore into a new directory")
-    return asyncio.run(restore_async(log, jetstream.parse_servers(servers), jetstream.check_name("stream", stream),
-                                     jetstream.check_name("hub", hub), progress))
-
-
-class _Restorer:
-    """Writes a hub's batches as they come back into log order (``HubOrder``), each run at once."""
-
-    def __init__(self, log: TaskLog, progress: Callable[[int], None] | None) -> None:
-        self.log, self.progress = log, progress
-        self.order = jetstream.HubOrder()
-        self.identity: str | None = None
-        self.upto, self.begun = 0, False
-        self.written = 0
-
-    def add(self, batch: Batch) -> None:
-        """Take one message's batch; write every run that is now complete."""
-        if self.identity is None:
-            self.identity = batch.log
-        elif batch.log != self.identity:
-            raise StreamError(f"hub {batch.hub} holds events of two logs ({self.identity} and {batch.log})")
-        self.order.add(batch)
-        self._write(*self.order.take(self.upto, self.begun)[:2])
-
-    def _write(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]]) -> None:
-        if not events:
-            return
-        self.log.put_verbatim(events, commits, self.identity)
-        self.upto, self.begun = events[-1][0], True
-        self.written += len(events)
-        if self.progress:
-            self.progress(len(events))
-
-    def finish(self) -> None:
-        """Write what is held; refuse a stream that lacks an event between its first and last."""
-        if not self.begun and self.order.held:
-            # The hub's first message is gone (a stream with limits): start at the earliest held.
-            self._write(*self.order.take(min(self.order.held) - 1)[:2])
-        if self.order.held:
-            raise StreamError(f"the stream lacks event {self.upto + 1} of log {self.identity} "
-                              f"({len(self.order.held)} later messages held back); restored up to {self.upto}")

@@ -559,13 +559,13 @@ class Store:
         return out
 
     def put_verbatim(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]],
-                     identity: str | None = None) -> None:
+                     identity: str | None = None, fork: str | None = None) -> None:
         """Write events at their own sequence numbers with their own commit times (a restore).
 
         The first batch of an empty log may start past 1 (the original had been pruned) and gives
         the log the original's ``identity`` (its projections and its stream then know it as the
-        original); every later one must continue the log densely. Indexed like any append, in
-        one transaction.
+        original) and this copy's ``fork``; every later one must continue the log densely.
+        Indexed like any append, in one transaction.
         """
         decoded = [(seq, codec.decode(raw, seq)) for seq, raw in events]
 
@@ -578,6 +578,8 @@ class Store:
                     txn.put(b"start_seq", str(first).encode(), db=self.meta)
                 if identity is not None:
                     txn.put(b"identity", identity.encode(), db=self.meta)
+                if fork is not None:
+                    txn.put(b"fork", fork.encode(), db=self.meta)
             elif first != last + 1:
                 raise CommitError(f"event {first} does not follow the log's last event {last}")
             elif identity is not None and identity != self.identity:
@@ -591,6 +593,13 @@ class Store:
         if identity is not None and identity != self.identity:
             self.identity = identity
             self._write_marker(self.schema, identity)
+
+    @property
+    def fork(self) -> str | None:
+        """The fork id a restore gave this copy of a log (None: the log as it was created)."""
+        with self.reader() as txn:
+            raw = txn.get(b"fork", db=self.meta)
+        return None if raw is None else bytes(raw).decode()
 
     def commit_time_seq(self, txn: lmdb.Transaction, limit: float) -> int | None:
         """The last event committed at or before the UNIX time ``limit``; None when every commit was."""

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -98,6 +99,17 @@ class NatsCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             self.procs[i] = None
+
+
+def running(directory: Path, size: int) -> Iterator[NatsCluster]:
+    """A fixture's body: ``size`` servers started in the new ``directory``, stopped after the test."""
+    directory.mkdir()
+    cluster = NatsCluster(directory, size)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 # -- reading a stream from the tests (nats-py directly: what a stream holds, not what tasklog says) --

@@ -15,34 +15,27 @@ from typing import Any
 
 import pytest
 from conftest import HERE, projection_spec, run_cli
-from nats_cluster import NatsCluster, hub_spans, shipped_through, stream_leader, wait_for
+from nats_cluster import NatsCluster, hub_spans, running, shipped_through, stream_leader, wait_for
 
 import projections
 from projections.streamfeed import StreamFeed
 from tasklog import InterfaceError, StreamError, TaskLog
 from tasklog.demo import simulate
 from tasklog.jetstream import batch_of, first_gap, parse_servers
-from tasklog.ship import Shipper, restore
-
-
-def _servers(directory: Path, size: int) -> Iterator[NatsCluster]:
-    directory.mkdir()
-    c = NatsCluster(directory, size)
-    c.start()
-    yield c
-    c.stop()
+from tasklog.restore import restore
+from tasklog.ship import Shipper
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """Three JetStream servers routed to each other, started."""
-    yield from _servers(tmp_path / "nats", 3)
+    yield from running(tmp_path / "nats", 3)
 
 
 @pytest.fixture
 def one_server(tmp_path: Path) -> Iterator[NatsCluster]:
     """One JetStream server (streams get one replica)."""
-    yield from _servers(tmp_path / "nats1", 1)
+    yield from running(tmp_path / "nats1", 1)
 
 
 def _hub_log(path: Path, tasks: int, seed: int) -> int:
@@ -147,7 +140,7 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         (["ship", "--log", str(log), "--to", "nats://127.0.0.1:1", "--wait", "0.5"], "no NATS server answered"),
         (["ship", "--log", str(log), "--to", "nats://127.0.0.1:1", "--hub", "a.b"], "hub name"),
         (["replay", "--source", "nats://127.0.0.1:1", "--projection", "dict", "--to", "3"], "--to selects"),
-        (["follow", "--projection", "dict"], "needs --source"),
+        (["follow", "--projection", "dict"], "required: --source"),
         (["restore", "--from", "nats://127.0.0.1:1", "--hub", "h", "--log", str(log)], "not empty"),
     ]
     for args, words in cases:

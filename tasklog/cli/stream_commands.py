@@ -2,51 +2,103 @@
 
 ``ship`` and ``restore`` use the log core only; ``follow`` and ``replay --source`` compose it with
 ``projections`` (a stream-fed projection), as the other projection commands do.
+
+SIGINT and SIGTERM stop every one of them at once, whatever it waits on (issue 20: with no server
+answering, two SIGINTs and a SIGTERM were ignored for over a minute). A command that was to end
+by itself (``ship``, ``replay --source``, ``restore``) says what it did and exits non-zero; one
+that runs until stopped (``ship --follow``, ``follow``) exits 0 once it was under way.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import hashlib
+import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar, cast
 
 import projections
-from projections.streamfeed import StreamFeed
+from projections.streamfeed import StreamFeed, check_source
 
 from .. import jetstream
 from ..errors import InterfaceError
 from ..log import TaskLog
 from ..progress import Progress
-from ..ship import BATCH_EVENTS, Shipper, restore
+from ..restore import restore_async, restoring
+from ..ship import BATCH_EVENTS, Shipper
 from .common import Command, add_log, leave_nothing, local_file, positive
 
 __all__ = ["SHIP", "RESTORE", "FOLLOW", "add_source", "replay_from_stream"]
 
+T = TypeVar("T")
 
-def _stopping(run: Any, stop: Callable[[bool], None], until_eof: bool = False) -> Any:
-    """Run the coroutine ``run``: a first SIGINT or SIGTERM asks ``stop(True)`` (finish what is in
-    hand), a second ``stop(False)`` (now); with ``until_eof``, the end of standard input is a first."""
-    async def main() -> Any:
+
+def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = None) -> T:
+    """Run the coroutine ``run``; SIGINT or SIGTERM cancels it wherever it waits and raises
+    KeyboardInterrupt. ``on_eof``: called when standard input ends."""
+    interrupted: list[int] = []
+
+    async def main() -> T | None:
         loop = asyncio.get_running_loop()
-        asked: list[int] = []
+        task = loop.create_task(run)
 
-        def ask() -> None:
-            asked.append(1)
-            stop(len(asked) == 1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, ask)
-        if until_eof:
-            def wait_eof() -> None:
-                sys.stdin.buffer.read()  # returns when the writer that started this closes the pipe, or ends
-                loop.call_soon_threadsafe(ask)
-            threading.Thread(target=wait_eof, daemon=True).start()
-        return await run
-    return asyncio.run(main())
+        def interrupt(*_: Any) -> None:
+            interrupted.append(1)
+            loop.call_soon_threadsafe(task.cancel)
+        # Not loop.add_signal_handler: a handler that only asked the work to stop left a shipper
+        # that could not connect deaf to every signal (issue 20).
+        before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if on_eof is not None:
+            threading.Thread(target=_wait_eof, args=(loop, on_eof), daemon=True).start()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            return None
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+    result = asyncio.run(main())
+    if interrupted:
+        raise KeyboardInterrupt
+    return cast(T, result)
+
+
+def _wait_eof(loop: asyncio.AbstractEventLoop, on_eof: Callable[[], None]) -> None:
+    sys.stdin.buffer.read()  # returns when the writer that started this closes the pipe, or ends
+    with suppress(RuntimeError):  # the loop has ended already
+        loop.call_soon_threadsafe(on_eof)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"needs a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _add_servers(p: argparse.ArgumentParser, flag: str, required: bool, dest: str | None = None) -> None:
+    p.add_argument(flag, required=required, dest=dest, metavar="nats://HOST:PORT[,...]",
+                   help="the NATS servers (any of the cluster's)")
+    p.add_argument("--stream", default=jetstream.DEFAULT_STREAM, metavar="NAME",
+                   help=f"the JetStream stream (default {jetstream.DEFAULT_STREAM})")
+
+
+def _add_wait(p: argparse.ArgumentParser, also: str = "") -> None:
+    p.add_argument("--wait", type=seconds, default=30.0, metavar="SECONDS",
+                   help=f"how long to wait for a server to answer before giving up (default 30{also})")
 
 
 # -- ship -----------------------------------------------------------------------------
@@ -58,12 +110,20 @@ def cmd_ship(args: argparse.Namespace) -> int:
         bar = Progress(None if args.follow else max(log.last_seq - log.start_seq + 1, 0), "ship")
         shipper = Shipper(log, args.to, args.stream, args.hub, args.replicas, args.window, progress=bar.update,
                           connect_deadline=None if args.follow else args.wait, batch_events=args.batch)
-        stats = _stopping(shipper.run(follow=args.follow), shipper.stop, args.until_eof)
+        try:
+            _stopping(shipper.run(follow=args.follow), (lambda: shipper.stop(drain=True)) if args.until_eof else None)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
         bar.close()
+        stats = shipper.stats
+        held = f"the stream holds events {log.start_seq}..{stats.last_acked} of this log" if stats.resumed else \
+            "interrupted before the stream said where it ends"
         print(f"shipped {stats.shipped:,} events in {stats.messages:,} messages to {shipper.stream}/{shipper.hub} "
-              f"in {bar.elapsed:.2f} s ({stats.shipped / max(bar.elapsed, 1e-9):,.0f} events/s); the stream holds "
-              f"events {log.start_seq}..{stats.last_acked} of this log; windows sent again after a failure: "
-              f"{stats.retries}")
+              f"in {bar.elapsed:.2f} s ({stats.shipped / max(bar.elapsed, 1e-9):,.0f} events/s); {held}; "
+              f"windows sent again after a failure: {stats.retries}")
+        if interrupted and not (args.follow and stats.resumed):
+            raise KeyboardInterrupt  # one line on stderr, a non-zero exit
     return 0
 
 
@@ -80,16 +140,7 @@ def _ship_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until-eof", action="store_true",
                    help="stop, after shipping what is committed, when standard input ends (how a writer that "
                         "started this one says it closed, or ended)")
-    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
-                   help="how long to wait for a server to answer before giving up (default 30; "
-                        "--follow waits for ever)")
-
-
-def _add_servers(p: argparse.ArgumentParser, flag: str, required: bool, dest: str | None = None) -> None:
-    p.add_argument(flag, required=required, dest=dest, metavar="nats://HOST:PORT[,...]",
-                   help="the NATS servers (any of the cluster's)")
-    p.add_argument("--stream", default=jetstream.DEFAULT_STREAM, metavar="NAME",
-                   help=f"the JetStream stream (default {jetstream.DEFAULT_STREAM})")
+    _add_wait(p, "; --follow waits for ever")
 
 
 # -- follow and replay --source ---------------------------------------------------------
@@ -97,8 +148,6 @@ def _add_servers(p: argparse.ArgumentParser, flag: str, required: bool, dest: st
 
 def cmd_follow(args: argparse.Namespace) -> int:
     """Keep a projection current from a stream (a durable consumer) until interrupted."""
-    if not args.source:
-        raise InterfaceError("follow needs --source nats://HOST:PORT[,...]")
     return _feed(args, follow=True)
 
 
@@ -113,50 +162,102 @@ def replay_from_stream(args: argparse.Namespace) -> int:
 def _feed(args: argparse.Namespace, follow: bool) -> int:
     if args.projection == "none":
         raise InterfaceError("the none projection keeps no records: fold a stream into dict, sqlite or mongodb")
-    with leave_nothing(local_file(args.projection)), projections.open(args.projection) as proj:
+    servers, stream = jetstream.parse_servers(args.source), jetstream.check_name("stream", args.stream)
+    # Asked before the projection is made: a follow killed while no server answered left its new
+    # SQLite file behind, and a hub the stream does not hold gave an empty one (issue 20).
+    _stopping(check_source(servers, stream, args.hub, args.wait))
+    with leave_nothing(local_file(args.projection)), projections.open(args.projection) as proj, \
+            _alone(args.projection):
         if getattr(args, "rebuild", False):
             proj.clear()
         bar = Progress(None, "fold")
-        feed = StreamFeed(proj, args.source, args.stream, durable=getattr(args, "durable", None),
-                          hubs=args.hub or None, progress=bar.update)
-        stats = _stopping(feed.run(follow=follow), lambda _: feed.stop())
+        feed = StreamFeed(proj, servers, stream, durable=_durable(args) if follow else None, hubs=args.hub or None,
+                          progress=bar.update, connect_deadline=args.wait)
+        try:
+            _stopping(feed.run(follow=follow))
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
         bar.close()
         hubs = ", ".join(f"{hub} at {seq}" for hub, seq in sorted(proj.hubs.values())) or "none"
-        print(f"folded {stats.applied:,} events from {feed.stream} into {proj.spec} in {bar.elapsed:.2f} s; "
+        print(f"folded {feed.stats.applied:,} events from {feed.stream} into {proj.spec} in {bar.elapsed:.2f} s; "
               f"hubs: {hubs}")
-        if stats.waiting:
-            print(f"tasklog: {stats.waiting} messages wait for an earlier one the stream does not hold yet "
+        if feed.stats.waiting:
+            print(f"tasklog: {feed.stats.waiting} messages wait for an earlier one the stream does not hold yet "
                   "(a shipper that has not resent it); they are folded once it arrives", file=sys.stderr)
+        if interrupted and not follow:
+            raise KeyboardInterrupt
     return 0
 
 
-def add_source(p: argparse.ArgumentParser) -> None:
+def _durable(args: argparse.Namespace) -> str | None:
+    """The durable consumer of a follow: named by the projection it folds into, unless --durable says.
+
+    One default name for every follow made two follows of two projections share one consumer,
+    each folding part of the stream (issue 20). A projection in memory gets an ephemeral one.
+    """
+    if args.durable:
+        return str(args.durable)
+    base = args.projection.partition("?")[0]
+    if base.startswith(("mongodb://", "mongodb+srv://")):
+        key = base
+    elif local_file(base):
+        key = f"sqlite:///{os.path.realpath(local_file(base) or '')}"
+    else:
+        return None
+    return f"tasklog-follow-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+@contextmanager
+def _alone(spec: str) -> Iterator[None]:
+    """Hold a SQLite projection's file for this fold: a second follow of it would share its
+    durable consumer and fold part of the stream each."""
+    path = local_file(spec.partition("?")[0])
+    if path is None or not os.path.exists(path):
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # SQLite's own locks are fcntl's: apart from these
+        except BlockingIOError:
+            raise InterfaceError(f"another follow or replay --source is folding into {path}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def add_source(p: argparse.ArgumentParser, required: bool = False) -> None:
     """The arguments a command folding a stream takes (``replay`` adds them beside ``--log``)."""
-    _add_servers(p, "--source", required=False)  # replay reads a log without it; follow checks it
+    _add_servers(p, "--source", required=required)
     p.add_argument("--hub", action="append", metavar="NAME", help="fold only this hub (repeatable)")
+    _add_wait(p)
 
 
 def _follow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projection", required=True, metavar="SPEC", help=projections.SPEC_HELP)
-    add_source(p)
-    p.add_argument("--durable", default="tasklog-follow", metavar="NAME",
-                   help="the durable consumer's name: a restarted follow goes on where it was (default "
-                        "tasklog-follow; one per projection)")
+    add_source(p, required=True)
+    p.add_argument("--durable", metavar="NAME",
+                   help="the durable consumer's name: a restarted follow goes on where it was (default: "
+                        "tasklog-follow- and a digest of the projection's file or database, so each projection "
+                        "has its own)")
 
 
 # -- restore ------------------------------------------------------------------------------
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Rebuild a hub's log from the stream into a new directory."""
-    if os.path.exists(args.log) and (not os.path.isdir(args.log) or os.listdir(args.log)):
-        raise InterfaceError(f"{args.log} exists and is not empty: restore into a new directory")
-    with leave_nothing(args.log), TaskLog.open(args.log) as log:
+    """Rebuild a hub's log from the stream into a new directory (built aside, renamed when whole)."""
+    servers, stream = jetstream.parse_servers(args.source), jetstream.check_name("stream", args.stream)
+    hub = jetstream.check_name("hub", args.hub)
+    with restoring(args.log) as log:
         bar = Progress(None, "restore")
-        n = restore(log, args.source, args.stream, args.hub, progress=bar.update)
+        n = _stopping(restore_async(log, servers, stream, hub, bar.update, args.wait))
         bar.close()
-        print(f"restored {n:,} events ({log.start_seq}..{log.last_seq}) of hub {args.hub} into {args.log} "
-              f"in {bar.elapsed:.2f} s; it is log {log.identity}, as the original was")
+        start, last, identity = log.start_seq, log.last_seq, log.identity
+    gone = f"; events 1..{start - 1} were never shipped (pruned first): queries of it need them" if start > 1 else ""
+    print(f"restored {n:,} events ({start}..{last}) of hub {hub} into {args.log} in {bar.elapsed:.2f} s; "
+          f"it is log {identity}, as the original was{gone}")
     return 0
 
 
@@ -164,6 +265,7 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
     _add_servers(p, "--from", required=True, dest="source")
     p.add_argument("--hub", required=True, metavar="NAME", help="the hub whose log to rebuild")
     p.add_argument("--log", required=True, metavar="NEWDIR", help="a new directory for the rebuilt log")
+    _add_wait(p)
 
 
 SHIP = Command("ship", "publish the log's committed events to a NATS JetStream stream, resuming where the "
