@@ -72,6 +72,12 @@ def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = N
     return cast(T, result)
 
 
+def _terminating_interrupts() -> None:
+    """SIGTERM as SIGINT from here on: a command stopped between its awaits (opening a log or a
+    projection) cleans up and says so instead of dying with what it made half done."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def _wait_eof(loop: asyncio.AbstractEventLoop, on_eof: Callable[[], None]) -> None:
     sys.stdin.buffer.read()  # returns when the writer that started this closes the pipe, or ends
     with suppress(RuntimeError):  # the loop has ended already
@@ -106,6 +112,7 @@ def _add_wait(p: argparse.ArgumentParser, also: str = "") -> None:
 
 def cmd_ship(args: argparse.Namespace) -> int:
     """Publish the log's committed events to a JetStream stream, from where the stream ends."""
+    _terminating_interrupts()
     with TaskLog.open(args.log, readonly=True) as log:
         bar = Progress(None if args.follow else max(log.last_seq - log.start_seq + 1, 0), "ship")
         shipper = Shipper(log, args.to, args.stream, args.hub, args.replicas, args.window, progress=bar.update,
@@ -119,6 +126,8 @@ def cmd_ship(args: argparse.Namespace) -> int:
         stats = shipper.stats
         held = f"the stream holds events {log.start_seq}..{stats.last_acked} of this log" if stats.resumed else \
             "interrupted before the stream said where it ends"
+        if interrupted and stats.resumed:
+            held += " (and perhaps some of those in flight when interrupted)"
         print(f"shipped {stats.shipped:,} events in {stats.messages:,} messages to {shipper.stream}/{shipper.hub} "
               f"in {bar.elapsed:.2f} s ({stats.shipped / max(bar.elapsed, 1e-9):,.0f} events/s); {held}; "
               f"windows sent again after a failure: {stats.retries}")
@@ -162,6 +171,7 @@ def replay_from_stream(args: argparse.Namespace) -> int:
 def _feed(args: argparse.Namespace, follow: bool) -> int:
     if args.projection == "none":
         raise InterfaceError("the none projection keeps no records: fold a stream into dict, sqlite or mongodb")
+    _terminating_interrupts()
     servers, stream = jetstream.parse_servers(args.source), jetstream.check_name("stream", args.stream)
     # Asked before the projection is made: a follow killed while no server answered left its new
     # SQLite file behind, and a hub the stream does not hold gave an empty one (issue 20).
@@ -250,6 +260,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Rebuild a hub's log from the stream into a new directory (built aside, renamed when whole)."""
     servers, stream = jetstream.parse_servers(args.source), jetstream.check_name("stream", args.stream)
     hub = jetstream.check_name("hub", args.hub)
+    _terminating_interrupts()
     with restoring(args.log) as log:
         bar = Progress(None, "restore")
         n = _stopping(restore_async(log, servers, stream, hub, bar.update, args.wait))
