@@ -9,6 +9,8 @@ carries a hint saying what to do about it.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "TaskLogError",
     "InterfaceError",
@@ -134,6 +136,16 @@ class StorageFullError(StorageError):
 
 class CommitError(StorageError):
     """A commit failed; the events of that batch were not written."""
+
+
+def file_error(exc: OSError, doing: str) -> StorageError:
+    """An OSError on a file of the log's own (its marker, a snapshot) as one line: a read-only
+    place is a ReadOnlyLogError, a full disk a StorageFullError."""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ReadOnlyLogError(f"{doing}: {exc.strerror}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"{doing}: {exc.strerror}")
+    return StorageError(f"{doing}: {exc.strerror}")
 
 
 def same_kind(error: StorageError, message: str) -> StorageError:

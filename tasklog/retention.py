@@ -11,7 +11,6 @@ stream whose first object is a header dict and the rest are the items.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import shutil
@@ -25,15 +24,7 @@ import lmdb
 import msgpack
 
 from . import codec
-from .errors import (
-    CorruptSnapshotError,
-    InterfaceError,
-    LogBusyError,
-    ReadOnlyLogError,
-    SchemaVersionError,
-    StorageError,
-    StorageFullError,
-)
+from .errors import CorruptSnapshotError, InterfaceError, LogBusyError, SchemaVersionError, file_error
 from .log import TaskLog, open_here
 
 __all__ = ["PruneReport", "SNAPSHOT_DIR", "list_snapshots", "write_snapshot",
@@ -104,7 +95,7 @@ def write_snapshot(log: TaskLog, seq: int, header: dict[str, Any], items: Iterab
         _write_atomically(final, seq, _chain(header, items))
         _fsync_dir(_dir(log))
     except OSError as exc:
-        raise _file_error(exc, f"cannot write snapshot {final}") from None
+        raise file_error(exc, f"cannot write snapshot {final}") from None
     return final
 
 
@@ -129,14 +120,6 @@ def _write_atomically(final: str, seq: int, objects: Iterable[Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def _file_error(exc: OSError, doing: str) -> StorageError:
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return ReadOnlyLogError(f"{doing}: {exc.strerror}")
-    if exc.errno == errno.ENOSPC:
-        return StorageFullError(f"{doing}: {exc.strerror}")
-    return StorageError(f"{doing}: {exc.strerror}")
 
 
 def _chain(header: dict[str, Any], items: Iterable[Any]) -> Iterator[Any]:

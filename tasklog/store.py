@@ -36,6 +36,7 @@ from .errors import (
     SchemaVersionError,
     StorageError,
     StorageFullError,
+    file_error,
 )
 from .events import Drop, Event, Resubmit, task_ids
 
@@ -49,6 +50,11 @@ _INDEX_CHUNK = 20_000  # events indexed per transaction when a schema-1 log is u
 # After a write stopped short for want of space, what is left is less than a block or two; this
 # much allows for another process freeing a little meanwhile.
 _FULL_BELOW = 1 << 20
+_MAX_READERS = 512
+# The size LMDB gives lock.mdb for _MAX_READERS readers on 64-bit Linux (its header, then a
+# 64-byte slot a reader): what a new lock file is made with before LMDB maps it.
+_LOCK_BYTES = 128 + 64 * _MAX_READERS
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def put_run(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
@@ -203,6 +209,12 @@ def _writable(path: str) -> bool:
 
 
 def _storage_error(exc: lmdb.Error, doing: str, path: str) -> StorageError:
+    """An LMDB error of a write as a StorageError: StorageFullError when the disk or the map is full."""
+    return _full_disk(exc, doing, path) or CommitError(f"{doing} failed: {exc}")
+
+
+def _full_disk(exc: lmdb.Error, doing: str, path: str) -> StorageFullError | None:
+    """``exc`` as a StorageFullError if it means the disk (or the map) is full, else None."""
     # py-lmdb raises DiskError for ENOSPC, MapFullError when the map (not the disk) is full.
     if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)):
         return StorageFullError(f"{doing} failed: no space left ({exc})")
@@ -213,7 +225,28 @@ def _storage_error(exc: lmdb.Error, doing: str, path: str) -> StorageError:
     if free is not None and free < _FULL_BELOW:
         return StorageFullError(f"{doing} failed: no space left on device ({free:,} bytes free where the "
                                 f"log is; LMDB reported the short write as {exc})")
-    return CommitError(f"{doing} failed: {exc}")
+    return None
+
+
+def _back_lock_file(path: str) -> bool:
+    """Give LMDB's lock file (its reader table) its disk blocks before LMDB maps it; False when
+    the disk has no room for them."""
+    # LMDB sizes lock.mdb with ftruncate, so it is sparse, and maps it: on a full filesystem its
+    # first write to a page without a block killed the process with SIGBUS (issue 20: `tasklog
+    # demo` on a full tmpfs exited 135). fallocate(2) allocates the holes without changing the
+    # size or a byte, so processes that have the file mapped see no change. Not posix_fallocate:
+    # where the filesystem cannot, glibc writes bytes instead, racing the live reader table.
+    fallocate = getattr(_LIBC, "fallocate64", None)
+    if fallocate is None:
+        return True  # not Linux: as before
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size or _LOCK_BYTES  # a new one gets the size LMDB would give it
+        ok = fallocate(fd, 0, 0, size) == 0
+        return ok or ctypes.get_errno() not in (errno.ENOSPC, errno.EDQUOT)  # else: unsupported, as before
+    finally:
+        os.close(fd)
 
 
 def _free_bytes(path: str) -> int | None:
@@ -297,7 +330,7 @@ class Store:
             # Commit times, keyed by each commit's first sequence number: "what did the hub know at T".
             self.times = self.env.open_db(b"times", create=create)
         except lmdb.Error as exc:
-            raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
+            raise self._open_error(exc) from None
         # Schema 2. Each task's stream: msg_id -> the sequence numbers of the events naming it
         # (dupsort: a task's numbers sit together, in order). Kept: events a prune removed from
         # the log whose bytes a snapshot's records still refer to (their buffers).
@@ -311,7 +344,12 @@ class Store:
         except lmdb.NotFoundError:
             return None
         except lmdb.Error as exc:
-            raise StorageError(f"{self.path} is damaged or incomplete: {exc}") from None
+            raise self._open_error(exc) from None
+
+    def _open_error(self, exc: lmdb.Error) -> StorageError:
+        # A new log's databases are made by a commit: on a full disk that is no damage.
+        return _full_disk(exc, f"opening {self.path}", self.path) or StorageError(
+            f"{self.path} is damaged or incomplete: {exc}")
 
     def _open_env(self, map_size: int) -> _SharedEnv:
         # LMDB forbids opening one environment twice in a process: share it, counted.
@@ -334,12 +372,16 @@ class Store:
         # LMDB's reader table in lock.mdb; nothing can write it there either, so none is needed.
         lockfile = os.path.join(self.path, "lock.mdb")
         lock = os.access(lockfile, os.W_OK) if os.path.exists(lockfile) else _writable(self.path)
+        if lock and not _back_lock_file(self.path) and not self.readonly:
+            # A reader goes on as before (its slot is most likely on a page in use already).
+            raise StorageFullError(f"cannot open {self.path}: no space left on device for LMDB's lock file")
         try:
-            env = lmdb.open(self.path, map_size=size, max_dbs=8, max_readers=512, subdir=True,
+            env = lmdb.open(self.path, map_size=size, max_dbs=8, max_readers=_MAX_READERS, subdir=True,
                             sync=self.mode.sync, metasync=self.mode.metasync, writemap=False,
                             readonly=self.readonly, lock=lock, readahead=False)
         except lmdb.Error as exc:
-            raise StorageError(f"cannot open {self.path}: {exc}") from None
+            raise _full_disk(exc, f"opening {self.path}", self.path) or StorageError(
+                f"cannot open {self.path}: {exc}") from None
         # Reading a page past the end of a truncated file is a SIGBUS, not an exception.
         need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         have = os.path.getsize(data) if os.path.exists(data) else 0
@@ -368,21 +410,29 @@ class Store:
         if self.readonly or (stored is not None and identity is not None):
             return None if identity is None else bytes(identity).decode()
         # A log made by an older tasklog gets its identity from the first writer that opens it.
-        fresh = str(uuid.uuid4())
-        with self.env.begin(write=True) as txn:
+        new = str(uuid.uuid4())
+
+        def mark(txn: lmdb.Transaction) -> str:
             # A new log is schema 2 at once; an older log keeps its number until it is indexed.
             txn.put(b"schema", str(self.schema).encode(), db=self.meta, overwrite=stored is None)
-            if not txn.put(b"identity", fresh.encode(), db=self.meta, overwrite=False):
-                fresh = bytes(txn.get(b"identity", db=self.meta) or b"").decode()  # another writer was first
+            if not txn.put(b"identity", new.encode(), db=self.meta, overwrite=False):
+                return bytes(txn.get(b"identity", db=self.meta) or b"").decode()  # another writer was first
+            return new
+        fresh: str = self.write(mark)  # a write like any: a full disk is StorageFullError (issue 20)
         self._write_marker(self.schema, fresh)
         return fresh
 
     def _write_marker(self, schema: int, identity: str | None) -> None:
         marker = os.path.join(self.path, MARKER)
         tmp = f"{marker}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"format": "tasklog", "schema": schema, "identity": identity}, f)
-        os.replace(tmp, marker)
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"format": "tasklog", "schema": schema, "identity": identity}, f)
+            os.replace(tmp, marker)
+        except OSError as exc:  # a full disk raised a bare OSError from `tasklog demo` (issue 20)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise file_error(exc, f"cannot write {marker}") from None
 
     # -- the stream index -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -17,12 +18,11 @@ from conftest import run_cli
 from tasklog import Receipt, StorageError, StorageFullError, TaskLog
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for the test (needs mount rights: root in a container, as on CI)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+@contextmanager
+def _mounted(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``mnt`` (needs mount rights: root in a container, as on CI)."""
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
@@ -30,6 +30,21 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for the test."""
+    with _mounted(tmp_path / "tiny", "2m") as mnt:
+        yield mnt
+
+
+def _one_line(out: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command printed on stderr (and nothing on stdout about events)."""
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, (out.returncode, out.stderr[-2000:])
+    assert lines[0].startswith("tasklog demo: error: ") and "events for" not in out.stdout, out
+    return lines[0]
 
 
 def _settled(receipts: list[Receipt], within: float = 60.0) -> None:
@@ -124,12 +139,8 @@ def test_a_full_disk_is_storage_full_however_lmdb_says_it(tiny_fs: Path) -> None
 
 def test_demo_on_a_full_disk_exits_non_zero_with_one_line_and_leaves_no_log(tiny_fs: Path) -> None:
     path = tiny_fs / "log"
-    out = run_cli("demo", "--log", str(path), "--tasks", "3000", "--seed", "7")
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tasklog demo: error: "), out.stderr
-    assert "no space left" in lines[0].lower() and "Traceback" not in out.stderr
-    assert "events for" not in out.stdout, out.stdout  # it claims nothing was written
+    line = _one_line(run_cli("demo", "--log", str(path), "--tasks", "3000", "--seed", "7"))
+    assert "no space left" in line.lower() and "events were never written" in line, line
     assert not path.exists()  # a failed command leaves nothing behind: the log was its own
 
 
@@ -138,15 +149,32 @@ def test_demo_into_an_existing_log_says_what_the_log_kept(tiny_fs: Path) -> None
     with TaskLog.open(str(path)) as log:
         for i in range(10):
             log.start(f"before-{i}")
-    out = run_cli("demo", "--log", str(path), "--tasks", "3000", "--seed", "7")
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tasklog demo: error: "), out.stderr
-    assert "events for" not in out.stdout, out.stdout
+    line = _one_line(run_cli("demo", "--log", str(path), "--tasks", "3000", "--seed", "7"))
     with TaskLog.open(str(path), readonly=True) as log:
         last = log.last_seq
         assert [ev.msg_id for _, ev in log.read(1, 11)] == [f"before-{i}" for i in range(10)]  # type: ignore[union-attr]
     kept = last - 10
-    assert f"the log keeps {kept:,} of the demo's events" in lines[0], (lines[0], last)
+    assert f"the log keeps {kept:,} of the demo's events" in line, (line, last)
     if kept:
-        assert f"(events 11..{last:,})" in lines[0], lines[0]
+        assert f"(events 11..{last:,})" in line, line
+
+
+def test_a_new_log_on_an_almost_full_disk_is_one_line_at_every_stage(tmp_path: Path) -> None:
+    # However little room is left, making a log fails with one line and leaves nothing: with none
+    # left the process died of SIGBUS (LMDB maps its lock file), then a bare lmdb.Error (EIO), a
+    # bare OSError (the marker file), or "damaged or incomplete" for a log never made.
+    refused = []
+    for pages in range(0, 24, 2):  # through every stage of making a log, to room enough
+        with _mounted(tmp_path / f"room-{pages}", "256k") as mnt:
+            st = os.statvfs(mnt)
+            (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - pages * 4096))
+            log = str(mnt / "log")
+            out = run_cli("demo", "--log", log, "--tasks", "5", "--seed", "1")
+            if out.returncode == 0:  # room enough at last
+                assert "events for 5 tasks" in out.stdout and run_cli("verify", "--log", log).returncode == 0
+                continue
+            line = _one_line(out)
+            assert "no space left" in line.lower() and "damaged" not in line, (pages, line)
+            assert not (mnt / "log").exists(), pages
+            refused.append(pages)
+    assert refused[0] == 0 and refused[-1] < 22, refused  # the range spans no room to room enough
