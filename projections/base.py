@@ -152,7 +152,7 @@ class Projection(ABC):
 
     @abstractmethod
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
-        """Persist the ``changed`` records and the checkpoint ``last_seq`` together."""
+        """Persist the ``changed`` records (None: delete it) and the checkpoint ``last_seq`` together."""
 
     @abstractmethod
     def _find(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
@@ -290,6 +290,14 @@ class Projection(ABC):
             self.last_seq = last_seq
             self.applied += events
             self.anomalies.update(anomalies)
+
+    def rewind(self, msg_ids: set[str], last_seq: int) -> None:
+        """Fold ``msg_ids`` again from the log (None: no events, no record) and set the checkpoint
+        back to ``last_seq``: a failed async commit lost events folded here, and their numbers go
+        to later events, which a checkpoint past them would skip (issue 20)."""
+        with self._lock:
+            self._store({m: self.refold(m) for m in msg_ids}, set(msg_ids), last_seq)
+            self.last_seq = last_seq
 
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:

@@ -101,6 +101,16 @@ class WriteBehind(Projection):
                 for m in list(overlay)[:len(overlay) - self.batch]:
                     del overlay[m]
 
+    def rewind(self, msg_ids: set[str], last_seq: int) -> None:
+        """Fold ``msg_ids`` and the tasks of every pending event again from the log, into the
+        projection, at checkpoint ``last_seq``; the pending state goes (it may hold lost events)."""
+        with self._lock:
+            # The projection first: if it fails (its disk is full too) nothing here has changed.
+            self.inner.rewind(msg_ids | self._changed, last_seq)
+            self._forget_pending()
+            self._overlay.clear()
+            self.last_seq = self.inner.last_seq
+
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Restore a snapshot into the projection."""
         with self._lock:

@@ -102,8 +102,8 @@ class MongoProjection(Projection):
 
     def _write(self, records: Records, changed: set[str], checkpoint: str, fields: dict[str, Any]) -> None:
         """The ``changed`` records, then ``fields`` set in the meta document ``checkpoint``."""
-        ops = [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True)
-               for m in changed if (rec := records[m]) is not None]
+        ops: list[Any] = [pymongo.ReplaceOne({"_id": m}, {"_id": m, **rec}, upsert=True) if (rec := records[m])
+                          is not None else pymongo.DeleteOne({"_id": m}) for m in changed]  # None: a rewind's delete
 
         def write() -> None:
             if ops:

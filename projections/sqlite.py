@@ -224,8 +224,10 @@ class SQLiteProjection(Projection):
     def _write(self, records: Records, changed: set[str], checkpoint: list[tuple[str, Any]]) -> None:
         """The ``changed`` records and the ``checkpoint`` rows of meta (the log's, or each hub's)."""
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
+        gone = [(m,) for m in changed if records[m] is None]  # a rewind's task with no events left
         # Records and checkpoint in one transaction: a crash leaves both old or both new.
         with self._transaction() as db:
+            db.executemany("DELETE FROM records WHERE msg_id = ?", gone)
             db.executemany(_INSERT, rows)
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", checkpoint)
 

@@ -34,6 +34,9 @@ __all__ = ["AsyncCommitter", "Receipt", "DEFAULT_QUEUE_BYTES"]
 DEFAULT_QUEUE_BYTES = 8 << 20
 
 Notify = Callable[[Sequence[tuple[int, Event]]], None]
+#: Told of each failed commit, on the committer's thread: the loss (``lost``, ``lost_range``) and
+#: the tasks its events named (what a projection fed before the commit must fold again).
+OnLoss = Callable[[StorageError, set[str]], None]
 # Past a few thousand events a transaction stops getting cheaper per event and LMDB starts
 # spilling dirty pages: a 95k-event async batch took 3x longer per event than 8k batches.
 _MAX_BATCH = 8192
@@ -95,9 +98,10 @@ class AsyncCommitter:
 
     def __init__(self, store: Store, notify: Notify, commit_interval: float, queue_size: int,
                  last_seq: int, listeners: Sequence[object] = (), *,
-                 queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES, on_loss: OnLoss | None = None) -> None:
         self._store = store
         self._notify = notify
+        self._on_loss = on_loss
         self._listeners = listeners  # the log's own list: the committed events are built only for them
         self.commit_interval = commit_interval
         self.queue_size = queue_size
@@ -261,7 +265,9 @@ class AsyncCommitter:
         try:
             store.write(body)
         except StorageError as exc:
-            self._fail(exc, batch)
+            lost, tasks = self._fail(exc, batch)
+            if self._on_loss is not None:
+                self._on_loss(lost, tasks)  # outside the lock: the listener may log, or append
             return
         # A temporary, not a name: the events must be gone once the waiters hear of the commit.
         self._notify([(seq, ev) for seq, _, _, ev in batch] if self._listeners else ())
@@ -279,11 +285,13 @@ class AsyncCommitter:
             batch.clear()
             self._cond.notify_all()
 
-    def _fail(self, exc: StorageError, batch: list[Pending]) -> None:
-        """The batch's commit failed: void every number queued, and keep the loss until it is reported."""
+    def _fail(self, exc: StorageError, batch: list[Pending]) -> tuple[StorageError, set[str]]:
+        """The batch's commit failed: void every number queued, and keep the loss until it is
+        reported; return it as an error, with the tasks the lost events named."""
         with self._cond:
             # Every queued number is void now: later events reuse them under a new epoch.
             loss = _Loss(exc, self._durable_seq + 1, self._next_seq - 1)
+            tasks = {m for queue in (batch, self._pending) for _, _, _, ev in queue for m in task_ids(ev)}
             self._failed[self._epoch] = loss
             self._unreported.append(loss)
             self._epoch += 1
@@ -293,6 +301,7 @@ class AsyncCommitter:
             self._queued_bytes = self._pending_bytes = 0
             self._next_seq = self._durable_seq + 1
             self._cond.notify_all()
+            return _lost_error([loss]), tasks
 
     def pending(self, seq: int) -> Event | None:
         """The event ``seq`` if it is numbered but not yet readable from the log (else None)."""

@@ -32,8 +32,8 @@ from projections.buffered import WriteBehind
 from projections.fold import BUFFER_KEYS, ref_seq
 from projections.maintenance import Maintenance, Policy
 
-from .errors import LogBusyError
-from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, validate
+from .errors import LogBusyError, StorageError, same_kind
+from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids, validate
 from .log import DURABILITY, TaskLog
 from .ship import Shipping
 
@@ -168,6 +168,9 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             raise
         # SQLite and MongoDB would pay a transaction or a round trip per Hub call: write behind.
         self.records: Projection = WriteBehind(self._proj) if self._proj.persistent else self._proj
+        self._lost: list[tuple[int, set[str]]] = []  # failed commits the projection still holds
+        self._loss: StorageError | None = None  # raised by the next query or close
+        self.tasklog.on_loss(self._on_loss)
         self.maintenance = Maintenance(self.tasklog, policy).start()
         self.shipping = self._start_shipping()
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
@@ -198,6 +201,58 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         except BaseException:
             self.close()
             raise
+
+    # -- losses: a failed async commit ---------------------------------------------
+    # The projection folds each event before its commit, and a failed commit's numbers go to the
+    # events appended after it: the projection kept the lost events and skipped the new ones up
+    # to its checkpoint, so queries answered wrongly and later events were missing (issue 20).
+
+    def _on_loss(self, error: StorageError, tasks: set[str]) -> None:
+        # On the committer's thread: the Hub's log hears of it at once; the Hub's next call (on
+        # its own thread, where the projection is fed) rolls the projection back.
+        self.log.error("tasklog at %s: %s; the projection is rolled back to the log at the next call",
+                       self.tasklog.path, error)
+        self._lost.append((error.lost_range[0], tasks))
+
+    def _roll_back(self, quiet: bool = False) -> None:
+        """Bring the projection back to what the log holds after failed commits (if any); a
+        failure is raised, or with ``quiet`` logged and tried again at the next call."""
+        if not self._lost:
+            return
+        losses = self._lost[:]
+        try:
+            try:
+                self.tasklog.flush()  # every event numbered so far is now committed or lost
+            except StorageError as exc:  # the loss itself: kept for the next query
+                self._keep(exc)
+            last, first = self.tasklog.last_seq, min(first for first, _ in losses)
+            # The events appended since reuse the lost numbers: those at or below the checkpoint were skipped.
+            reused = self.tasklog.read(first, min(self.records.last_seq, last) + 1)
+            self.records.rewind(set().union(*(tasks for _, tasks in losses), *(task_ids(e) for _, e in reused)), last)
+        except Exception as exc:  # any: SQLite on a full disk says sqlite3.OperationalError
+            if not quiet:
+                raise
+            self.log.error("tasklog at %s: the projection is not rolled back yet (%s); tried again at the next call",
+                           self.tasklog.path, exc)
+            return
+        del self._lost[:len(losses)]
+
+    def _keep(self, exc: StorageError) -> None:
+        """Keep a loss for the next query to raise; losses of two roll-backs before it as one."""
+        old = self._loss
+        if old is not None:
+            both = same_kind(exc, f"{old}; then {exc}")
+            both.lost = old.lost + exc.lost
+            both.lost_range = (min(old.lost_range[0], exc.lost_range[0]), max(old.lost_range[1], exc.lost_range[1]))
+            exc = both
+        self._loss = exc
+
+    def _raise_loss(self) -> None:
+        """Raise, once, what failed commits lost (after rolling the projection back)."""
+        self._roll_back()
+        loss, self._loss = self._loss, None
+        if loss is not None:
+            raise loss
 
     # -- writes ------------------------------------------------------------------
 
@@ -236,10 +291,14 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     def add_record(self, msg_id: str, rec: dict[str, Any]) -> None:
         """Record a new task (a submit, or a stub when its output arrived first)."""
+        if self._lost:
+            self._roll_back(quiet=True)
         self._append(record_events(msg_id, rec, self._current(msg_id, rec), self._submitted_of))
 
     def update_record(self, msg_id: str, rec: dict[str, Any]) -> None:
         """Record what changed in a task: start, output, complete, resubmit or other fields."""
+        if self._lost:
+            self._roll_back(quiet=True)
         # The Hub's three common updates go straight to their event; anything else is diffed.
         if len(rec) == 1:
             if "engine_uuid" in rec:  # the scheduler reported the destination
@@ -260,11 +319,13 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     def drop_record(self, msg_id: str) -> None:
         """Purge one task (a drop event); KeyError if there is no such task."""
+        self._roll_back(quiet=True)
         self.records.get_record(msg_id)
         self._append([Drop(msg_ids=[msg_id])])
 
     def drop_matching_records(self, check: dict[str, Any]) -> None:
         """Purge every task matching a query."""
+        self._roll_back(quiet=True)
         ids = [r["msg_id"] for r in self.records.find_records(check, keys=["msg_id"])]
         if ids:
             self._append([Drop(msg_ids=ids)])
@@ -273,6 +334,8 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
     def get_record(self, msg_id: str) -> dict[str, Any]:
         """A copy of one task's record; KeyError if absent or purged."""
+        # Quiet: the Hub reads a record just before it records a message, which a raise would drop.
+        self._roll_back(quiet=True)
         return self.records.get_record(msg_id)
 
     def find_records(self, check: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
@@ -280,16 +343,27 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
 
         Every task answers on the default (SQLite) projection; a dict projection with limits
         answers over its resident records only (``get_record`` re-folds an evicted one).
+        The first query after a failed async commit raises what it lost (see ``close``).
         """
+        self._raise_loss()
         return self.records.find_records(check, keys)
 
     def get_history(self) -> list[str]:
-        """msg_ids ordered by submission time."""
+        """msg_ids ordered by submission time (raises a loss as ``find_records`` does)."""
+        self._raise_loss()
         return self.records.get_history()
 
     def close(self) -> None:
         """Commit what is queued and release the log and the projection; then raise what failed
-        commits lost that nobody was told about (a flush or close of the log reports it)."""
+        commits lost that no query raised yet.
+
+        A failed async commit (a full disk) is logged at error level on the Hub's logger at once,
+        and the Hub's next call rolls the projection back to the log; the loss (a StorageError
+        with ``lost`` and ``lost_range``) is raised once, by the next ``find_records`` or
+        ``get_history`` (a client's query), else by ``close``. The Hub's writes and ``get_record``
+        never raise it: the Hub does not retry a call that raised, so the message it was recording
+        would be lost too.
+        """
         if not self.tasklog.closed:
             self.maintenance.stop()
             shipping = getattr(self, "shipping", None)  # None, or not yet set when opening failed
@@ -298,5 +372,10 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                 last_first.callback(self.tasklog.close)
                 if shipping is not None:
                     last_first.callback(shipping.stop)  # ships what is committed, unless the cluster does not answer
+                self._roll_back()  # before the projection closes: a stored one must not keep lost events
+                if shipping is not None:
                     self.tasklog.flush()
         atexit.unregister(self.close)
+        loss, self._loss = getattr(self, "_loss", None), None
+        if loss is not None:
+            raise loss

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from . import codec
-from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, Receipt
-from .errors import InterfaceError, LogClosedError
+from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, OnLoss, Receipt
+from .errors import InterfaceError, LogClosedError, StorageError
 from .events import Complete, Event, Output, Resubmit, Start, Submit, check_msg_id, construct, validate
 from .groupcommit import GroupCommit, Item
 from .progress import Progress
@@ -121,6 +121,7 @@ class TaskLog:
             self._upgrade()
         self._reader = Reader(self.store, self._check_readable)
         self._listeners: list[Listener] = []
+        self._loss_listeners: list[OnLoss] = []
         self.listener_errors: list[BaseException] = []
         self._committed = threading.Condition()  # notified after every commit: follow() wakes on it
         self._close_lock = threading.Lock()
@@ -130,7 +131,7 @@ class TaskLog:
             self._writer = _Refusing(InterfaceError(f"log {self.path} was opened read-only"))
         elif self._mode.background:
             self._writer = AsyncCommitter(self.store, self._notify, commit_interval, queue_size, self.last_seq,
-                                          self._listeners, queue_bytes=queue_bytes)
+                                          self._listeners, queue_bytes=queue_bytes, on_loss=self._lost)
         else:
             self._writer = GroupCommit(self.store, self._notify)
         self.store.on_abandon.append(self._leave_to_parent)
@@ -206,6 +207,18 @@ class TaskLog:
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``."""
         self._listeners.remove(listener)
+
+    def on_loss(self, listener: OnLoss) -> None:
+        """Call ``listener(error, msg_ids)`` from the committer's thread when an async commit fails:
+        the loss (``lost``, ``lost_range``; flush() still raises it) and the tasks it named."""
+        self._loss_listeners.append(listener)
+
+    def _lost(self, error: StorageError, tasks: set[str]) -> None:
+        for listener in list(self._loss_listeners):
+            try:
+                listener(error, tasks)
+            except Exception as exc:  # on the committer's thread: it must go on committing
+                self.listener_errors.append(exc)
 
     def _notify(self, written: Sequence[tuple[int, Event]]) -> None:
         """Called by the writer after each commit, before the appends it holds return."""
