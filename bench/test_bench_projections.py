@@ -218,7 +218,7 @@ _CHUNKS, _CHUNK_BYTES = 20_000, 500
 def long_output() -> list[tuple[int, Any]]:
     """One task that writes 20,000 stdout chunks of 500 B (issue 20 item 9: folding it was quadratic)."""
     from tasklog import Complete, Output, Submit
-    from tasklog.events import utcnow
+    from tasklog.fields import utcnow
 
     now = utcnow()
     evs: list[Any] = [Submit("t", {"msg_id": "t"}, {}, {}, [], "c", "task", now, None)]

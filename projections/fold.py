@@ -16,7 +16,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tasklog.events import OUTPUT_NAMES, Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
+from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
+from tasklog.fields import OUTPUT_NAMES
 
 __all__ = [
     "RECORD_KEYS",

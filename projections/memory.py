@@ -15,7 +15,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from tasklog.events import INDEXED_FIELDS
+from tasklog.records import INDEXED_FIELDS
 
 from .base import Projection, Records
 from .errors import ProjectionError

@@ -19,7 +19,7 @@ from bson.codec_options import CodecOptions
 from bson.regex import Regex
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from tasklog.events import INDEXED_FIELDS
+from tasklog.records import INDEXED_FIELDS
 
 from .base import Projection, Records
 from .errors import ProjectionError

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from tasklog.events import INDEXED_FIELDS
+from tasklog.records import INDEXED_FIELDS
 
 from .base import Projection, Records, gc_paused
 from .errors import ProjectionError

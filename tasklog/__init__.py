@@ -1,11 +1,14 @@
 """tasklog: an append-only LMDB event log of task lifecycles, folded into TaskRecords.
 
-The log core, bottom up: ``errors`` (one root, ``TaskLogError``), ``events`` (each event
-field declared once), ``codec`` (bytes on disk), ``store`` (the directory, its locks and shared
-LMDB environment), ``groupcommit``/``asynccommit`` (the writer of each durability mode) and
-``reader``, ``log`` (``TaskLog``, the facade over them), then ``retention``, ``verify``, ``demo``,
-``jsonfmt`` and ``progress``. The core never imports ``projections``. The two edges compose
-both: ``tasklog.cli`` (the ``tasklog`` command) and ``tasklog.ipyparallel`` (``TaskLogDB``).
+The log core, bottom up: ``errors`` (one root, ``TaskLogError``), ``fields`` (the checks an
+event field is declared with), ``events`` (each event field declared once), ``codec`` (bytes on
+disk), ``streamindex``/``committimes``/``databases``/``front``/``verbatim`` (what the log's
+databases hold and how they change; ``diskspace``, a full disk as LMDB reports it), ``store``
+(the directory, its locks and shared LMDB environment), ``groupcommit``/``asynccommit`` (the
+writer of each durability mode) and ``reader``, ``log`` (``TaskLog``, the facade over them),
+then ``retention``, ``verify``, ``demo``, ``jsonfmt``, ``records`` and ``progress``. The core
+never imports ``projections``. The two edges compose both: ``tasklog.cli`` (the ``tasklog``
+command) and ``tasklog.ipyparallel`` (``TaskLogDB``).
 ``make lint`` checks these layers.
 """
 

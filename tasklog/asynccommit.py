@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from . import codec
+from .databases import put_run
 from .errors import CommitError, FlushTimeoutError, LogClosedError, StorageError, StorageFullError, same_kind
 from .events import Event, task_ids
 from .groupcommit import Item
-from .store import Store, put_run
+from .store import Store
 
 __all__ = ["AsyncCommitter", "Receipt", "DEFAULT_QUEUE_BYTES"]
 

@@ -16,7 +16,8 @@ from typing import Any
 import msgpack
 
 from .errors import CorruptEventError, EncodeError, SchemaVersionError
-from .events import EVENT_TYPES, Event, utc
+from .events import EVENT_TYPES, Event
+from .fields import utc
 
 __all__ = [
     "SCHEMA_VERSION",

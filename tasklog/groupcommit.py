@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from . import codec
+from .databases import put_run
 from .errors import CommitError, LogClosedError, StorageError
 from .events import Event
-from .store import Store, put_run
+from .store import Store
 
 __all__ = ["GroupCommit", "Item"]
 

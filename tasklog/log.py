@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from . import codec
 from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, OnLoss, Receipt
 from .errors import InterfaceError, LogClosedError, StorageError
-from .events import Complete, Event, Output, Resubmit, Start, Submit, check_msg_id, construct, validate
+from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
+from .fields import check_msg_id
 from .groupcommit import GroupCommit, Item
 from .progress import Progress
 from .reader import LogView, Reader, check_seq

@@ -12,7 +12,8 @@ import lmdb
 
 from . import codec
 from .errors import InterfaceError, MissingEventError
-from .events import Event, task_ids, utc
+from .events import Event, task_ids
+from .fields import utc
 from .store import Store
 
 __all__ = ["Reader", "LogView", "READ_CHUNK", "check_seq"]
@@ -102,7 +103,7 @@ class Reader:
         """The last sequence number committed at or before ``when`` (0 if none was)."""
         self._check_open()
         with self._store.reader() as txn:
-            seq = self._store.commit_time_seq(txn, utc(when).timestamp())
+            seq = self._store.dbs.times.seq_at(txn, utc(when).timestamp())
             return Store.last_key(txn, self._store.events) if seq is None else seq
 
     def event(self, seq: int) -> Event:
@@ -122,12 +123,12 @@ class Reader:
 
     def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
         """The committed events naming ``msg_id``, in order (a scan of the whole log if it is unindexed)."""
-        store = self._store
-        if not store.indexed:
+        store, index = self._store, self._store.dbs.index
+        if not store.indexed or index is None:
             return [(seq, ev) for chunk in self.read_chunks() for seq, ev in chunk if msg_id in task_ids(ev)]
         out = []
         with store.reader() as txn:
-            for seq in store.stream(txn, msg_id):
+            for seq in index.seqs(txn, msg_id):
                 raw = txn.get(codec.pack_key(seq), db=store.events)
                 if raw is not None:  # a stale entry (an unreadable pruned event) is reported by verify
                     out.append((seq, codec.decode(raw, seq)))

@@ -21,8 +21,9 @@ from typing import Any, TextIO
 
 from .baseline import Baseline
 from .errors import InterfaceError, MissingExtraError
-from .events import FAILED_STATUSES, Complete, Drop, Resubmit, Start, Submit
+from .lifecycle import Lifecycle, TaskState
 from .log import TaskLog
+from .events import FAILED_STATUSES
 
 __all__ = ["TaskRow", "busy_fraction", "collect", "write_report"]
 
@@ -64,42 +65,14 @@ def collect(log: TaskLog, progress: Callable[[int], None] | None = None,
             base: Baseline | None = None) -> list[TaskRow]:
     """One row per task, from every event in the log (or from the tasks of ``base``, a snapshot, and
     the events after it)."""
-    rows = {} if base is None else {msg_id: _row_of(msg_id, rec) for msg_id, rec in base.tasks()}
+    life = Lifecycle(None if base is None else {m: TaskState.of_record(m, rec) for m, rec in base.tasks()})
     for chunk in log.read_chunks(1 if base is None else base.seq + 1):
         for _, ev in chunk:
-            if isinstance(ev, Drop):
-                for m in ev.msg_ids:
-                    rows.setdefault(m, TaskRow(m)).dropped = True
-                continue
-            row = rows.setdefault(ev.msg_id, TaskRow(ev.msg_id))
-            if isinstance(ev, Submit):
-                row.submitted, row.label = ev.submitted, ev.label
-            elif isinstance(ev, Start):
-                row.engine = row.engine or ev.engine_uuid
-                row.started = row.started or ev.started
-            elif isinstance(ev, Complete):
-                content = ev.result_content or {}
-                row.status, row.error = content.get("status", "ok"), content.get("ename")
-                row.started, row.completed = ev.started or row.started, ev.completed
-                row.engine = ev.engine_uuid or row.engine
-            elif isinstance(ev, Resubmit) and ev.new_msg_id is not None:
-                row.resubmitted_as = ev.new_msg_id
-                new = rows.setdefault(ev.new_msg_id, TaskRow(ev.new_msg_id))
-                new.submitted, new.label = ev.submitted, new.label or row.label
+            life.apply(ev)
         if progress is not None:
             progress(len(chunk))
-    return list(rows.values())
-
-
-def _row_of(msg_id: str, rec: dict[str, Any] | None) -> TaskRow:
-    """A snapshot's task as a row (a purged one kept no more than that it was purged)."""
-    if rec is None:
-        return TaskRow(msg_id, dropped=True)
-    done = rec.get("completed") is not None
-    content = (rec.get("result_content") or {}) if done else {}
-    return TaskRow(msg_id, rec.get("submitted"), rec.get("started"), rec.get("completed"), rec.get("engine_uuid"),
-                   content.get("status", "ok") if done else None, content.get("ename"), rec.get("label"),
-                   rec.get("resubmitted"))
+    return [TaskRow(s.msg_id, s.submitted, s.started, s.completed, s.engine_uuid, s.status, s.error, s.label,
+                    s.resubmitted, s.dropped) for s in life.tasks.values()]
 
 
 def _pyplot() -> Any:

@@ -13,14 +13,16 @@ continues from (a ``Baseline``), then reads the events after it.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
 from .baseline import Baseline
-from .events import FAILED_STATUSES, Complete, Drop, Event, Resubmit, Start, Submit
+from .events import Complete, Drop, Event, Resubmit, Submit
+from .lifecycle import Lifecycle, TaskState
 from .log import TaskLog
+from .events import FAILED_STATUSES
 
 __all__ = ["trace_events", "write_trace"]
 
@@ -33,27 +35,19 @@ def _us(when: datetime | None) -> int | None:
 
 
 @dataclass
-class _Task:
-    submitted: int | None = None
-    started: int | None = None
-    engine: str | None = None
-    label: str | None = None
-    #: A resubmission's original whose first events were pruned: its label, and where it ran if no
-    #: later event says, are read from the snapshot, so this task is drawn at the end.
-    original: str | None = None
-
-
-@dataclass
 class _State:
     log: TaskLog
     since: int | None
     base: Baseline | None = None
-    tasks: dict[str, _Task] = field(default_factory=dict)
+    life: Lifecycle = field(default_factory=Lifecycle)  # tasks in flight; one leaves it as it ends
+    #: A resubmission whose original's first events were pruned -> that original: its label, and
+    #: where it ran if no later event says, are read from the snapshot, so it is drawn at the end.
+    originals: dict[str, str] = field(default_factory=dict)
     engines: dict[str, int] = field(default_factory=dict)
     linked: dict[str, str] = field(default_factory=dict)  # original -> resubmission, both waiting to run
     ran: dict[str, tuple[int, int]] = field(default_factory=dict)  # linked task -> (track, end µs)
-    # Tasks that ended with an ``original`` to read from the snapshot: (msg_id, task, end, reply content).
-    unplaced: list[tuple[str, _Task, int | None, dict[str, Any] | None]] = field(default_factory=list)
+    # Tasks that ended with an original to read from the snapshot: (task, original).
+    unplaced: list[tuple[TaskState, str]] = field(default_factory=list)
 
     def track(self, engine: str | None) -> tuple[int, list[dict[str, Any]]]:
         name = engine or "(unknown engine)"
@@ -81,69 +75,72 @@ def trace_events(log: TaskLog, stop: int | None = None, since: datetime | None =
 
 
 def _running(state: _State) -> _Trace:
-    for msg_id, task in state.tasks.items():  # still running: a slice that has not ended
-        if task.started is not None and (state.since is None or task.started >= state.since):
-            tid, meta = state.track(task.engine)
+    for msg_id, task in state.life.tasks.items():  # still running: a slice that has not ended
+        started = _us(task.started)
+        if started is not None and (state.since is None or started >= state.since):
+            tid, meta = state.track(task.engine_uuid)
             yield from meta
             yield {"ph": "B", "name": task.label or "task", "cat": "running", "pid": _ENGINES, "tid": tid,
-                   "ts": task.started, "args": {"msg_id": msg_id, "status": "running"}}
+                   "ts": started, "args": {"msg_id": msg_id, "status": "running"}}
 
 
-def _on(state: _State, event: Event) -> Iterator[dict[str, Any]]:
-    if isinstance(event, Submit):
-        task = state.tasks.setdefault(event.msg_id, _Task())
-        task.submitted, task.label = _us(event.submitted), event.label
-    elif isinstance(event, Start):
-        task = state.tasks.setdefault(event.msg_id, _Task())
-        task.engine = event.engine_uuid or task.engine
-        task.started = task.started or _us(event.started)
-    elif isinstance(event, Complete):
-        yield from _complete(state, event)
-    elif isinstance(event, Resubmit) and event.new_msg_id is not None:
-        state.linked[event.msg_id] = event.new_msg_id
-        label, pruned = yield from _ran(state, event.msg_id)
-        new = state.tasks.setdefault(event.new_msg_id, _Task())
-        new.submitted = _us(event.submitted)
-        # The resubmission runs the original's request, label included (the original has usually
-        # completed and left ``tasks``: its label was lost, and its resubmission drawn as "task").
-        new.label = new.label or (state.tasks.get(event.msg_id) or _Task()).label or label
-        if pruned is not None and state.base is not None:
-            new.original = pruned
-    elif isinstance(event, Drop):
-        for m in event.msg_ids:
-            state.tasks.pop(m, None)
+def _on(state: _State, event: Event) -> _Trace:
+    state.life.apply(event)  # the task's state by the lifecycle's rules; what it draws, below
+    draw = _DRAW.get(event.__class__)
+    if draw is not None:
+        yield from draw(state, event)
+
+
+def _resubmit(state: _State, event: Resubmit) -> _Trace:
+    new_id = str(event.new_msg_id)
+    state.linked[event.msg_id] = new_id
+    label, pruned = yield from _ran(state, event.msg_id)
+    new = state.life.task(new_id)
+    # The resubmission runs the original's request, label included (the original has usually
+    # completed and left the tasks in flight: its label was lost, and its resubmission drawn as "task").
+    new.label = new.label or label
+    if pruned is not None and state.base is not None:
+        state.originals[new_id] = pruned
+
+
+def _drop(state: _State, event: Drop) -> _Trace:
+    for m in event.msg_ids:
+        state.life.tasks.pop(m, None)
+        state.originals.pop(m, None)
+    yield from ()
 
 
 def _complete(state: _State, event: Complete) -> _Trace:
-    task = state.tasks.pop(event.msg_id, None) or _Task()
-    task.started = _us(event.started) or task.started
-    task.engine = event.engine_uuid or task.engine
-    if task.original is not None:
-        state.unplaced.append((event.msg_id, task, _us(event.completed), event.result_content))
+    task = state.life.tasks.pop(event.msg_id)
+    original = state.originals.pop(event.msg_id, None)
+    if original is not None:
+        state.unplaced.append((task, original))
         return
-    yield from _ended(state, event.msg_id, task, _us(event.completed), event.result_content)
+    yield from _ended(state, task)
 
 
-def _ended(state: _State, msg_id: str, task: _Task, end: int | None,
-           content: dict[str, Any] | None) -> Generator[dict[str, Any], None, tuple[int, int] | None]:
-    """The slice of a task that ended at ``end``, its queue wait and resubmit arrows; return where it
-    ran (track, start), None if it is not drawn."""
-    start = task.started
+_DRAW: dict[type, Callable[[_State, Any], _Trace]] = {Complete: _complete, Resubmit: _resubmit, Drop: _drop}
+
+
+def _ended(state: _State, task: TaskState) -> Generator[dict[str, Any], None, tuple[int, int] | None]:
+    """The slice of a task that ended, its queue wait and resubmit arrows; return where it ran
+    (track, start), None if it is not drawn."""
+    start, end, msg_id = _us(task.started), _us(task.completed), task.msg_id
     if start is None or end is None or (state.since is not None and start < state.since):
         return None
-    status = (content or {}).get("status", "ok")
-    tid, meta = state.track(task.engine)
+    tid, meta = state.track(task.engine_uuid)
     yield from meta
-    args: dict[str, Any] = {"msg_id": msg_id, "status": status}
+    args: dict[str, Any] = {"msg_id": msg_id, "status": task.status}
     slice_: dict[str, Any] = {"ph": "X", "name": task.label or "task", "cat": "task", "pid": _ENGINES,
                               "tid": tid, "ts": start, "dur": max(end - start, 1), "args": args}
-    if status in FAILED_STATUSES:
+    if task.status in FAILED_STATUSES:
         slice_.update(cat="failed", cname="terrible")  # a colour Chrome's viewer names for failures
-        args["error"] = (content or {}).get("ename")
+        args["error"] = task.error
     yield slice_
-    if task.submitted is not None and task.submitted <= start:
+    submitted = _us(task.submitted)
+    if submitted is not None and submitted <= start:
         ident = {"cat": "queue", "name": "queued", "pid": _QUEUE, "tid": 1, "id": msg_id}
-        yield {**ident, "ph": "b", "ts": task.submitted, "args": {"msg_id": msg_id}}
+        yield {**ident, "ph": "b", "ts": submitted, "args": {"msg_id": msg_id}}
         yield {**ident, "ph": "e", "ts": start}
     yield from _flows(state, msg_id, tid, start)
     return tid, start
@@ -202,20 +199,20 @@ def _seed(state: _State, base: Baseline) -> _Trace:
     for msg_id, rec in base.tasks():
         if rec is None:
             continue  # purged
-        task = _Task(_us(rec.get("submitted")), _us(rec.get("started")), rec.get("engine_uuid"), rec.get("label"))
-        if rec.get("resubmitted_from") is not None:
-            links.append((rec["resubmitted_from"], msg_id))
-        end = _us(rec.get("completed"))
+        task = TaskState.of_record(msg_id, rec)
+        if task.resubmitted_from is not None:
+            links.append((task.resubmitted_from, msg_id))
+        end = _us(task.completed)
         if end is None:
-            state.tasks[msg_id] = task
+            state.life.tasks[msg_id] = task
             continue
-        where = yield from _ended(state, msg_id, task, end, rec.get("result_content"))
-        if where is not None and (rec.get("resubmitted") is not None or rec.get("resubmitted_from") is not None):
+        where = yield from _ended(state, task)
+        if where is not None and (task.resubmitted is not None or task.resubmitted_from is not None):
             ended[msg_id] = (*where, end)
     for original, new in links:
         if original in ended and new in ended:
             yield from _arrow(original, (ended[original][0], ended[original][2]), new, ended[new][:2])
-        elif new in state.tasks:  # still to run: the arrow is drawn when it does
+        elif new in state.life.tasks:  # still to run: the arrow is drawn when it does
             state.linked[original] = new
             if original in ended:
                 state.ran[original] = (ended[original][0], ended[original][2])
@@ -223,26 +220,25 @@ def _seed(state: _State, base: Baseline) -> _Trace:
 
 def _placed_late(state: _State, base: Baseline) -> _Trace:
     """The tasks whose originals' first events were pruned, their labels and arrows read from the snapshot."""
-    waiting = [task for task in state.tasks.values() if task.original is not None]
-    wanted = {task.original for task in waiting} | {task.original for _, task, _, _ in state.unplaced}
+    wanted = set(state.originals.values()) | {original for _, original in state.unplaced}
     if not wanted:
         return  # the usual case: the snapshot is read once
-    found: dict[str | None, dict[str, Any]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for msg_id, rec in base.tasks():
         if msg_id in wanted and rec is not None:
             found[msg_id] = rec
-    for task in waiting:
-        task.label = task.label or found.get(task.original, {}).get("label")
-    for msg_id, task, end, content in state.unplaced:
-        rec = found.get(task.original, {})
+    for msg_id, original in state.originals.items():
+        task = state.life.tasks[msg_id]
+        task.label = task.label or found.get(original, {}).get("label")
+    for task, original in state.unplaced:
+        rec = found.get(original, {})
         task.label = task.label or rec.get("label")
         done = _us(rec.get("completed"))
-        if done is not None and task.original not in state.ran and state.linked.get(str(task.original)) == msg_id:
+        if done is not None and original not in state.ran and state.linked.get(original) == task.msg_id:
             tid, meta = state.track(rec.get("engine_uuid"))  # it ran before the prune
             yield from meta
-            state.ran[str(task.original)] = (tid, done)
-        task.original = None
-        yield from _ended(state, msg_id, task, end, content)
+            state.ran[original] = (tid, done)
+        yield from _ended(state, task)
 
 
 def write_trace(log: TaskLog, out: IO[str], stop: int | None = None, since: datetime | None = None,

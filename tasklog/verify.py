@@ -13,7 +13,8 @@ import lmdb
 from . import codec, retention
 from .baseline import Baseline
 from .errors import TaskLogError
-from .events import FAILED_STATUSES, Complete, Drop, Event, Resubmit, Start, task_ids
+from .events import task_ids
+from .lifecycle import STATES, Lifecycle, TaskState
 from .log import TaskLog
 from .progress import Progress
 
@@ -48,52 +49,12 @@ class LogStats:
                 "first_commit": self.first_commit, "last_commit": self.last_commit, "tasks_from": self.tasks_from}
 
 
-# A task's state after the events seen so far, in the order a task goes through them. A task
-# whose reply has a status in FAILED_STATUSES has failed; a resubmitted one was replaced.
-STATES = ("pending", "running", "completed", "failed", "resubmitted", "dropped")
-
-
-def _state_after(states: dict[str, str], event: Event) -> None:
-    """Move the tasks ``event`` names to their next state (dropped and resubmitted are final)."""
-    if isinstance(event, Drop):
-        states.update(dict.fromkeys(event.msg_ids, "dropped"))
-        return
-    if isinstance(event, Resubmit):
-        if states.get(event.msg_id) != "dropped":
-            states[event.msg_id] = "resubmitted"
-        states.setdefault(str(event.new_msg_id), "pending")
-        return
-    msg_id: str = event.msg_id
-    now = states.get(msg_id)
-    if now in ("dropped", "resubmitted"):
-        return
-    if isinstance(event, Complete):
-        failed = (event.result_content or {}).get("status") in FAILED_STATUSES
-        states[msg_id] = "failed" if failed else "completed"
-    elif isinstance(event, Start) and now in (None, "pending"):
-        states[msg_id] = "running"  # a start after the reply (order tolerance) changes nothing
-    elif now is None:
-        states[msg_id] = "pending"
-
-
-def _state_of(record: dict[str, Any] | None) -> str:
-    """A snapshot's task's state (None: a purged one), as its events left it."""
-    if record is None:
-        return "dropped"
-    if record.get("resubmitted") is not None:
-        return "resubmitted"
-    if record.get("completed") is not None:
-        failed = (record.get("result_content") or {}).get("status") in FAILED_STATUSES
-        return "failed" if failed else "completed"
-    return "running" if record.get("started") is not None or record.get("engine_uuid") is not None else "pending"
-
-
 def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None = None) -> LogStats:
     """Count the events of ``log`` by type and its tasks by state, every figure from one read transaction
     (the states from the tasks of ``base``, a snapshot, and the events after it, if given)."""
     # Figures read one by one under a live writer disagreed ("events": 13100, "last_seq": 12800).
     by_type: Counter[str] = Counter()
-    states = {} if base is None else {msg_id: _state_of(rec) for msg_id, rec in base.tasks()}
+    life = Lifecycle(None if base is None else {m: TaskState.of_record(m, rec) for m, rec in base.tasks()})
     after = 0 if base is None else base.seq
     with log.view() as view:
         out = LogStats(first_seq=view.first_seq, last_seq=view.last_seq, start_seq=view.start_seq,
@@ -106,12 +67,12 @@ def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None 
                 continue
             by_type[event.type] += 1
             if seq > after:
-                _state_after(states, event)
+                life.apply(event)
             if progress is not None:
                 progress.update()
     out.by_type = by_type
     out.tasks_from = None if base is None else base.seq
-    out.by_state = Counter(states.values())
+    out.by_state = Counter(task.state for task in life.tasks.values())
     if out.events:
         times = log.committed_at([out.first_seq, out.last_seq])
         out.first_commit, out.last_commit = times[out.first_seq], times[out.last_seq]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tasklog
-from tasklog import codec, events
+from tasklog import codec, fields
 from tasklog.errors import CorruptEventError, EncodeError, EventError, SchemaVersionError
 
 ids = st.text(min_size=1, max_size=20)
@@ -27,7 +27,7 @@ bufs = st.lists(st.binary(max_size=30), max_size=3)
 
 EVENTS: dict[str, Any] = {
     "submit": st.builds(tasklog.Submit, ids, dicts, dicts, dicts, bufs, opt_text,
-                        st.sampled_from(sorted(events.QUEUES)), dts, opt_text),
+                        st.sampled_from(sorted(fields.QUEUES)), dts, opt_text),
     "start": st.builds(tasklog.Start, ids, opt_text, opt_dts),
     "output": st.one_of(st.builds(tasklog.Output, ids, st.sampled_from(["stdout", "stderr"]), st.text(max_size=30),
                                   st.none()),

@@ -14,6 +14,7 @@ import lmdb
 import pytest
 
 import tasklog
+import tasklog.fields
 from tasklog import Receipt, TaskLog
 from tasklog.errors import (
     EventError,
@@ -274,7 +275,7 @@ def test_bad_options(log_dir: str) -> None:
 
 def test_read_chunks_match_read_across_chunk_boundaries(log_dir: str) -> None:
     """read_chunks gives read()'s events, in order, grouped in lists, for any start and stop."""
-    from tasklog.events import utcnow
+    from tasklog.fields import utcnow
     from tasklog.reader import READ_CHUNK as _READ_CHUNK
 
     now = utcnow()
@@ -297,11 +298,11 @@ def test_complete_without_a_time_records_the_call(log_dir: str) -> None:
 
     with TaskLog.open(log_dir) as log:
         log.submit("t")
-        before = tasklog.events.utcnow()
+        before = tasklog.fields.utcnow()
         log.complete("t", result_content={"status": "ok"})
         done = projections.open("dict", log=log)
         assert done.count({"completed": None}) == 0
-        assert before <= done.get_record("t")["completed"] <= tasklog.events.utcnow()
+        assert before <= done.get_record("t")["completed"] <= tasklog.fields.utcnow()
 
 
 def test_each_log_has_an_identity(log_dir: str) -> None:
@@ -414,7 +415,7 @@ def test_appenders_keep_their_positional_signatures(log_dir: str) -> None:
 
 def test_start_records_the_time_of_the_call_as_submit_and_complete_do(log_dir: str) -> None:
     """The README's own example (no started=) gives a timeline slice and a report row."""
-    from tasklog.events import utcnow
+    from tasklog.fields import utcnow
     from tasklog.timeline import trace_events
 
     with TaskLog.open(log_dir) as log:

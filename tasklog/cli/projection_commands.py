@@ -24,7 +24,7 @@ from projections.streamfeed import stream_fed
 
 from ..demo import simulate
 from ..errors import InterfaceError, StorageError, same_kind
-from ..events import utcnow
+from ..fields import utcnow
 from ..jsonfmt import dumps, loads
 from ..log import DURABILITY, TaskLog
 from ..progress import Progress
