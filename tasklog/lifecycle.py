@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit
-from .events import FAILED_STATUSES
+from .records import FAILED_STATUSES
 
 __all__ = ["STATES", "TaskState", "Lifecycle", "SameRequest"]
 

@@ -23,7 +23,7 @@ from .baseline import Baseline
 from .errors import InterfaceError, MissingExtraError
 from .lifecycle import Lifecycle, TaskState
 from .log import TaskLog
-from .events import FAILED_STATUSES
+from .records import FAILED_STATUSES
 
 __all__ = ["TaskRow", "busy_fraction", "collect", "write_report"]
 

@@ -22,7 +22,7 @@ from .baseline import Baseline
 from .events import Complete, Drop, Event, Resubmit, Submit
 from .lifecycle import Lifecycle, TaskState
 from .log import TaskLog
-from .events import FAILED_STATUSES
+from .records import FAILED_STATUSES
 
 __all__ = ["trace_events", "write_trace"]
 
