@@ -25,7 +25,7 @@ from .errors import ProjectionError, QueryError
 from .fold import RECORD_KEYS, fold
 from .memory import DictProjection
 from .nothing import NoProjection
-from .query import parse
+from .parse import parse
 
 __all__ = ["open", "replay", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold", "parse",
            "QueryError", "ProjectionError", "SPEC_HELP"]

@@ -32,7 +32,8 @@ from .fold import (
     targets,
     touched,
 )
-from .query import Logical, compile_predicate, fields_of, parse, parse_keys, public_copy
+from .parse import parse, parse_keys
+from .query import Logical, compile_predicate, fields_of, public_copy
 
 __all__ = ["Projection", "Records", "gc_paused", "BUFFER_MODES", "EventSource", "STREAM_ORIGIN"]
 

@@ -20,7 +20,7 @@ from conftest import stored
 
 import projections
 from projections.errors import QueryError
-from projections.query import MAX_DEPTH
+from projections.parse import MAX_DEPTH
 from tasklog import Annotate, Complete, Drop, Output, Resubmit, Start, Submit, TaskLog
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=timezone.utc)
