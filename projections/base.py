@@ -7,35 +7,34 @@ everything that gives events and queries their meaning lives here and in
 
 from __future__ import annotations
 
-import gc
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from tasklog.errors import LogClosedError, MissingExtraError
 from tasklog.events import Event, Resubmit, Submit
 
+from . import catchup, frames, hubs
+from .catchup import gc_paused
 from .errors import ProjectionError
 from .fold import (
     BUFFER_KEYS,
-    RECORD_KEYS,
     Anomalies,
+    EventSource,
+    Records,
     apply_event,
     is_tombstone,
-    ref_seq,
     refer_buffers,
+    resolve_buffers,
     settle,
-    targets,
     touched,
 )
 from .parse import parse, parse_keys
-from .query import Logical, compile_predicate, fields_of, public_copy
+from .query import Logical, fields_of, public_copy, select
 
-__all__ = ["Projection", "Records", "gc_paused", "BUFFER_MODES", "EventSource", "STREAM_ORIGIN"]
+__all__ = ["Projection", "Records", "BUFFER_MODES", "STREAM_ORIGIN"]
 
 #: How a projection keeps buffers: "ref" (the default: the number of the event that carried them,
 #: read back from the log when a record is returned) or "inline" (the bytes, for a projection
@@ -46,35 +45,7 @@ BUFFER_MODES = ("ref", "inline")
 STREAM_ORIGIN = "nats stream "
 
 
-class EventSource(Protocol):
-    """What a projection reads from its log: one event by number, one task's events."""
-
-    @property
-    def start_seq(self) -> int:
-        """Where the log's events start (past 1: a prune removed older ones)."""
-
-    def event(self, seq: int) -> Event:
-        """Event ``seq``."""
-
-    def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
-        """The events naming ``msg_id``, in order."""
-
-Records = dict[str, "dict[str, Any] | None"]
 _RESTORE_CHUNK = 5000
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic collector while folding many events."""
-    # A replay allocates millions of small dicts and tuples and no reference cycles; the cyclic
-    # collector rescanning the growing set of records cost a quarter of replay time.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _begins(stream: list[tuple[int, Event]], msg_id: str) -> bool:
@@ -84,17 +55,6 @@ def _begins(stream: list[tuple[int, Event]], msg_id: str) -> bool:
     first = stream[0][1]
     return (isinstance(first, Submit) and first.msg_id == msg_id) or \
         (isinstance(first, Resubmit) and first.new_msg_id == msg_id)
-
-
-def _batches(events: Iterable[tuple[int, Event]], size: int) -> Iterator[list[tuple[int, Event]]]:
-    batch: list[tuple[int, Event]] = []
-    for item in events:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class Projection(ABC):
@@ -167,7 +127,7 @@ class Projection(ABC):
     def _clear(self) -> None:
         """Delete every stored record and reset the stored checkpoint to 0, at once where the store allows."""
 
-    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+    def store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         """Persist the ``changed`` records and the per-hub checkpoints ``hubs`` together (where ``keeps_hubs``)."""
         raise NotImplementedError
 
@@ -220,15 +180,14 @@ class Projection(ABC):
             fresh = [item for item in batch if item[0] > self.last_seq]
             if not fresh:
                 return 0
-            records, changed = self._folded(fresh, self.by_reference)
+            records, changed = self.fold_batch(fresh, self.by_reference)
             self._store(records, changed, fresh[-1][0])
             self.last_seq = fresh[-1][0]
             self.applied += len(fresh)
             return len(fresh)
 
-    def _folded(self, fresh: Sequence[tuple[int, Event]], refer: bool) -> tuple[Records, set[str]]:
-        """The stored records ``fresh`` touches with its events folded in (buffers as references to
-        their events where ``refer``), and the ids it changed."""
+    def fold_batch(self, fresh: Sequence[tuple[int, Event]], refer: bool) -> tuple[Records, set[str]]:
+        """The records ``fresh`` touches, its events folded in (buffers as references if ``refer``), and ids changed."""
         records = self._load(touched(fresh))
         changed: set[str] = set()
         for seq, event in fresh:
@@ -239,49 +198,12 @@ class Projection(ABC):
         return records, changed
 
     def apply_one(self, seq: int, event: Event) -> int:
-        """Fold one event (the hot path of a hub feeding its projection call by call)."""
-        with self._lock:
-            if seq <= self.last_seq:
-                return 0
-            records = self._load(set(targets(event)))
-            changed = apply_event(records, seq, event, self.anomalies)
-            if self.by_reference:
-                refer_buffers(records, seq, event)
-            settle(records, changed)
-            self._store(records, set(changed), seq)
-            self.last_seq = seq
-            self.applied += 1
-            return 1
+        """Fold one event (a hub feeding its projection call by call): ``apply`` of one."""
+        return self.apply(((seq, event),))
 
     def apply_hub(self, identity: str, hub: str, batch: Sequence[tuple[int, Event]], origin: str) -> int:
-        """Fold events of hub ``hub`` (log ``identity``) read from ``origin`` (a stream); events at or
-        below that hub's checkpoint are skipped. Records say their hub (``hub``); many hubs fold into
-        one projection, which is then tied to ``origin`` rather than to one log."""
-        with self._lock:
-            if not self.keeps_hubs:
-                raise ProjectionError(f"{self.spec} cannot be fed from a stream of hubs (use dict, sqlite or mongodb)")
-            if self.log_identity not in (None, origin):
-                raise ProjectionError(f"{self.spec} was built from {self.log_identity}, not from {origin}; "
-                                      "fold a stream into a projection of its own")
-            known = self.hubs.get(identity)
-            if known is not None and known[0] != hub:
-                raise ProjectionError(f"log {identity} is hub {known[0]} in {self.spec}, not {hub}")
-            last = known[1] if known else 0
-            fresh = [item for item in batch if item[0] > last]
-            if not fresh:
-                return 0
-            if self.log_identity is None:
-                self.log_identity = origin
-                self._save_marks()
-            records, changed = self._folded(fresh, False)  # no log of its own to refer to: buffers inline
-            for m in changed:
-                rec = records[m]
-                if rec is not None and not is_tombstone(rec):
-                    rec["hub"] = hub
-            self._store_hubs(records, changed, {identity: (hub, fresh[-1][0])})
-            self.hubs[identity] = (hub, fresh[-1][0])
-            self.applied += len(fresh)
-            return len(fresh)
+        """Fold events of hub ``hub`` (log ``identity``) read from stream ``origin``: see ``hubs.apply_hub``."""
+        return hubs.apply_hub(self, identity, hub, batch, origin)
 
     def store_folded(self, records: Records, last_seq: int, anomalies: Anomalies, events: int) -> None:
         """Store records folded elsewhere from this projection's own, up to event ``last_seq``
@@ -297,48 +219,24 @@ class Projection(ABC):
         back to ``last_seq``: a failed async commit lost events folded here, and their numbers go
         to later events, which a checkpoint past them would skip (issue 20)."""
         with self._lock:
-            self._store({m: self.refold(m) for m in msg_ids}, set(msg_ids), last_seq)
-            self.last_seq = last_seq
+            self.store_folded({m: self.refold(m) for m in msg_ids}, last_seq, Counter(), 0)
 
     def catch_up(self, events: Iterable[tuple[int, Event]], batch_size: int = 4096,
                  progress: Callable[[int], None] | None = None) -> int:
         """Apply every event from ``events`` (e.g. ``log.read(p.last_seq + 1)``) in batches."""
-        return self.apply_chunks(_batches(events, batch_size), batch_size, progress)
-
-    def apply_chunks(self, chunks: Iterable[Sequence[tuple[int, Event]]], batch_size: int = 4096,
-                     progress: Callable[[int], None] | None = None) -> int:
-        """Apply lists of events in order (e.g. ``log.read_chunks(...)``), about ``batch_size`` per batch."""
-        done = 0
-        batch: list[tuple[int, Event]] = []
-        with gc_paused():
-            for chunk in chunks:
-                batch += chunk
-                if len(batch) >= batch_size:
-                    done += self.apply(batch)
-                    if progress:
-                        progress(len(batch))
-                    batch = []
-            if batch:
-                done += self.apply(batch)
-                if progress:
-                    progress(len(batch))
-        return done
+        return catchup.catch_up(self, events, batch_size, progress)
 
     def restore(self, records: Iterable[dict[str, Any]], last_seq: int, anomalies: Anomalies) -> None:
         """Replace every record with ``records`` (a snapshot's), folded up to ``last_seq``."""
+        inline = self.buffers == "inline" and self.source is not None  # a snapshot keeps references
         with self._lock, gc_paused():
             self._clear()  # the marks stay: the snapshot is of the log the projection is bound to
-            chunk: Records = {}
-            inline = self.buffers == "inline" and self.source is not None
-            for rec in records:
-                if inline and not is_tombstone(rec):
-                    rec = self.resolve_buffers(rec)  # a snapshot keeps references; this projection may not
-                chunk[rec["msg_id"]] = rec
-                if len(chunk) >= _RESTORE_CHUNK:
-                    # Checkpoint 0 until the last chunk: a crash half-way must not look restored.
-                    self._store(chunk, set(chunk), 0)
-                    chunk = {}
-            self._store(chunk, set(chunk), last_seq)
+            for chunk in catchup.batches(records, _RESTORE_CHUNK):
+                # Checkpoint 0 until every chunk is in: a crash half-way must not look restored.
+                kept: Records = {r["msg_id"]: self.resolve_buffers(r) if inline and not is_tombstone(r) else r
+                                 for r in chunk}
+                self._store(kept, set(kept), 0)
+            self._store({}, set(), last_seq)
             self.last_seq = last_seq
             self.anomalies = Counter(anomalies)
             self.restored_from = last_seq
@@ -367,20 +265,7 @@ class Projection(ABC):
 
     def resolve_buffers(self, record: dict[str, Any]) -> dict[str, Any]:
         """Put the buffers back in a record the caller owns, read from the events that carried them."""
-        for key in BUFFER_KEYS:
-            seq = ref_seq(record.get(key))
-            if seq is not None:
-                if self.source is None:
-                    raise ProjectionError(f"{self.spec}: the {key} of {record.get('msg_id')!r} are in the log "
-                                          f"(event {seq}); open the projection with its log, or build it "
-                                          "with buffers=inline to read it without one")
-                try:
-                    record[key] = list(getattr(self.source.event(seq), key))
-                except LogClosedError:
-                    raise ProjectionError(f"{self.spec}: the {key} of {record.get('msg_id')!r} are read from "
-                                          "the log, which is closed; read records while it is open, or open "
-                                          "the projection with buffers=inline") from None
-        return record
+        return resolve_buffers(record, self.source, self.spec)
 
     def refold(self, msg_id: str, before: int | None = None) -> dict[str, Any] | None:
         """The record of ``msg_id`` folded again from its own events (those before ``before``).
@@ -427,31 +312,15 @@ class Projection(ABC):
         self._reading()
         with self._lock:
             if self._reads_references(node):
-                return self._find_resolved(node, selected)
+                return select(self._find(Logical("$and"), None), node, selected, self.resolve_buffers)
             found = self._find(node, selected)
             if selected is None or any(k in selected for k in BUFFER_KEYS):
-                for rec in found:
-                    self.resolve_buffers(rec)
+                return [self.resolve_buffers(rec) for rec in found]
             return found
 
     def to_dataframe(self, query: Any = None, keys: Any = None) -> Any:
-        """The records matching ``query`` as a pandas DataFrame indexed by msg_id (needs ``tasklog[frames]``).
-
-        One row per task; datetimes stay timezone-aware (UTC); a key no record has is a column of
-        missing values, so the columns are always ``keys`` (or every record key) in order.
-        """
-        try:
-            import pandas as pd
-        except ImportError:
-            raise MissingExtraError("pandas", "frames", "to_dataframe") from None
-        records = self.find_records(query, keys)
-        if keys is not None:
-            columns = [k for k in parse_keys(keys) or () if k != "msg_id"]
-        else:  # every TaskRecord key, then what annotations added, in name order
-            extra = sorted({k for r in records for k in r} - set(RECORD_KEYS))
-            columns = [*(k for k in RECORD_KEYS if k != "msg_id"), *extra]
-        frame = pd.DataFrame.from_records(records, columns=["msg_id", *columns])
-        return frame.set_index("msg_id")
+        """The records matching ``query`` as a pandas DataFrame indexed by msg_id (needs ``tasklog[frames]``)."""
+        return frames.to_dataframe(self, query, keys)
 
     def count(self, query: Any = None) -> int:
         """How many records match ``query`` (a MongoDB-style query, or a tree from ``parse``)."""
@@ -459,19 +328,13 @@ class Projection(ABC):
         self._reading()
         with self._lock:
             if self._reads_references(node):
-                return len(self._find_resolved(node, ["msg_id"]))
+                return len(select(self._find(Logical("$and"), None), node, ["msg_id"], self.resolve_buffers))
             return self._count(node)
 
     def _reads_references(self, node: Logical) -> bool:
         """Whether the query tests buffers that may be stored as references to events."""
+        # Such a query (rare: the Hub never asks one) is answered on every record read back: slow but exact.
         return self.source is not None and not fields_of(node).isdisjoint(BUFFER_KEYS)
-
-    def _find_resolved(self, node: Logical, keys: list[str] | None) -> list[dict[str, Any]]:
-        # A query on the bytes of buffers (rare: the Hub never asks one) is answered on the
-        # records with their buffers read back: every record is read, so it is slow but exact.
-        match = compile_predicate(node)
-        hits = [rec for rec in self._find(Logical("$and"), None) if match(self.resolve_buffers(rec))]
-        return hits if keys is None else [{k: r[k] for k in keys if k in r} for r in hits]
 
     def get_history(self) -> list[str]:
         """msg_ids of all records, ordered by submission time."""

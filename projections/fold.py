@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
+from tasklog.errors import LogClosedError
 from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
 from tasklog.fields import OUTPUT_NAMES
+
+from .errors import ProjectionError
 
 __all__ = [
     "RECORD_KEYS",
@@ -40,6 +43,9 @@ __all__ = [
     "buffer_ref",
     "ref_seq",
     "refer_buffers",
+    "resolve_buffers",
+    "EventSource",
+    "Records",
 ]
 
 RECORD_KEYS: tuple[str, ...] = (
@@ -55,6 +61,8 @@ HIDDEN = frozenset({"_seq", "_dropped"})
 _DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
 
 Anomalies = Counter[str]
+#: A projection's records by msg_id (None: no record, or one to delete).
+Records = dict[str, "dict[str, Any] | None"]
 
 # What each anomaly counter means, in words for people. The first is normal on a real Hub.
 ANOMALIES: dict[str, str] = {
@@ -255,6 +263,38 @@ def refer_buffers(records: dict[str, dict[str, Any] | None], seq: int, event: Ev
     # Only buffers this event set (identity): a duplicate submit leaves the first one's in place.
     if value and rec is not None and rec.get(key) is value:
         rec[key] = buffer_ref(seq)
+
+
+class EventSource(Protocol):
+    """What a projection reads from its log: one event by number, one task's events."""
+
+    @property
+    def start_seq(self) -> int:
+        """Where the log's events start (past 1: a prune removed older ones)."""
+
+    def event(self, seq: int) -> Event:
+        """Event ``seq``."""
+
+    def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """The events naming ``msg_id``, in order."""
+
+
+def resolve_buffers(record: dict[str, Any], source: EventSource | None, spec: str) -> dict[str, Any]:
+    """Put the buffers back in a record the caller owns, read from the events that carried them."""
+    for key in BUFFER_KEYS:
+        seq = ref_seq(record.get(key))
+        if seq is not None:
+            if source is None:
+                raise ProjectionError(f"{spec}: the {key} of {record.get('msg_id')!r} are in the log "
+                                      f"(event {seq}); open the projection with its log, or build it "
+                                      "with buffers=inline to read it without one")
+            try:
+                record[key] = list(getattr(source.event(seq), key))
+            except LogClosedError:
+                raise ProjectionError(f"{spec}: the {key} of {record.get('msg_id')!r} are read from "
+                                      "the log, which is closed; read records while it is open, or open "
+                                      "the projection with buffers=inline") from None
+    return record
 
 
 # Anomaly rules: (the state of the record before the event, the event, the record's part in

@@ -111,7 +111,7 @@ class DictProjection(Projection):
         self._store({m: rec}, {m}, self.last_seq)
         return rec
 
-    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+    def store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         self._store(records, changed, self.last_seq)  # the checkpoints live in self.hubs, as the records do
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:

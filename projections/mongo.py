@@ -96,7 +96,7 @@ class MongoProjection(Projection):
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         self._write(records, changed, "checkpoint", {"seq": last_seq})
 
-    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+    def store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         fields = {identity: {"hub": hub, "seq": seq} for identity, (hub, seq) in hubs.items()}
         self._write(records, changed, "hubs", fields)
 

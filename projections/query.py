@@ -16,7 +16,7 @@ import functools
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "glob_to_regex",
     "clone",
     "is_number",
+    "select",
 ]
 
 
@@ -301,6 +302,14 @@ def compile_predicate(node: Node) -> Predicate:
     if node.op == "$or":
         return lambda doc: any(p(doc) for p in preds)
     return lambda doc: not any(p(doc) for p in preds)
+
+
+def select(records: Iterable[dict[str, Any]], node: Node, keys: list[str] | None,
+           prepare: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``records`` matching ``node``, each passed through ``prepare`` first, limited to ``keys``."""
+    match = compile_predicate(node)
+    hits = [rec for rec in records if match(prepare(rec))]
+    return hits if keys is None else [{k: r[k] for k in keys if k in r} for r in hits]
 
 
 def fields_of(node: Node) -> set[str]:

@@ -21,7 +21,9 @@ from tasklog import retention
 from tasklog.baseline import Baseline
 from tasklog.log import TaskLog
 
-from .base import Projection, gc_paused
+from . import catchup
+from .base import Projection
+from .catchup import gc_paused
 from .errors import ProjectionError
 from .fold import BUFFER_KEYS, Anomalies, apply_event, is_tombstone, ref_seq, refer_buffers, settle
 
@@ -130,7 +132,7 @@ def catch_up(proj: Projection, log: TaskLog, *, start: int | None = None, stop: 
     first = max(proj.last_seq + 1, start or 1)
     if first < log.start_seq and (stop is None or stop >= first):
         raise _pruned(log, proj.spec, first)
-    return proj.apply_chunks(log.read_chunks(first, None if stop is None else stop + 1), progress=progress)
+    return catchup.apply_chunks(proj, log.read_chunks(first, None if stop is None else stop + 1), progress=progress)
 
 
 def _pruned(log: TaskLog, who: str, first: int) -> ProjectionError:

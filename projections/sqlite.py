@@ -21,7 +21,8 @@ import msgpack
 
 from tasklog.records import INDEXED_FIELDS
 
-from .base import Projection, Records, gc_paused
+from .base import Projection, Records
+from .catchup import gc_paused
 from .errors import ProjectionError
 from .fold import RECORD_KEYS, is_tombstone, strip_hidden
 from .query import Cond, Logical, Node, compile_predicate
@@ -218,7 +219,7 @@ class SQLiteProjection(Projection):
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         self._write(records, changed, [("last_seq", last_seq)])
 
-    def _store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
+    def store_hubs(self, records: Records, changed: set[str], hubs: dict[str, tuple[str, int]]) -> None:
         self._write(records, changed, [(f"hub:{identity}", f"{seq} {hub}") for identity, (hub, seq) in hubs.items()])
 
     def _write(self, records: Records, changed: set[str], checkpoint: list[tuple[str, Any]]) -> None:

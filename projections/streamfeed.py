@@ -25,6 +25,7 @@ from tasklog import codec, jetstream
 from tasklog.errors import StreamError, StreamServerError
 from tasklog.jetstream import Batch
 
+from . import hubs
 from .base import STREAM_ORIGIN, Projection
 
 __all__ = ["StreamFeed", "FeedStats", "check_source", "stream_fed"]
@@ -172,7 +173,7 @@ class StreamFeed:
                               "tasks they began cannot be folded; fold the other hubs by naming them (--hub)")
         if raw:
             events = [(seq, codec.decode(data, seq)) for seq, data in raw]
-            self.projection.apply_hub(identity, arrived[0][0].hub, events, self.origin)
+            hubs.apply_hub(self.projection, identity, arrived[0][0].hub, events, self.origin)
             self.stats.applied += len(events)
             if self.progress:
                 self.progress(len(events))
