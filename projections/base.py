@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from tasklog.events import Event, Resubmit, Submit
+from tasklog.events import Event
 
 from . import catchup, frames, hubs
 from .catchup import gc_paused
@@ -27,6 +27,7 @@ from .fold import (
     apply_event,
     is_tombstone,
     refer_buffers,
+    refold_from,
     resolve_buffers,
     settle,
     touched,
@@ -46,15 +47,6 @@ STREAM_ORIGIN = "nats stream "
 
 
 _RESTORE_CHUNK = 5000
-
-
-def _begins(stream: list[tuple[int, Event]], msg_id: str) -> bool:
-    """Whether a stream starts where its task did: its submit, or the resubmit that made it."""
-    if not stream:
-        return False
-    first = stream[0][1]
-    return (isinstance(first, Submit) and first.msg_id == msg_id) or \
-        (isinstance(first, Resubmit) and first.new_msg_id == msg_id)
 
 
 class Projection(ABC):
@@ -275,24 +267,8 @@ class Projection(ABC):
         """
         if self.source is None:
             return None
-        records: Records = {}
-        refer = self.by_reference
-        scratch: Anomalies = Counter()
-        stream = self.source.events_of(msg_id)
-        if self.source.start_seq > 1 and not _begins(stream, msg_id):
-            return None  # its first events may have been pruned: no partial record, ever
-        for seq, event in stream:
-            if before is not None and seq >= before:
-                break
-            if isinstance(event, Resubmit):
-                other = event.new_msg_id if event.msg_id == msg_id else event.msg_id
-                if other is not None and other not in records:
-                    records[other] = self.refold(other, seq)  # the other side, as it was just before
-            apply_event(records, seq, event, scratch)
-            if refer:
-                refer_buffers(records, seq, event)
-        settle(records, [msg_id])
-        return records.get(msg_id)
+        source = self.source
+        return refold_from(source.events_of, source.start_seq, msg_id, before, refer=self.by_reference)
 
     def peek(self, msg_id: str) -> dict[str, Any] | None:
         """The stored record of ``msg_id`` itself, not a copy (None if absent or dropped); never mutate it."""

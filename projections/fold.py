@@ -13,7 +13,7 @@ ipyparallel's own stores do; only a store that cannot hold them truncates
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from tasklog.errors import LogClosedError
@@ -38,6 +38,7 @@ __all__ = [
     "describe",
     "touched",
     "fold_all",
+    "refold_from",
     "settle",
     "BUFFER_KEYS",
     "buffer_ref",
@@ -406,3 +407,49 @@ def fold_all(batch: Sequence[tuple[int, Event]], records: dict[str, dict[str, An
     settle(records, records)
     return records
 
+
+def _begins(stream: list[tuple[int, Event]], msg_id: str) -> bool:
+    """Whether a stream starts where its task did: its submit, or the resubmit that made it."""
+    if not stream:
+        return False
+    first = stream[0][1]
+    return (isinstance(first, Submit) and first.msg_id == msg_id) or \
+        (isinstance(first, Resubmit) and first.new_msg_id == msg_id)
+
+
+def refold_from(events_of: Callable[[str], list[tuple[int, Event]]], start_seq: int, msg_id: str,
+                before: int | None = None, *, refer: bool = False) -> dict[str, Any] | None:
+    """The record of ``msg_id`` folded again from its own events (those before ``before``), as a
+    full fold holds it, read through ``events_of`` from a log whose events start at ``start_seq``.
+
+    Buffers are references to their events where ``refer``. None: no events, or (a pruned log) a
+    stream that does not start where its task did: no partial record, ever.
+    """
+    return _refold(events_of, start_seq, msg_id, before, refer, {})
+
+
+def _refold(events_of: Callable[[str], list[tuple[int, Event]]], start_seq: int, msg_id: str,
+            before: int | None, refer: bool,
+            memo: dict[tuple[str, int | None], dict[str, Any] | None]) -> dict[str, Any] | None:
+    if (msg_id, before) in memo:  # a pair resubmitted back and forth: each state folded once, not 2**n times
+        return memo[msg_id, before]
+    records: dict[str, dict[str, Any] | None] = {}
+    stream = events_of(msg_id)
+    if start_seq > 1 and not _begins(stream, msg_id):
+        stream = []
+    for seq, event in stream:
+        if before is not None and seq >= before:
+            break
+        if event.__class__ is Resubmit:
+            # The other side as it was just before this resubmit, read again at each one: kept
+            # from a pair's first resubmit, it missed the other's own events in between (its
+            # submit), so a second resubmit the full fold refused was taken (a hypothesis find).
+            other = str(event.new_msg_id) if event.msg_id == msg_id else event.msg_id
+            if other != msg_id:
+                records[other] = _refold(events_of, start_seq, other, seq, refer, memo)
+        apply_event(records, seq, event, Counter())
+        if refer:
+            refer_buffers(records, seq, event)
+    settle(records, [msg_id])
+    memo[msg_id, before] = records.get(msg_id)
+    return records.get(msg_id)

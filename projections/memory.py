@@ -100,8 +100,11 @@ class DictProjection(Projection):
         return out
 
     def _readmit(self, m: str) -> dict[str, Any]:
-        """Bring an evicted task back, re-folded from its events."""
-        rec = self.refold(m)
+        """Bring an evicted task back, re-folded from its events up to the checkpoint."""
+        # As of last_seq, where the records are: re-folded to the log's end, a task brought back by
+        # the batch being applied (already in its stream) held that batch's later resubmit, and an
+        # earlier one read it as it would be (a hypothesis find); a pinned projection saw past its pin.
+        rec = self.refold(m, self.last_seq + 1)
         if rec is None:
             # No log to read (or its events are gone): a late event about it must not resurrect
             # a stub, so it reads as a tombstone, and get_record says why it is missing.
