@@ -2,8 +2,9 @@
 
 ``TaskLog`` is a facade over its parts: the directory and its shared LMDB environment
 (``store``), the writer of its durability mode (``groupcommit`` for sync and process logs,
-``asynccommit`` for async ones) and the reader (``reader``). It validates and encodes events,
-numbers them through the writer, and tells listeners about each commit.
+``asynccommit`` for async ones) and the reader (``reader``). Its appenders (``appending``)
+validate and encode events and number them through the writer; it tells listeners about each
+commit, and indexes a log an older tasklog wrote when it opens it (``schema``).
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
-from . import codec
+from .appending import Appending, Refusing
 from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, OnLoss, Receipt
 from .errors import InterfaceError, LogClosedError, StorageError
-from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
+from .events import Event
 from .fields import check_msg_id
-from .groupcommit import GroupCommit, Item
-from .progress import Progress
+from .groupcommit import GroupCommit
 from .reader import LogView, Reader, check_seq
+from .schema import upgrade
 from .store import DURABILITY, MARKER, Store, open_here
 
 __all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here", "DEFAULT_QUEUE_BYTES"]
@@ -31,69 +32,8 @@ _MIB = 1 << 20
 Listener = Callable[[Sequence[tuple[int, Event]]], None]
 
 
-class Writer(Protocol):
-    """What the log needs of the writer of its durability mode."""
-
-    def append_one(self, payload: bytes, event: Event) -> int | None:
-        """Append one keyless event by a shortcut; None: use ``append``."""
-
-    def append(self, items: list[Item]) -> list[int]:
-        """Append ``items``; return their sequence numbers (a retried key gets its original one)."""
-
-    def flush(self, timeout: float | None = None) -> int:
-        """Make everything appended durable; return the last sequence number."""
-
-    def pending(self, seq: int) -> Event | None:
-        """The event ``seq`` if it is numbered but not yet committed (async), else None."""
-
-    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
-        """The uncommitted events naming ``msg_id``."""
-
-    @property
-    def queued_bytes(self) -> int:
-        """The stored bytes of the events appended and not yet committed."""
-
-    def close(self) -> None:
-        """Refuse new appends and commit what is queued (raise what a failed commit lost)."""
-
-
-class _Refusing:
-    """The writer of a log that may not be written here: closed, or left to the parent by a fork."""
-
-    def __init__(self, error: Exception) -> None:
-        self._error = error
-
-    def append_one(self, payload: bytes, event: Event) -> int | None:
-        """Refuse."""
-        raise self._error
-
-    def append(self, items: list[Item]) -> list[int]:
-        """Refuse."""
-        raise self._error
-
-    def flush(self, timeout: float | None = None) -> int:
-        """Refuse."""
-        raise self._error
-
-    def pending(self, seq: int) -> Event | None:
-        """Nothing is pending here."""
-        return None
-
-    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
-        """Nothing is pending here."""
-        return []
-
-    @property
-    def queued_bytes(self) -> int:
-        """Nothing is pending here."""
-        return 0
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-class TaskLog:
-    """An append-only log of task events in an LMDB directory."""
+class TaskLog(Appending):
+    """An append-only log of task events in an LMDB directory (its appenders: :class:`Appending`)."""
 
     def __init__(self, path: str, durability: str = "sync", *, commit_interval: float = 0.002,
                  queue_size: int = 100_000, queue_bytes: int = DEFAULT_QUEUE_BYTES, map_size: int = 64 * _MIB,
@@ -118,8 +58,7 @@ class TaskLog:
         self.store = Store(self.path, self._mode, readonly=readonly, map_size=map_size,
                            max_map_size=max_map_size, create=create, lock_timeout=lock_timeout)
         self.identity: str | None = self.store.identity
-        if not readonly and not self.store.indexed:
-            self._upgrade()
+        upgrade(self.store)
         self._reader = Reader(self.store, self._check_readable)
         self._listeners: list[Listener] = []
         self._loss_listeners: list[OnLoss] = []
@@ -127,27 +66,14 @@ class TaskLog:
         self._committed = threading.Condition()  # notified after every commit: follow() wakes on it
         self._close_lock = threading.Lock()
         self._closed, self._why_closed = False, "is closed"
-        self._writer: Writer
         if readonly:
-            self._writer = _Refusing(InterfaceError(f"log {self.path} was opened read-only"))
+            self._writer = Refusing(InterfaceError(f"log {self.path} was opened read-only"))
         elif self._mode.background:
             self._writer = AsyncCommitter(self.store, self._notify, commit_interval, queue_size, self.last_seq,
                                           self._listeners, queue_bytes=queue_bytes, on_loss=self._lost)
         else:
             self._writer = GroupCommit(self.store, self._notify)
         self.store.on_abandon.append(self._leave_to_parent)
-
-    def _upgrade(self) -> None:
-        """Index a log an older tasklog wrote (schema 1), once, with a progress bar on a terminal."""
-        try:
-            with self.store.reader() as txn:
-                total = int(txn.stat(self.store.events)["entries"])
-            bar = Progress(total, label=f"indexing the streams of {self.path}")
-            self.store.build_index(bar.update)
-            bar.close()
-        except BaseException:
-            self.store.close()  # the open fails whole: nothing held (the index resumes next time)
-            raise
 
     @classmethod
     def open(cls, path: str, durability: str = "sync", **options: Any) -> TaskLog:
@@ -167,7 +93,7 @@ class TaskLog:
         # In a forked child: the writer's locks and thread belong to the parent; touch neither.
         self._closed = True
         self._why_closed = "belongs to the process that opened it; a forked child must open it again"
-        self._writer = _Refusing(LogClosedError(f"log {self.path} {self._why_closed}"))
+        self._writer = Refusing(LogClosedError(f"log {self.path} {self._why_closed}"))
 
     def __enter__(self) -> TaskLog:
         return self
@@ -184,7 +110,7 @@ class TaskLog:
             try:
                 self._writer.close()  # commits what is queued first
             finally:
-                self._writer = _Refusing(LogClosedError(f"log {self.path} is closed"))
+                self._writer = Refusing(LogClosedError(f"log {self.path} is closed"))
                 self._closed = True
                 with self._committed:
                     self._committed.notify_all()
@@ -232,83 +158,6 @@ class TaskLog:
         with self._committed:
             self._committed.notify_all()
 
-    # -- appending ---------------------------------------------------------
-
-    # The typed appenders take the fields of their event class by keyword: the classes in
-    # tasklog.events declare each field once. The class is called directly (this is a Hub's hot
-    # path: going through construct() cost a tenth of the async hub pattern); only a call it
-    # refuses goes to construct(), which names the unknown field in an EventError.
-
-    def submit(self, msg_id: str, *, key: str | None = None, **fields: Any) -> int:
-        """Append a submit event (fields of :class:`Submit`: header, content, metadata, buffers, ...)."""
-        return self._one(_build(Submit, msg_id, fields), key)
-
-    def start(self, msg_id: str, engine_uuid: str | None = None, started: Any = None, *,
-              key: str | None = None) -> int:
-        """Append a start event: the task reached an engine (a Start's fields, positional as they always were)."""
-        return self._one(Start(msg_id, engine_uuid, started), key)
-
-    def output(self, msg_id: str, name: str = "stdout", *, text: str | None = None, content: Any = None,
-               key: str | None = None) -> int:
-        """Append an output event: a stdout/stderr chunk (``text=``) or a rich output (``content=``)."""
-        # Named here, not taken as **fields: the Hub's most frequent call, and its whole API.
-        return self._one(Output(msg_id, name, text, content), key)
-
-    def complete(self, msg_id: str, *, key: str | None = None, **fields: Any) -> int:
-        """Append a complete event: the engine's reply reached the hub (fields of :class:`Complete`)."""
-        return self._one(_build(Complete, msg_id, fields), key)
-
-    def resubmit(self, msg_id: str, new_msg_id: str | None = None, submitted: Any = None, *,
-                 key: str | None = None) -> int:
-        """Append a resubmit event; the new msg_id is a fresh uuid unless given (a Resubmit's fields)."""
-        return self._one(Resubmit(msg_id, new_msg_id, submitted), key)
-
-    def drop(self, msg_ids: Iterable[str], *, key: str | None = None) -> int:
-        """Append a drop tombstone for ``msg_ids``."""
-        ids = [msg_ids] if isinstance(msg_ids, str) else list(msg_ids)
-        return self._one(construct("drop", msg_ids=ids), key)
-
-    def annotate(self, msg_id: str, fields: dict[str, Any] | None = None, *, key: str | None = None,
-                 **more: Any) -> int:
-        """Append an annotate event setting other record fields (label, user keys)."""
-        return self._one(construct("annotate", msg_id=msg_id, fields={**(fields or {}), **more}), key)
-
-    def append(self, event: Event, *, key: str | None = None) -> int:
-        """Append one event; with ``key``, a retry returns the original sequence number."""
-        return self._one(event, key)
-
-    def append_many(self, events: Iterable[Event], *, keys: Sequence[str | None] | None = None) -> list[int]:
-        """Append events all-or-nothing in one commit; return their sequence numbers."""
-        items: list[Item] = []
-        encode = codec.encode
-        for e in events:
-            ev = validate(e)
-            items.append((encode(ev), None, ev))
-        if keys is not None:
-            if len(keys) != len(items):
-                raise InterfaceError(f"append_many got {len(items)} events but {len(keys)} keys")
-            return self._enqueue([(payload, _key(k), ev) for (payload, _, ev), k in zip(items, keys)])
-        return self._enqueue(items)
-
-    def append_event(self, event: Event) -> tuple[int, Event]:
-        """Append one event; return its sequence number and the validated event a fold must see."""
-        ev = validate(event)
-        return self._one_checked(ev, None), ev
-
-    def _one(self, event: Event, key: str | None) -> int:
-        return self._one_checked(validate(event), key)
-
-    def _one_checked(self, ev: Event, key: str | None) -> int:
-        payload = codec.encode(ev)
-        if key is None:
-            seq = self._writer.append_one(payload, ev)  # the async hub's hot path
-            if seq is not None:
-                return seq
-        return self._writer.append([(payload, _key(key), ev)])[0]
-
-    def _enqueue(self, items: list[Item]) -> list[int]:
-        return self._writer.append(items) if items else []
-
     def drop_front(self, start: int, stop: int, keep: Collection[int] = ()) -> int:
         """Delete events start <= seq < stop and make ``stop`` the log's start, in one transaction;
         the events numbered in ``keep`` stay readable by ``event()`` (a snapshot needs their buffers)."""
@@ -324,20 +173,6 @@ class TaskLog:
         if self.readonly:
             raise InterfaceError(f"log {self.path} was opened read-only")
         self._check_readable()
-
-    def flush(self, timeout: float | None = None) -> int:
-        """Commit and sync everything appended so far; return the last durable sequence number.
-
-        On an async log, raise what failed commits lost since the last report, unless each lost
-        event's receipt raised it already: a StorageError (StorageFullError for a full disk) whose
-        ``lost`` and ``lost_range`` say how many events and which numbers they held.
-        """
-        return self._writer.flush(timeout)
-
-    @property
-    def queued_bytes(self) -> int:
-        """The stored bytes of the events appended and not yet committed (async; else 0)."""
-        return self._writer.queued_bytes
 
     # -- reading -----------------------------------------------------------
 
@@ -476,22 +311,3 @@ class TaskLog:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
         return f"<TaskLog {self.path} {state}>"
-
-
-def _build(cls: Any, msg_id: str, fields: dict[str, Any]) -> Event:
-    """``cls(msg_id, **fields)``; a field the class refuses becomes an EventError naming it."""
-    try:
-        event: Event = cls(msg_id, **fields)
-    except TypeError:
-        event = construct(cls(msg_id).type, msg_id=msg_id, **fields)
-    return event
-
-
-def _key(key: str | bytes | None) -> bytes | None:
-    if key is None:
-        return None
-    if isinstance(key, bytes):
-        return key
-    if not isinstance(key, str) or not key:
-        raise InterfaceError(f"an idempotency key must be a non-empty str, got {key!r:.60}")
-    return key.encode()

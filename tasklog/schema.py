@@ -1,0 +1,23 @@
+"""The schema upgrade at open: a log an older tasklog wrote (schema 1) gets its stream index."""
+
+from __future__ import annotations
+
+from .progress import Progress
+from .store import Store
+
+__all__ = ["upgrade"]
+
+
+def upgrade(store: Store) -> None:
+    """Index a writable log without a stream index, once, with a progress bar on a terminal."""
+    if store.readonly or store.indexed:
+        return
+    try:
+        with store.reader() as txn:
+            total = int(txn.stat(store.events)["entries"])
+        bar = Progress(total, label=f"indexing the streams of {store.path}")
+        store.build_index(bar.update)
+        bar.close()
+    except BaseException:
+        store.close()  # the open fails whole: nothing held (the index resumes next time)
+        raise
