@@ -16,14 +16,16 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, contextmanager, suppress
 
 from . import jetstream
 from .errors import InterfaceError, StreamError, StreamServerError
 from .jetstream import Batch
 from .log import TaskLog
 
-__all__ = ["restore", "restore_async", "restoring"]
+__all__ = ["restore", "restore_async", "restoring", "MARKER"]
+
+MARKER = "RESTORING"  # the file a restore writes first in its aside directory: the pid
 
 
 async def restore_async(log: TaskLog, servers: list[str], stream: str, hub: str,
@@ -79,18 +81,45 @@ def restoring(path: str) -> Iterator[TaskLog]:
     made = _first_missing(aside)
     fd = _lock_aside(aside, path)
     try:
-        built = os.path.join(aside, "log")
+        _claim_aside(aside, path, made is not None)
+    except BaseException:
+        os.close(fd)
+        raise
+    built = os.path.join(aside, "log")
+    try:
         shutil.rmtree(built, ignore_errors=True)  # what a killed restore left
         with TaskLog.open(built) as log:
             yield log
         _rename(built, path)
     except BaseException:
-        shutil.rmtree(made or aside, ignore_errors=True)
+        shutil.rmtree(made, ignore_errors=True) if made else _remove_aside(aside)
         raise
     finally:
         os.close(fd)
-    os.rmdir(aside)
+    _remove_aside(aside)
     _sync_dir(os.path.dirname(path))  # the rename outlives a crash
+
+
+def _claim_aside(aside: str, path: str, made: bool) -> None:
+    """Mark ``aside`` as this restore's (``RESTORING``, the pid); refuse one that is not a restore's.
+
+    A ``NEWDIR.restoring`` the user had made was deleted, notes and all, by a failed restore, and
+    a good one ended in a traceback on it (issue 20): only a directory a restore marked is its own.
+    """
+    marker = os.path.join(aside, MARKER)
+    if not made and (not os.path.isfile(marker) or not set(os.listdir(aside)) <= {MARKER, "log"}):
+        raise InterfaceError(f"{aside} exists and is not a restore's leftover (no {MARKER} in it, or more "
+                             "than a restore keeps): move it away, then restore again")
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def _remove_aside(aside: str) -> None:
+    """Remove what this restore kept in ``aside`` and ``aside`` if that leaves it empty."""
+    shutil.rmtree(os.path.join(aside, "log"), ignore_errors=True)
+    with suppress(OSError):
+        os.remove(os.path.join(aside, MARKER))
+        os.rmdir(aside)  # not if something else was put there meanwhile: that is not ours to delete
 
 
 def _first_missing(path: str) -> str | None:

@@ -417,3 +417,40 @@ def test_stream_commands_check_their_arguments_in_one_line(tmp_path: Path, one_s
     _hub_log(other, 5, 2)
     out = run_cli("ship", "--log", str(other), "--to", one_server.url, "--hub", "h")
     assert "check the servers" not in _one_line_error(out, "holds events of log")
+
+
+# -- restore's aside directory ------------------------------------------------------------------------
+
+
+def test_restore_refuses_an_aside_directory_it_did_not_make_and_keeps_it(tmp_path: Path,
+                                                                        one_server: NatsCluster) -> None:
+    path = tmp_path / "hub"
+    _hub_log(path, 20, 5)
+    run_cli("ship", "--log", str(path), "--to", one_server.url, "--hub", "h", check=True)
+    target, aside = tmp_path / "K", tmp_path / "K.restoring"
+    aside.mkdir()
+    (aside / "notes.txt").write_text("precious\n")
+    for hub in ("nope", "h"):  # a failing restore deleted it; a good one ended in a traceback on it
+        out = run_cli("restore", "--from", one_server.url, "--hub", hub, "--log", str(target))
+        _one_line_error(out, "K.restoring", "not a restore's leftover")
+        assert (aside / "notes.txt").read_text() == "precious\n" and not target.exists()
+    shutil.move(str(aside), str(tmp_path / "notes"))
+    out = run_cli("restore", "--from", one_server.url, "--hub", "h", "--log", str(target), check=True)
+    assert "Traceback" not in out.stderr and _raw(target) == _raw(path)
+    assert not aside.exists()
+
+
+# -- the command line's entry -------------------------------------------------------------------------
+
+
+def test_an_interrupt_before_a_command_runs_is_one_line() -> None:
+    # SIGINT while Python was still importing the commands printed a KeyboardInterrupt traceback.
+    code = ("import os, runpy, signal, sys\n"
+            "def interrupted_while_importing(*_):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    signal.pause()\n"
+            "sys.meta_path.insert(0, type('Hook', (), {'find_spec': staticmethod(\n"
+            "    lambda name, *a: interrupted_while_importing() if name == 'projections.streamfeed' else None)}))\n"
+            "runpy.run_module('tasklog', run_name='__main__', alter_sys=True)\n")
+    out = subprocess.run([sys.executable, "-c", code, "follow"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert out.returncode == 130 and out.stderr == "tasklog: interrupted\n", out.stderr
