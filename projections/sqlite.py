@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from tasklog.errors import StorageFullError, TaskLogError
 from tasklog.records import INDEXED_FIELDS
 
 from .base import Projection, Records
@@ -40,6 +41,16 @@ INDEXED = tuple(INDEXED_FIELDS)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _CHUNK = 500
+
+
+def _open_error(path: str, exc: sqlite3.DatabaseError) -> TaskLogError:
+    """One line for a file SQLite could not open or set up: a full disk is StorageFullError."""
+    # SQLITE_FULL (13) said "is not a usable SQLite projection" of a file only the disk failed (F6).
+    if getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc):  # the code: 3.11+
+        error: TaskLogError = StorageFullError(f"cannot set up {path} as a SQLite projection: {exc}")
+        error.hint = "free disk space, then run it again"  # the class's hint speaks of the log
+        return error
+    return ProjectionError(f"{path} is not a usable SQLite projection: {exc}")
 
 
 def _us(value: datetime) -> int:
@@ -113,6 +124,7 @@ class SQLiteProjection(Projection):
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise ProjectionError(f"cannot create {path}: directory {parent} does not exist")
+        fresh = not os.path.exists(path)  # ":memory:" is never a file here
         try:
             if readonly:
                 uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
@@ -122,7 +134,20 @@ class SQLiteProjection(Projection):
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 self._setup()
         except sqlite3.DatabaseError as exc:
-            raise ProjectionError(f"{path} is not a usable SQLite projection: {exc}") from None
+            self._abandon(fresh)
+            raise _open_error(path, exc) from None
+
+    def _abandon(self, fresh: bool) -> None:
+        """A failed open: close the file, and delete it (with its journals) if this open made it."""
+        # A full disk left the connection open (its tmpfs could not be unmounted) and an empty
+        # p.db behind a command that failed (F6).
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+        if fresh and self.path != ":memory:":
+            for name in (self.path, f"{self.path}-wal", f"{self.path}-shm", f"{self.path}-journal"):
+                if os.path.exists(name):
+                    os.remove(name)
 
     def _setup(self) -> None:
         db = self._db

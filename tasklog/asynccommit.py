@@ -14,6 +14,7 @@ a producer past either bound waits for a commit. Nothing of an event outlives it
 
 from __future__ import annotations
 
+import numbers
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,17 +23,28 @@ import lmdb
 
 from . import codec
 from .databases import put_run
-from .errors import CommitError, FlushTimeoutError, LogClosedError, StorageError, StorageFullError, same_kind
+from .errors import (
+    CommitError,
+    FlushTimeoutError,
+    InterfaceError,
+    LogClosedError,
+    StorageError,
+    StorageFullError,
+    same_kind,
+)
 from .events import Event, task_ids
 from .groupcommit import Item
 from .store import Store
 
-__all__ = ["AsyncCommitter", "Receipt", "DEFAULT_QUEUE_BYTES"]
+__all__ = ["AsyncCommitter", "Receipt", "DEFAULT_QUEUE_BYTES", "MAX_COMMIT_INTERVAL", "check_options"]
 
 #: The default bound on the bytes an async log holds uncommitted (their stored size). A Hub's
 #: events with two 100 KB buffers each, appended at full speed, queued hundreds of megabytes
 #: under the 100,000-event bound alone (issue 20).
 DEFAULT_QUEUE_BYTES = 8 << 20
+#: The longest ``commit_interval`` an async log takes, in seconds: a larger one (1e10, inf)
+#: overflowed the committer's wait and killed its thread, losing every event (issue 20, F4).
+MAX_COMMIT_INTERVAL = 3600.0
 
 Notify = Callable[[Sequence[tuple[int, Event]]], None]
 #: Told of each failed commit, on the committer's thread: the loss (``lost``, ``lost_range``) and
@@ -75,6 +87,18 @@ def _lost_error(losses: list[_Loss]) -> StorageError:
                            f"{first:,}..{last:,}, now free for later events): {cause.args[0]}")
     exc.lost, exc.lost_range = count, (first, last)
     return exc
+
+
+def check_options(commit_interval: float, queue_size: int, queue_bytes: int) -> None:
+    """Refuse an interval or a queue bound the committer cannot keep, in one line (InterfaceError)."""
+    # NaN passes every `<=` test unrefused: it disabled the interval (or the byte bound) in silence.
+    if (isinstance(commit_interval, bool) or not isinstance(commit_interval, numbers.Real)
+            or not 0 < commit_interval <= MAX_COMMIT_INTERVAL):
+        raise InterfaceError(f"commit_interval must be a number of seconds > 0 and <= {MAX_COMMIT_INTERVAL:g}, "
+                             f"not {commit_interval!r}")
+    for name, value in (("queue_size", queue_size), ("queue_bytes", queue_bytes)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise InterfaceError(f"{name} must be a whole number >= 1, not {value!r}")
 
 
 class Receipt(int):
@@ -125,6 +149,7 @@ class AsyncCommitter:
         self._failed: dict[int, _Loss] = {}  # by epoch
         self._unreported: list[_Loss] = []  # until flush() or close() raises them
         self._flush_wanted = False
+        self._broken: CommitError | None = None  # why the thread stopped, if it did on an error
         self._thread = threading.Thread(target=self._commit_loop, name="tasklog-commit", daemon=True)
         self._thread.start()
 
@@ -194,6 +219,8 @@ class AsyncCommitter:
             return self._queued_bytes
 
     def _check_open(self) -> None:
+        if self._broken is not None:
+            raise CommitError(self._broken.args[0])
         if self._closed:
             raise LogClosedError(f"log {self._store.path} is closed")
 
@@ -206,16 +233,30 @@ class AsyncCommitter:
         return codec.unpack_key(raw) if raw is not None else None
 
     def _commit_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending and self._closed:
-                    return
-                self._linger()
-                batch, size = self._take()
-            self._commit(batch, size)
-            del batch  # emptied by the commit; held here it kept the last batch's events (issue 20)
+        batch: list[Pending] = []
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closed:
+                        self._cond.wait()
+                    if not self._pending and self._closed:
+                        return
+                    self._linger()
+                    batch, size = self._take()
+                self._commit(batch, size)
+                batch = []  # emptied by the commit; held here it kept the last batch's events (issue 20)
+        except BaseException as exc:  # any death is a loss to report, or the waiters hang
+            self._die(exc, batch)
+
+    def _die(self, exc: BaseException, batch: list[Pending]) -> None:
+        """The thread stops on an error: all queued is lost as in a failed commit; appends are refused."""
+        # Dying in silence (a wait overflowed) lost every event and hung the waiters (issue 20, F4).
+        error = CommitError(f"the async committer stopped on {type(exc).__name__}: {exc}")
+        with self._cond:
+            self._broken, self._closed = error, True  # closed: append_one sends callers to append
+            loss = self._void(error, batch) if self._next_seq - 1 > self._durable_seq else None
+        if loss is not None and self._on_loss is not None:
+            self._on_loss(*loss)
 
     def _linger(self) -> None:
         """Give a batch up to the commit interval to fill, unless someone waits or it is full."""
@@ -266,7 +307,8 @@ class AsyncCommitter:
         try:
             store.write(body)
         except StorageError as exc:
-            lost, tasks = self._fail(exc, batch)
+            with self._cond:
+                lost, tasks = self._void(exc, batch)
             if self._on_loss is not None:
                 self._on_loss(lost, tasks)  # outside the lock: the listener may log, or append
             return
@@ -286,23 +328,22 @@ class AsyncCommitter:
             batch.clear()
             self._cond.notify_all()
 
-    def _fail(self, exc: StorageError, batch: list[Pending]) -> tuple[StorageError, set[str]]:
-        """The batch's commit failed: void every number queued, and keep the loss until it is
-        reported; return it as an error, with the tasks the lost events named."""
-        with self._cond:
-            # Every queued number is void now: later events reuse them under a new epoch.
-            loss = _Loss(exc, self._durable_seq + 1, self._next_seq - 1)
-            tasks = {m for queue in (batch, self._pending) for _, _, _, ev in queue for m in task_ids(ev)}
-            self._failed[self._epoch] = loss
-            self._unreported.append(loss)
-            self._epoch += 1
-            self._pending, self._inflight = [], []
-            batch.clear()
-            self._pending_keys.clear()
-            self._queued_bytes = self._pending_bytes = 0
-            self._next_seq = self._durable_seq + 1
-            self._cond.notify_all()
-            return _lost_error([loss]), tasks
+    def _void(self, exc: StorageError, batch: list[Pending]) -> tuple[StorageError, set[str]]:
+        """With the lock held: the batch's commit failed; void every number queued, and keep the
+        loss until it is reported; return it as an error, with the tasks the lost events named."""
+        # Every queued number is void now: later events reuse them under a new epoch.
+        loss = _Loss(exc, self._durable_seq + 1, self._next_seq - 1)
+        tasks = {m for queue in (batch, self._pending) for _, _, _, ev in queue for m in task_ids(ev)}
+        self._failed[self._epoch] = loss
+        self._unreported.append(loss)
+        self._epoch += 1
+        self._pending, self._inflight = [], []
+        batch.clear()
+        self._pending_keys.clear()
+        self._queued_bytes = self._pending_bytes = 0
+        self._next_seq = self._durable_seq + 1
+        self._cond.notify_all()
+        return _lost_error([loss]), tasks
 
     def pending(self, seq: int) -> Event | None:
         """The event ``seq`` if it is numbered but not yet readable from the log (else None)."""
@@ -337,6 +378,8 @@ class AsyncCommitter:
                 return loss if seq >= loss.first else None
             if self._durable_seq >= seq:
                 return None
+            if self._broken is not None:
+                raise CommitError(self._broken.args[0])
             if self._closed and not self._thread.is_alive():
                 raise LogClosedError(f"log {self._store.path} closed before event {seq} was committed")
             self._flush_wanted = True
@@ -362,19 +405,8 @@ class AsyncCommitter:
         with self._cond:
             target = self._next_seq - 1
             loss = self._settle(target, self._epoch, timeout) if target > 0 else None
-            self._report()
+            _report(self._unreported)
             return target if loss is None else loss.first - 1
-
-    def _report(self) -> None:
-        """With the lock held: raise, once, the losses nobody has been told about."""
-        losses = [loss for loss in self._unreported if loss.unreported()]
-        error = _lost_error(losses) if losses else None
-        for loss in self._unreported:
-            loss.reported = True
-            loss.told.clear()
-        self._unreported = []
-        if error is not None:
-            raise error
 
     def close(self) -> None:
         """Refuse new appends, commit everything queued, stop the thread; then raise what
@@ -384,7 +416,20 @@ class AsyncCommitter:
             self._cond.notify_all()
         self._thread.join()
         with self._cond:
-            self._report()
+            _report(self._unreported)
+
+
+def _report(unreported: list[_Loss]) -> None:
+    """With the committer's lock held: raise, once, the losses nobody has been told about (and
+    empty ``unreported``)."""
+    losses = [loss for loss in unreported if loss.unreported()]
+    error = _lost_error(losses) if losses else None
+    for loss in unreported:
+        loss.reported = True
+        loss.told.clear()
+    unreported.clear()
+    if error is not None:
+        raise error
 
 
 def _cut(pending: list[Pending], most: int) -> tuple[int, int]:

@@ -105,9 +105,11 @@ class CorruptEventError(StorageError):
 class MissingEventError(StorageError):
     """An event asked for by number is not in the log: pruned (and kept by no snapshot), or never committed."""
 
-    def __init__(self, seq: int, problem: str) -> None:
+    def __init__(self, seq: int, problem: str, *, pruned: bool = True) -> None:
         self.seq = seq
         super().__init__(f"event {seq} {problem}")
+        if not pruned:  # past the end: the pruning hint only misled (F6)
+            self.hint = ""
 
     hint = "take snapshots before pruning: prune keeps the events a snapshot's records still need"
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .appending import Appending, Refusing
-from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, OnLoss, Receipt
+from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, OnLoss, Receipt, check_options
 from .errors import InterfaceError, LogClosedError, StorageError
 from .events import Event
 from .fields import check_msg_id
@@ -41,9 +41,9 @@ class TaskLog(Appending):
                  lock_timeout: float = 0.0) -> None:
         if durability not in DURABILITY:
             raise InterfaceError(f"unknown durability {durability!r}; choose one of {sorted(DURABILITY)}")
-        if commit_interval <= 0 or queue_size < 1 or queue_bytes < 1 or lock_timeout < 0:
-            raise InterfaceError("commit_interval must be > 0, queue_size and queue_bytes >= 1 "
-                                 "and lock_timeout >= 0")
+        check_options(commit_interval, queue_size, queue_bytes)
+        if not lock_timeout >= 0:
+            raise InterfaceError(f"lock_timeout must be >= 0, not {lock_timeout!r}")
         self.path = os.path.abspath(path)
         self.durability = durability
         self.readonly = readonly

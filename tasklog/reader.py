@@ -118,7 +118,7 @@ class Reader:
                 return codec.decode(raw, seq)
             first, last = LogView(txn, store.events, store.meta).first_seq, store.last_key(txn, store.events)
         if seq > last:
-            raise MissingEventError(seq, f"is not committed (the log ends at {last})")
+            raise MissingEventError(seq, f"is not committed yet: past the end (last is {last})", pruned=False)
         raise MissingEventError(seq, f"was pruned (the log holds {first}..{last}) and no snapshot kept it")
 
     def events_of(self, msg_id: str) -> list[tuple[int, Event]]:

@@ -125,3 +125,25 @@ def test_verify_of_an_empty_log_says_it_holds_no_events(tmp_path: Path) -> None:
     TaskLog.open(path).close()
     out = run_cli("verify", "--log", path, check=True).stdout
     assert "sound" in out and "no events" in out and "1..0" not in out
+
+
+# -- F6: words that fit the failure ------------------------------------------------------------
+
+
+def test_an_event_past_the_end_says_so_without_the_pruning_hint(tmp_path: Path) -> None:
+    with TaskLog.open(str(tmp_path / "log")) as log:
+        log.submit("a")
+        log.submit("b")
+        with pytest.raises(MissingEventError) as caught:
+            log.event(10**20)
+    message = str(caught.value)
+    assert "past the end" in message and "last is 2" in message and "snapshot" not in message, message
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_to_a_full_device_does_not_speak_of_the_log(small_log: str) -> None:
+    proc = run_cli("timeline", "--log", small_log, "-o", "/dev/full")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "/dev/full" in lines[0] and "no space left" in lines[0], lines[0]
+    assert "the log keeps working" not in lines[0], lines[0]

@@ -4,6 +4,7 @@ later success, and a full disk is a StorageFullError however LMDB surfaces it.""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import threading
@@ -21,7 +22,11 @@ from ipyparallel.controller.hub import init_record
 from jupyter_client.session import Session
 
 import projections
-from tasklog import Receipt, StorageError, StorageFullError, TaskLog
+from projections.sqlite import SQLiteProjection
+from tasklog import CommitError, InterfaceError, Receipt, StorageError, StorageFullError, Submit, TaskLog
+from tasklog.appending import build
+from tasklog.asynccommit import AsyncCommitter
+from tasklog.codec import encode
 from tasklog.ipyparallel import TaskLogDB
 
 
@@ -280,3 +285,78 @@ def test_a_hub_hears_of_a_loss_and_its_projection_stays_the_logs(tiny_fs: Path, 
     # (SQLite's own "database or disk is full", when a batch is stored while the disk is full, is
     # raised by the write that stores it, its event recorded: not the loss, and left as it was.)
     assert set(hub.raised) <= {"OperationalError"}, hub.raised
+
+
+# -- issue 20, item 2 (F4): a committer that stops is a loss, never a silent one ---------------
+
+
+@pytest.mark.parametrize("option", [
+    {"commit_interval": 1e10}, {"commit_interval": math.inf}, {"commit_interval": math.nan},
+    {"commit_interval": 0}, {"commit_interval": 3601}, {"queue_size": 0}, {"queue_size": 2.5},
+    {"queue_size": math.nan}, {"queue_bytes": math.nan}, {"queue_bytes": 0}, {"queue_bytes": True}])
+def test_open_refuses_a_commit_interval_or_queue_bound_it_cannot_keep(tmp_path: Path, option: dict[str, Any]) -> None:
+    path = tmp_path / "log"
+    with pytest.raises(InterfaceError, match=next(iter(option))) as caught:
+        TaskLog.open(str(path), "async", **option)
+    assert len(str(caught.value).splitlines()) == 1
+    assert not path.exists()  # refused before anything was created
+    with TaskLog.open(str(path), "async", commit_interval=3600, queue_size=1, queue_bytes=1) as log:
+        assert cast(Receipt, log.submit("a")).wait(30) == 1  # the largest interval still commits on wait
+
+
+def test_a_committer_that_dies_fails_its_receipts_flush_and_close(tmp_path: Path) -> None:
+    """Its thread's death (here a wait the lock cannot take: OverflowError, which TaskLog.open now
+    refuses, so the committer is built directly) fails every receipt, flush() and close() with a
+    CommitError naming the cause; nothing hangs, and later appends are refused with it."""
+    log = TaskLog.open(str(tmp_path / "log"))  # sync: its store is written by the committer below alone
+    try:
+        event = build(Submit, "t0", {})
+        for waits in (True, False):
+            committer = AsyncCommitter(log.store, lambda written: None, 1e10, 100, log.last_seq)
+            receipts = cast(list[Receipt], committer.append([(encode(event), None, event)] * 3))
+            _settled(receipts, within=30)  # no waiter: the committer lingers, and its wait overflows
+            if waits:
+                with pytest.raises(CommitError, match="OverflowError"):
+                    receipts[0].wait(timeout=30)
+                with pytest.raises(CommitError, match="OverflowError") as caught:
+                    committer.flush(timeout=30)
+                assert caught.value.lost == 2 and caught.value.lost_range == (1, 3)
+                with pytest.raises(CommitError, match="OverflowError"):
+                    committer.append([(encode(event), None, event)])
+                committer.close()  # told already: quiet
+            else:
+                with pytest.raises(CommitError, match="OverflowError") as caught:
+                    committer.close()
+                assert caught.value.lost == 3 and "3 events were never written" in str(caught.value)
+        assert log.last_seq == 0
+    finally:
+        log.close()
+
+
+# -- F6: a full disk under a SQLite projection is StorageFullError -----------------------------
+
+
+def _fill(fs: Path) -> None:
+    """Fill ``fs`` to the last byte."""
+    with open(fs / "filler", "wb", buffering=0) as out:  # unbuffered: the write raises, not close
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_sqlite_projection_on_a_full_disk_is_storage_full(tiny_fs: Path, tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    with TaskLog.open(log) as tl:
+        tl.submit("a")
+    _fill(tiny_fs)
+    with pytest.raises(StorageFullError, match="full") as caught:
+        SQLiteProjection(str(tiny_fs / "p.db"))
+    assert "log keeps working" not in str(caught.value), caught.value
+    assert sorted(p.name for p in tiny_fs.iterdir()) == ["filler"]  # no file left behind, none held open
+    out = run_cli("replay", "--log", log, "--projection", f"sqlite:///{tiny_fs / 'q.db'}")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "not a usable SQLite projection" not in lines[0] and "full" in lines[0], lines[0]
+    assert sorted(p.name for p in tiny_fs.iterdir()) == ["filler"]

@@ -116,7 +116,11 @@ def _in_a_log(path: str) -> str | None:
 def _write_error(path: str, exc: OSError) -> TaskLogError:
     """One line for a file that could not be written (a full disk is StorageFullError)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFullError(f"writing {path} failed: no space left on device")
+        # Not the class's hint: "the log keeps working once space returns" is about the log,
+        # and this is the output file (F6).
+        error = StorageFullError(f"writing {path} failed: no space left on device")
+        error.hint = "free space there, or write elsewhere"
+        return error
     return InterfaceError(f"cannot write {path}: {exc.strerror or exc}")
 
 
