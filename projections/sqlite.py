@@ -43,13 +43,23 @@ _SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _CHUNK = 500
 
 
+def _is_full(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite failed because the disk is full (SQLITE_FULL, 13; the code is there on 3.11+)."""
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc)
+
+
+def _full(path: str, doing: str, exc: sqlite3.DatabaseError) -> StorageFullError:
+    """StorageFullError for a SQLite file the disk could not hold."""
+    error = StorageFullError(f"{doing} {path} failed: {exc}")
+    error.hint = "free disk space, then run it again"  # the class's hint speaks of the log
+    return error
+
+
 def _open_error(path: str, exc: sqlite3.DatabaseError) -> TaskLogError:
     """One line for a file SQLite could not open or set up: a full disk is StorageFullError."""
     # SQLITE_FULL (13) said "is not a usable SQLite projection" of a file only the disk failed (F6).
-    if getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc):  # the code: 3.11+
-        error: TaskLogError = StorageFullError(f"cannot set up {path} as a SQLite projection: {exc}")
-        error.hint = "free disk space, then run it again"  # the class's hint speaks of the log
-        return error
+    if _is_full(exc):
+        return _full(path, "setting up a SQLite projection at", exc)
     return ProjectionError(f"{path} is not a usable SQLite projection: {exc}")
 
 
@@ -199,13 +209,19 @@ class SQLiteProjection(Projection):
         if self.readonly:
             raise ProjectionError(f"{self.spec} was opened read-only")
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            # A full disk while storing reached the Hub as a raw sqlite3 error (issue 20, item 2).
+            if _is_full(exc):
+                raise _full(self.spec, "storing into", exc) from None
             raise
-        db.execute("COMMIT")
 
     def _clear(self) -> None:
         """Delete every record and reset the checkpoint, in one transaction."""

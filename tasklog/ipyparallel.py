@@ -229,7 +229,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             # The events appended since reuse the lost numbers: those at or below the checkpoint were skipped.
             reused = self.tasklog.read(first, min(self.records.last_seq, last) + 1)
             self.records.rewind(set().union(*(tasks for _, tasks in losses), *(task_ids(e) for _, e in reused)), last)
-        except Exception as exc:  # any: SQLite on a full disk says sqlite3.OperationalError
+        except Exception as exc:  # any: SQLite on a still-full disk (StorageFullError) among them
             if not quiet:
                 raise
             self.log.error("tasklog at %s: the projection is not rolled back yet (%s); tried again at the next call",

@@ -23,7 +23,7 @@ from jupyter_client.session import Session
 
 import projections
 from projections.sqlite import SQLiteProjection
-from tasklog import CommitError, InterfaceError, Receipt, StorageError, StorageFullError, Submit, TaskLog
+from tasklog import CommitError, InterfaceError, Output, Receipt, StorageError, StorageFullError, Submit, TaskLog
 from tasklog.appending import build
 from tasklog.asynccommit import AsyncCommitter
 from tasklog.codec import encode
@@ -282,9 +282,9 @@ def test_a_hub_hears_of_a_loss_and_its_projection_stays_the_logs(tiny_fs: Path, 
         logger.removeHandler(errors)
         db.close()  # nothing more to report: closes quietly
     # The Hub's writes never raised the loss (the Hub drops what a raising call was recording).
-    # (SQLite's own "database or disk is full", when a batch is stored while the disk is full, is
-    # raised by the write that stores it, its event recorded: not the loss, and left as it was.)
-    assert set(hub.raised) <= {"OperationalError"}, hub.raised
+    # (A batch stored into SQLite while the disk is full fails the write that stores it, its event
+    # recorded, as StorageFullError: it reached the Hub as a raw sqlite3.OperationalError.)
+    assert set(hub.raised) <= {"StorageFullError"}, hub.raised
 
 
 # -- issue 20, item 2 (F4): a committer that stops is a loss, never a silent one ---------------
@@ -360,3 +360,15 @@ def test_a_sqlite_projection_on_a_full_disk_is_storage_full(tiny_fs: Path, tmp_p
     assert out.returncode != 0 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert "not a usable SQLite projection" not in lines[0] and "full" in lines[0], lines[0]
     assert sorted(p.name for p in tiny_fs.iterdir()) == ["filler"]
+
+
+def test_a_sqlite_projection_that_fills_the_disk_while_storing_is_storage_full(tiny_fs: Path) -> None:
+    # Storing a batch on a full disk raised a raw sqlite3.OperationalError, past the error root.
+    proj = SQLiteProjection(str(tiny_fs / "p.db"))
+    try:
+        (tiny_fs / "filler").write_bytes(b"\0" * (1900 << 10))
+        with pytest.raises(StorageFullError, match="disk is full"):
+            for seq in range(1, 2001):
+                proj.apply([(seq, Output(f"t{seq}", name="stdout", text="x" * 4000))])
+    finally:
+        proj.close()
