@@ -125,10 +125,43 @@ class StreamFeed:
         config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
                                     max_ack_pending=-1, ack_wait=60)
         try:
-            return await js.pull_subscribe(subject, durable=self._durable_for(subject), stream=self.stream,
-                                           config=config)
+            durable = self._durable_for(subject)
+            if durable is not None:
+                await self._agree(js, durable)
+            return await js.pull_subscribe(subject, durable=durable, stream=self.stream, config=config)
         except importlib.import_module("nats.js.errors").NotFoundError:
             raise StreamServerError(f"there is no stream {self.stream} at {','.join(self.servers)}") from None
+
+    async def _agree(self, js: Any, durable: str) -> None:
+        """Start over a durable consumer that has acknowledged what the projection lacks.
+
+        A follow into a deleted (new) SQLite file folded nothing, "hubs: none", exit 0: its
+        consumer, named after the file, had acked every message already (issue 20, item 8). A
+        projection with no checkpoint gets the consumer reset (delivering from the start); one
+        whose checkpoints are behind what the consumer acked is refused.
+        """
+        not_found = importlib.import_module("nats.js.errors").NotFoundError
+        try:
+            info = await js.consumer_info(self.stream, durable)
+        except not_found:
+            return  # a new consumer delivers from the start
+        floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+        if not floor:
+            return
+        if not self.projection.hubs:
+            await js.delete_consumer(self.stream, durable)
+            return
+        try:
+            msg = await js.get_msg(self.stream, floor)
+        except not_found:
+            return  # gone from the stream (its limits): nothing to compare with
+        batch = jetstream.batch_of(msg.headers, None, msg.subject)
+        known = self.projection.hubs.get(batch.log)
+        if known is None or known[1] < batch.seq + batch.count - 1:
+            raise StreamError(f"consumer {durable} of stream {self.stream} has acknowledged events of hub "
+                              f"{batch.hub} up to {batch.seq + batch.count - 1} that {self.projection.spec} lacks "
+                              f"(it holds {known[1] if known else 0}): fold into a new projection, or name "
+                              "another consumer (--durable)")
 
     def _durable_for(self, subject: str) -> str | None:
         if self.durable is None or len(self.subjects) == 1:

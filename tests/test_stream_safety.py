@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,89 @@ def test_an_interrupt_before_a_command_runs_is_one_line() -> None:
             "runpy.run_module('tasklog', run_name='__main__', alter_sys=True)\n")
     out = subprocess.run([sys.executable, "-c", code, "follow"], capture_output=True, text=True, env=ENV, timeout=60)
     assert out.returncode == 130 and out.stderr == "tasklog: interrupted\n", out.stderr
+
+
+# -- item 8: a follow catching up stops at the first signal ----------------------------------------
+
+
+def _checkpoint(spec: str) -> int:
+    """The events ``spec`` (a SQLite projection) has folded, by its hub checkpoints (0: none yet)."""
+    if not os.path.exists(spec[len("sqlite:///"):]):
+        return 0
+    try:
+        with projections.open(spec) as p:
+            return sum(seq for _, seq in p.hubs.values())
+    except Exception:  # not made yet, or being written
+        return 0
+
+
+def _started(spec: str, proc: subprocess.Popen[str]) -> bool:
+    return _checkpoint(spec) > 0 or proc.poll() is not None
+
+
+def test_a_follow_catching_up_stops_at_the_first_sigint(tmp_path: Path, one_server: NatsCluster) -> None:
+    path = tmp_path / "hub"
+    last = _hub_log(path, 6000, 9)
+    # Small messages: the follow folds many batches, and the signal comes while it catches up.
+    run_cli("ship", "--log", str(path), "--to", one_server.url, "--hub", "h", "--batch", "4", check=True)
+    for trial in range(3):  # the first SIGINT was ignored in 2 of 3 trials
+        spec = f"sqlite:///{tmp_path / f'j{trial}.db'}"
+        proc = _tasklog("follow", "--source", one_server.url, "--projection", spec)
+        try:
+            wait_for(partial(_started, spec, proc), 60, "the follow to start folding")
+            proc.send_signal(signal.SIGINT)  # once: it folded to the end and stopped only at a second one
+            out, err = proc.communicate(timeout=15)  # a hang detector
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0 and err == "" and out.count("\n") == 1 and out.startswith("folded"), (out, err)
+        folded = _checkpoint(spec)
+        assert 0 < folded <= last and f"h at {folded}" in out  # what it says it folded is what the file holds
+
+
+# -- item 8: a follow's projection deleted, or older than its consumer ---------------------------------
+
+
+def _follow_to_the_end(url: str, spec: str, want: int) -> str:
+    """Follow ``spec`` until it holds ``want`` tasks, stop it (SIGTERM); return what it printed."""
+    proc = _tasklog("follow", "--source", url, "--projection", spec)
+    try:
+        wait_for(lambda: _records(spec) == want or proc.poll() is not None, 60, f"the follow to fold {want} tasks")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "" and _records(spec) == want, (out, err)
+    return out
+
+
+def test_a_follow_into_a_deleted_projection_folds_the_stream_again(tmp_path: Path, one_server: NatsCluster) -> None:
+    path = tmp_path / "hub"
+    last = _hub_log(path, 100, 11)
+    run_cli("ship", "--log", str(path), "--to", one_server.url, "--hub", "h", "--batch", "8", check=True)
+    with TaskLog.open(str(path), readonly=True) as log, projections.open("dict", log=log) as own:
+        want = own.count({})
+    db = tmp_path / "j.db"
+    assert f"h at {last}" in _follow_to_the_end(one_server.url, f"sqlite:///{db}", want)
+    db.unlink()  # its consumer, named after the file, had acked everything: the next follow folded nothing
+    assert f"h at {last}" in _follow_to_the_end(one_server.url, f"sqlite:///{db}", want)
+
+
+def test_a_follow_refuses_a_projection_behind_what_its_consumer_acked(tmp_path: Path,
+                                                                     one_server: NatsCluster) -> None:
+    path = tmp_path / "hub"
+    _hub_log(path, 50, 12)
+    run_cli("ship", "--log", str(path), "--to", one_server.url, "--hub", "h", check=True)
+    db, old = tmp_path / "j.db", tmp_path / "old.db"
+    spec = f"sqlite:///{db}"
+    with TaskLog.open(str(path), readonly=True) as log, projections.open("dict", log=log) as own:
+        want = own.count({})
+    _follow_to_the_end(one_server.url, spec, want)
+    shutil.copy(db, old)
+    _append(path, *(f"later-{i}" for i in range(5)))
+    run_cli("ship", "--log", str(path), "--to", one_server.url, "--hub", "h", check=True)
+    _follow_to_the_end(one_server.url, spec, want + 5)
+    shutil.copy(old, db)  # a backup put back: its consumer has acked what it lacks
+    out = run_cli("follow", "--source", one_server.url, "--projection", spec)
+    _one_line_error(out, "has acknowledged events of hub h", "--durable")
+    assert _records(spec) == want  # refused, not folded past the gap nor reset

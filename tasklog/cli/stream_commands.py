@@ -28,7 +28,7 @@ import projections
 from projections.streamfeed import StreamFeed, check_source
 
 from .. import jetstream
-from ..errors import InterfaceError
+from ..errors import InterfaceError, TaskLogError
 from ..log import TaskLog
 from ..progress import Progress
 from ..restore import restore_async, restoring
@@ -40,9 +40,10 @@ __all__ = ["SHIP", "RESTORE", "FOLLOW", "add_source", "replay_from_stream"]
 T = TypeVar("T")
 
 
-def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = None) -> T:
+def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = None,
+              on_stop: Callable[[], None] | None = None) -> T:
     """Run the coroutine ``run``; SIGINT or SIGTERM cancels it wherever it waits and raises
-    KeyboardInterrupt. ``on_eof``: called when standard input ends."""
+    KeyboardInterrupt. ``on_eof``: called when standard input ends; ``on_stop``: on a signal."""
     interrupted: list[int] = []
 
     async def main() -> T | None:
@@ -51,6 +52,8 @@ def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = N
 
         def interrupt(*_: Any) -> None:
             interrupted.append(1)
+            if on_stop is not None:
+                on_stop()
             loop.call_soon_threadsafe(task.cancel)
         # Not loop.add_signal_handler: a handler that only asked the work to stop left a shipper
         # that could not connect deaf to every signal (issue 20).
@@ -58,11 +61,11 @@ def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = N
         if on_eof is not None:
             threading.Thread(target=_wait_eof, args=(loop, on_eof), daemon=True).start()
         try:
-            return await task
-        except asyncio.CancelledError:
+            return await _until_done(task, interrupted)
+        except (asyncio.CancelledError, TaskLogError):
             if not interrupted:
                 raise
-            return None
+            return None  # a client that turned the cancel into an error of its own: still a stop
         finally:
             for sig, handler in before.items():
                 signal.signal(sig, handler)
@@ -70,6 +73,20 @@ def _stopping(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = N
     if interrupted:
         raise KeyboardInterrupt
     return cast(T, result)
+
+
+async def _until_done(task: asyncio.Task[T], interrupted: list[int]) -> T:
+    """Await ``task``, cancelling it again while it runs on after a signal.
+
+    One cancel was not enough: a follow catching up folded to the end of the stream after a
+    SIGINT (issue 20, item 8), the cancel swallowed by the client's wait_for or turned into an
+    error its fetch treats as transient.
+    """
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.25)
+        if interrupted and not task.done():
+            task.cancel()
+    return task.result()
 
 
 def _terminating_interrupts() -> None:
@@ -184,7 +201,7 @@ def _feed(args: argparse.Namespace, follow: bool) -> int:
         feed = StreamFeed(proj, servers, stream, durable=_durable(args) if follow else None, hubs=args.hub or None,
                           progress=bar.update, connect_deadline=args.wait)
         try:
-            _stopping(feed.run(follow=follow))
+            _stopping(feed.run(follow=follow), on_stop=feed.stop)
             interrupted = False
         except KeyboardInterrupt:
             interrupted = True
