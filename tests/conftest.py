@@ -17,6 +17,22 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
+# The modules that start ipyparallel clusters (a controller, its schedulers, up to nine engines with
+# their nannies). Under pytest-xdist (`-n 2 --dist loadgroup`) they run one after another on one
+# worker: two clusters at once on 2 cores starved engines past ipyparallel's own deadlines.
+_CLUSTER_MODULES = {"test_ipyparallel_suite.py", "test_ipyparallel_cluster.py", "test_ipyparallel_label.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the tests that start ipyparallel clusters in one xdist group, first under xdist."""
+    for item in items:
+        if item.path.name in _CLUSTER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ipyparallel"))
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker collects, in the same order
+        # The group is the longest piece of work: started last, it ran alone at the end.
+        items.sort(key=lambda item: item.path.name not in _CLUSTER_MODULES)
+
+
 @pytest.fixture
 def log_dir(tmp_path: Path) -> str:
     """A path where a new log may be created."""

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from tasklog import TaskLog
 from tasklog.verify import verify
 
 MODULES = ["test_client", "test_asyncresult", "test_lbview", "test_view", "test_dependency"]
+# ipp_plugin.RESTART_MARK (not imported: importing the plugin patches ipyparallel's harness here too).
+RESTART_MARK = "tasklog-ipp-restart:"
 
 
 def _run_with_tasklog(projection: str, tmp: Path, *targets: str) -> tuple[int, str]:
@@ -36,6 +39,9 @@ def _run_with_tasklog(projection: str, tmp: Path, *targets: str) -> tuple[int, s
                               cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                               timeout=1800)
     lines = out.read_text(errors="replace").splitlines()
+    for line in lines:
+        if line.startswith(RESTART_MARK):  # not a failure, but never hidden: shown in the summary
+            warnings.warn(f"ipyparallel's suite on {projection}: {line[len(RESTART_MARK):].strip()}", stacklevel=2)
     # -rfE: the failures' one-line reasons, then the counts; the controllers' and engines' logs
     # (debug level) are in the file.
     start = next((i for i, line in enumerate(lines) if "short test summary" in line), len(lines) - 1)
