@@ -446,10 +446,14 @@ def test_restore_refuses_an_aside_directory_it_did_not_make_and_keeps_it(tmp_pat
 
 def test_an_interrupt_before_a_command_runs_is_one_line() -> None:
     # SIGINT while Python was still importing the commands printed a KeyboardInterrupt traceback.
-    code = ("import os, runpy, signal, sys\n"
+    # A process started in the background of a shell without job control (make under nohup, as
+    # a CI may be) inherits SIGINT ignored, and Python then keeps it ignored: the child restores
+    # Python's own handler first, as an interactive start has it (the first full run hung here).
+    code = ("import os, runpy, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def interrupted_while_importing(*_):\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
-            "    signal.pause()\n"
+            "    time.sleep(30)\n"
             "sys.meta_path.insert(0, type('Hook', (), {'find_spec': staticmethod(\n"
             "    lambda name, *a: interrupted_while_importing() if name == 'projections.streamfeed' else None)}))\n"
             "runpy.run_module('tasklog', run_name='__main__', alter_sys=True)\n")
