@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import mounted_tmpfs, run_cli
 
 from tasklog import TaskLog
 from tasklog.demo import simulate
@@ -155,17 +155,9 @@ def test_a_read_only_directory_is_one_line(small_log: str, readonly_dir: Path) -
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs mounted for the test (needs mount rights: root in a container, as on CI)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-    try:
+    """A 64 KiB tmpfs mounted for the test."""
+    with mounted_tmpfs(tmp_path / "tiny", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_old_file(small_log: str, tiny_fs: Path) -> None:

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import HERE, run_cli
+from conftest import HERE, mounted_tmpfs, run_cli
 from nats_cluster import NatsCluster, running, shipped_through, wait_for
 
 import projections
@@ -44,17 +44,9 @@ def one_server(tmp_path: Path) -> Iterator[NatsCluster]:
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for the test (needs mount rights: root in a container, as on CI)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-    try:
+    """A 2 MiB tmpfs mounted for the test."""
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def _hub_log(path: Path, tasks: int, seed: int) -> int:

@@ -11,13 +11,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import run_cli
+from conftest import mounted_tmpfs, run_cli
 from ipyparallel.controller.hub import init_record
 from jupyter_client.session import Session
 
@@ -30,24 +29,10 @@ from tasklog.codec import encode
 from tasklog.ipyparallel import TaskLogDB
 
 
-@contextmanager
-def _mounted(mnt: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``mnt`` (needs mount rights: root in a container, as on CI)."""
-    mnt.mkdir(exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted for the test."""
-    with _mounted(tmp_path / "tiny", "2m") as mnt:
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as mnt:
         yield mnt
 
 
@@ -177,7 +162,7 @@ def test_a_new_log_on_an_almost_full_disk_is_one_line_at_every_stage(tmp_path: P
     # bare OSError (the marker file), or "damaged or incomplete" for a log never made.
     refused = []
     for pages in range(0, 24, 2):  # through every stage of making a log, to room enough
-        with _mounted(tmp_path / f"room-{pages}", "256k") as mnt:
+        with mounted_tmpfs(tmp_path / f"room-{pages}", "256k") as mnt:
             st = os.statvfs(mnt)
             (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - pages * 4096))
             log = str(mnt / "log")
