@@ -9,7 +9,7 @@ import sys
 import threading
 
 import projections
-from projections.streamfeed import StreamFeed
+from tasklog.stream.feed import StreamFeed
 
 
 def _quantile(values: list[float], q: float) -> float:

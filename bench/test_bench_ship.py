@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from conftest import record, sizes
 
-from tasklog import TaskLog, jetstream
+from tasklog import TaskLog
 from tasklog.demo import simulate
-from tasklog.ship import Shipper, Shipping
+from tasklog.stream import wire
+from tasklog.stream.ship import Shipper, Shipping
 
 HERE = Path(__file__).parent
 sys.path.insert(1, str(HERE.parent / "tests"))
@@ -60,10 +61,10 @@ def _new_stream(url: str, replicas: int) -> str:
     name = f"B{uuid.uuid4().hex[:10]}"
 
     async def make() -> None:
-        nc = await jetstream.connect(jetstream.parse_servers(url))
+        nc = await wire.connect(wire.parse_servers(url))
         deadline = time.monotonic() + 30
         try:  # a cluster just started elects its JetStream leader first
-            await jetstream.retrying(lambda: jetstream.ensure_stream(nc.jetstream(), name, replicas),
+            await wire.retrying(lambda: wire.ensure_stream(nc.jetstream(), name, replicas),
                                      lambda: time.monotonic() > deadline)
         finally:
             await nc.close()

@@ -4,11 +4,12 @@
 ``mongodb://host:port/dbname`` or ``none``. Given a log, a persistent
 projection catches up from its checkpoint on open.
 
-Bottom up: ``errors``, ``fold`` (the one pure fold and its anomaly rules), ``query`` (parsed
-once into a tree), ``base`` (the ``Projection`` contract: five storage hooks, public hooks for
-live attachment) and ``sortedindex``; the backends ``memory``, ``sqlite``, ``mongo`` and
-``nothing`` as siblings; ``snapshot`` and ``buffered`` (``WriteBehind``, itself a projection);
-``live`` on top. Only ``tasklog``'s core is imported from here, never its edges.
+Bottom up: ``errors``, ``fold`` (the one pure fold and its anomaly rules), ``query`` and
+``parse`` (parsed once into a tree), ``hubs``, ``catchup`` and ``frames``, ``base`` (the
+``Projection`` contract: five storage hooks, public hooks for live attachment); the backends
+as siblings in ``backends`` (``dict``, ``none``, ``sqlite``, ``mongo``); ``snapshot``,
+``writebehind`` (``WriteBehind``, itself a projection) and ``overlay``; ``live`` and
+``maintenance`` on top. Only ``tasklog``'s core is imported from here, never its edges.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from urllib.parse import parse_qsl, urlsplit
 from tasklog.log import TaskLog
 
 from . import snapshot
+from .backends.dict import DictProjection
+from .backends.none import NoProjection
 from .base import BUFFER_MODES, Projection
 from .errors import ProjectionError, QueryError
 from .fold import RECORD_KEYS, fold
-from .memory import DictProjection
-from .nothing import NoProjection
 from .parse import parse
 
 __all__ = ["open", "replay", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold", "parse",
@@ -82,7 +83,7 @@ def _backend(spec: str, options: dict[str, Any]) -> Projection:
     if spec == "dict" or spec.startswith("dict?"):
         return DictProjection(**{**_dict_options(spec[5:]), **options})
     if spec.startswith("sqlite://"):
-        from .sqlite import SQLiteProjection
+        from .backends.sqlite import SQLiteProjection
 
         path = spec[len("sqlite://"):]
         if not path.startswith("/") or path == "/":
@@ -90,7 +91,7 @@ def _backend(spec: str, options: dict[str, Any]) -> Projection:
                                   "sqlite:////absolute/path.db")
         return SQLiteProjection(path[1:] or ":memory:", **options)
     if spec.startswith(("mongodb://", "mongodb+srv://")):
-        from .mongo import MongoProjection
+        from .backends.mongo import MongoProjection
 
         if not urlsplit(spec).hostname:
             raise ProjectionError(f"bad MongoDB spec {spec!r}: no host")

@@ -7,11 +7,10 @@ retention policy (off by default) it then prunes the events the snapshot covers 
 than ``retain_seconds`` or, while the log is over ``retain_bytes``, all of them. A prune keeps
 the events whose buffers the snapshot's records still need (see ``tasklog.retention.prune``).
 
-The snapshot itself is folded in a child process (``python -m tasklog snapshot``, which reads
-the log read-only beside the writer). Folded in a thread, it held the writer's process's GIL:
-py-lmdb gives the GIL up around every put, so each put of the async committer then waited a
-switch interval for it, and a Hub's loop, waiting on the committer, stalled for 100-300 ms at a
-time (BENCHMARKS.md). ``in_process=True`` folds in the thread instead (tests, small logs).
+The snapshot itself is folded in a child process (``projections.snapshotter``, which reads the
+log read-only beside the writer): folded in a thread, it held the writer's process's GIL, and a
+Hub's loop, waiting on the committer, stalled (BENCHMARKS.md, "Snapshots beside a Hub").
+``in_process=True`` folds in the thread instead (tests, small logs).
 """
 
 from __future__ import annotations
@@ -117,7 +116,7 @@ class Maintenance:
         return True
 
     def _take_in_child(self, at: int) -> None:
-        cmd = [sys.executable, "-m", "tasklog", "snapshot", "--log", self.log.path, "--at", str(at)]
+        cmd = [sys.executable, "-m", "projections.snapshotter", "--log", self.log.path, "--at", str(at)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]

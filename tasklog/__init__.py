@@ -1,15 +1,18 @@
 """tasklog: an append-only LMDB event log of task lifecycles, folded into TaskRecords.
 
-The log core, bottom up: ``errors`` (one root, ``TaskLogError``), ``fields`` (the checks an
-event field is declared with), ``events`` (each event field declared once), ``codec`` (bytes on
-disk), ``streamindex``/``committimes``/``databases``/``front``/``verbatim`` (what the log's
-databases hold and how they change; ``diskspace``, a full disk as LMDB reports it), ``store``
-(the directory, its locks and shared LMDB environment), ``groupcommit``/``asynccommit`` (the
-writer of each durability mode) and ``reader``, ``log`` (``TaskLog``, the facade over them),
-then ``retention``, ``verify``, ``demo``, ``jsonfmt``, ``records`` and ``progress``. The core
-never imports ``projections``. The two edges compose both: ``tasklog.cli`` (the ``tasklog``
-command) and ``tasklog.ipyparallel`` (``TaskLogDB``).
-``make lint`` checks these layers.
+The modules at the top of this package are the log core, bottom up: ``errors`` (one root,
+``TaskLogError``), ``records``/``baseline``/``progress`` (shared shapes and helpers), ``fields``
+(the checks an event field is declared with), ``events`` (each event field declared once),
+``codec`` (bytes on disk) and ``lifecycle`` (a task's state, one reducer),
+``streamindex``/``committimes``/``databases``/``front``/``verbatim``/``diskspace`` (what the
+log's databases hold and how they change), ``store`` (the directory, its locks and shared LMDB
+environment), ``groupcommit``/``asynccommit`` (the writer of each durability mode), ``reader``
+and ``schema``, ``appending``, ``log`` (``TaskLog``, the facade), then ``retention`` and
+``verify``. The core never imports ``projections``.
+
+The edges are sub-packages above ``projections``: ``views`` (report, timeline, story, JSON),
+``stream`` (NATS JetStream), ``demo`` (the simulated hub), ``ipyparallel`` (``TaskLogDB``) and
+``cli`` (the ``tasklog`` command). ``make lint`` checks these layers; ARCHITECTURE.md maps them.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def running(directory: Path, size: int) -> Iterator[NatsCluster]:
 async def _spans(url: str, stream: str, hub: str) -> list[tuple[int, int]]:
     import nats
 
-    from tasklog.jetstream import hub_batches, hub_subject
+    from tasklog.stream.wire import hub_batches, hub_subject
 
     nc = await nats.connect(servers=url.split(","))
     try:
@@ -149,7 +149,7 @@ def shipped_through(url: str, stream: str, hub: str) -> int:
 
     import nats
 
-    from tasklog.jetstream import batch_of, hub_subject
+    from tasklog.stream.wire import batch_of, hub_subject
 
     async def last() -> int:
         try:

@@ -15,7 +15,7 @@ from conftest import run_cli
 import projections
 from tasklog import InterfaceError, MissingEventError, Submit, TaskLog
 from tasklog.demo import simulate
-from tasklog.jsonfmt import loads, printable
+from tasklog.views.jsonfmt import loads, printable
 
 
 def _one_line(proc: subprocess.CompletedProcess[str], *words: str) -> None:

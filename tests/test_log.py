@@ -416,7 +416,7 @@ def test_appenders_keep_their_positional_signatures(log_dir: str) -> None:
 def test_start_records_the_time_of_the_call_as_submit_and_complete_do(log_dir: str) -> None:
     """The README's own example (no started=) gives a timeline slice and a report row."""
     from tasklog.fields import utcnow
-    from tasklog.timeline import trace_events
+    from tasklog.views.timeline import trace_events
 
     with TaskLog.open(log_dir) as log:
         before = utcnow()

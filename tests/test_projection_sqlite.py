@@ -8,7 +8,7 @@ import pytest
 from projection_contract import ProjectionContract
 
 import projections
-from projections.buffered import WriteBehind
+from projections.writebehind import WriteBehind
 from tasklog import TaskLog
 
 

@@ -65,7 +65,7 @@ def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> Non
 
     import msgpack
 
-    from projections.sqlite import SCHEMA_VERSION, decode_document
+    from projections.backends.sqlite import SCHEMA_VERSION, decode_document
 
     db = str(tmp_path / "v1.db")
     with TaskLog.open(history, readonly=True) as log:
@@ -97,8 +97,8 @@ def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> Non
 
 def test_sqlite_document_shapes() -> None:
     """Annotated keys, hidden keys and a record lacking a usual key all survive storage."""
+    from projections.backends.sqlite import decode_document, encode_document
     from projections.fold import new_record
-    from projections.sqlite import decode_document, encode_document
 
     full = new_record("a") | {"tags": ["x"], "_dropped": True, "_seq": 9, "submitted": T0}
     partial = {"msg_id": "b", "_seq": 3, "stdout": "s"}
@@ -149,7 +149,7 @@ def test_dict_indexes_follow_every_change() -> None:
 
 
 def test_sorted_index_narrows_ranges() -> None:
-    from projections.sortedindex import SortedIndex
+    from projections.backends.sortedindex import SortedIndex
 
     idx = SortedIndex("submitted")
     ids = [f"t{i}" for i in range(10)]
@@ -166,7 +166,7 @@ def test_sorted_index_narrows_ranges() -> None:
 def test_sorted_index_settles_few_or_many_pending_changes() -> None:
     """Changes wait for a range query; a handful are moved one by one, many re-sorted: same answers."""
 
-    from projections.sortedindex import SortedIndex
+    from projections.backends.sortedindex import SortedIndex
 
     rng = random.Random(11)
     idx = SortedIndex("submitted")
@@ -186,7 +186,7 @@ def test_sorted_index_settles_few_or_many_pending_changes() -> None:
 
 def test_sorted_index_keeps_order_across_bucket_splits() -> None:
 
-    from projections.sortedindex import SortedIndex
+    from projections.backends.sortedindex import SortedIndex
 
     rng = random.Random(3)
     idx = SortedIndex("submitted")
@@ -211,7 +211,7 @@ def test_sqlite_millisecond_columns_of_schema_2_are_upgraded(history: str, tmp_p
     import sqlite3
     from types import SimpleNamespace
 
-    from projections.sqlite import COLUMNS, decode_document, encode_document
+    from projections.backends.sqlite import COLUMNS, decode_document, encode_document
 
     db = str(tmp_path / "v2.db")
     in_ms = SimpleNamespace(datetime_resolution=timedelta(milliseconds=1))

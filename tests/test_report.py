@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from tasklog import InterfaceError, MissingExtraError, TaskLog, report
-from tasklog.report import busy_fraction, collect, write_report
+from tasklog import InterfaceError, MissingExtraError, TaskLog
+from tasklog.views import report
+from tasklog.views.report import busy_fraction, collect, write_report
 
 # Recorded in the page itself: what its images did and every error the page met, then read back
 # from the DOM Chromium dumps once the page has loaded.

@@ -18,12 +18,12 @@ from conftest import HERE, projection_spec, run_cli
 from nats_cluster import NatsCluster, hub_spans, running, shipped_through, stream_leader, wait_for
 
 import projections
-from projections.streamfeed import StreamFeed
 from tasklog import InterfaceError, StreamError, TaskLog
 from tasklog.demo import simulate
-from tasklog.jetstream import batch_of, first_gap, parse_servers
-from tasklog.restore import restore
-from tasklog.ship import Shipper
+from tasklog.stream.feed import StreamFeed
+from tasklog.stream.restore import restore
+from tasklog.stream.ship import Shipper
+from tasklog.stream.wire import batch_of, first_gap, parse_servers
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_addresses_names_and_messages_are_checked() -> None:
 
 def test_a_hubs_batches_come_back_in_order_once() -> None:
     from tasklog.codec import SCHEMA_VERSION
-    from tasklog.jetstream import Batch, HubOrder
+    from tasklog.stream.wire import Batch, HubOrder
 
     def batch(seq: int, last: int, ordinal: int) -> Batch:
         return Batch("log", "h", seq, last - seq + 1, ordinal, SCHEMA_VERSION, 0.0, [(seq, 1.0)],

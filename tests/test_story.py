@@ -9,8 +9,8 @@ import pytest
 from conftest import run_cli
 
 from tasklog import InterfaceError, TaskLog
-from tasklog.jsonfmt import loads
-from tasklog.story import story
+from tasklog.views.jsonfmt import loads
+from tasklog.views.story import story
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
 

@@ -24,8 +24,8 @@ from nats_cluster import NatsCluster, running, shipped_through, wait_for
 import projections
 from tasklog import NotATaskLogError, StreamError, TaskLog, retention
 from tasklog.demo import simulate
-from tasklog.jetstream import Batch, hub_subject
-from tasklog.ship import Shipper
+from tasklog.stream.ship import Shipper
+from tasklog.stream.wire import Batch, hub_subject
 
 ENV = {**os.environ, "PYTHONPATH": str(HERE.parent)}
 
@@ -447,7 +447,7 @@ def test_an_interrupt_before_a_command_runs_is_one_line() -> None:
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    time.sleep(30)\n"
             "sys.meta_path.insert(0, type('Hook', (), {'find_spec': staticmethod(\n"
-            "    lambda name, *a: interrupted_while_importing() if name == 'projections.streamfeed' else None)}))\n"
+            "    lambda name, *a: interrupted_while_importing() if name == 'tasklog.stream.feed' else None)}))\n"
             "runpy.run_module('tasklog', run_name='__main__', alter_sys=True)\n")
     out = subprocess.run([sys.executable, "-c", code, "follow"], capture_output=True, text=True, env=ENV, timeout=60)
     assert out.returncode == 130 and out.stderr == "tasklog: interrupted\n", out.stderr

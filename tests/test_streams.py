@@ -300,7 +300,7 @@ def test_cli_query_answers_from_the_hubs_sqlite_projection_without_writing_it(tm
 
     from conftest import run_cli
 
-    from projections.sqlite import SQLiteProjection
+    from projections.backends.sqlite import SQLiteProjection
     log_dir = tmp_path / "tasklog"
     with TaskLog.open(str(log_dir)) as log:
         hub = projections.open(f"sqlite:///{log_dir / 'projection.db'}", log=log)  # what TaskLogDB keeps
@@ -312,7 +312,7 @@ def test_cli_query_answers_from_the_hubs_sqlite_projection_without_writing_it(tm
                       key=lambda r: r["msg_id"])
     digest = hashlib.sha256((log_dir / "projection.db").read_bytes()).hexdigest()
     out = run_cli("query", "--log", str(log_dir), "{}", check=True).stdout
-    from tasklog.jsonfmt import loads
+    from tasklog.views.jsonfmt import loads
     got = sorted((loads(line) for line in out.splitlines()), key=lambda r: r["msg_id"])
     assert [r["msg_id"] for r in got] == [r["msg_id"] for r in want]
     assert next(r for r in got if r["msg_id"] == "newer")["buffers"] == [b"\x01\x02"]

@@ -10,7 +10,7 @@ from conftest import run_cli
 from trace_check import check_trace, overlaps
 
 from tasklog import TaskLog
-from tasklog.timeline import trace_events
+from tasklog.views.timeline import trace_events
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
 

@@ -20,7 +20,7 @@ from conftest import run_cli
 
 from projections.snapshot import take
 from tasklog import TaskLog, retention
-from tasklog.report import collect
+from tasklog.views.report import collect
 
 T0 = datetime(2026, 11, 28, 8, 0, tzinfo=timezone.utc)
 OK, FAILED = {"status": "ok"}, {"status": "error", "ename": "KeyError"}

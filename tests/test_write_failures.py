@@ -21,7 +21,7 @@ from ipyparallel.controller.hub import init_record
 from jupyter_client.session import Session
 
 import projections
-from projections.sqlite import SQLiteProjection
+from projections.backends.sqlite import SQLiteProjection
 from tasklog import CommitError, InterfaceError, Output, Receipt, StorageError, StorageFullError, Submit, TaskLog
 from tasklog.appending import build
 from tasklog.asynccommit import AsyncCommitter

@@ -1,7 +1,9 @@
 """The ``tasklog`` command line: one registry naming every command.
 
-An edge of the house, as the ipyparallel adapter is: its projection commands compose the log
-core with ``projections``; nothing below it imports it.
+The top of the house: its commands compose the log core, ``projections`` and the other edges
+(``views``, ``stream``, ``demo``); nothing imports it. One module per kind of command:
+``log_commands`` (read a log), ``projection_commands`` (fold it), ``feed_commands`` (fold a
+stream), ``stream_commands`` (ship and restore), on ``common``.
 
 Every error is one line on stderr and a non-zero exit; tracebacks are for bugs.
 """
@@ -15,9 +17,10 @@ from typing import NoReturn
 
 from ..errors import TaskLogError
 from .common import Command
+from .feed_commands import FOLLOW
 from .log_commands import PRUNE, REPORT, STATS, STORY, TAIL, TIMELINE, VERIFY
 from .projection_commands import DEMO, QUERY, REPLAY, SNAPSHOT
-from .stream_commands import FOLLOW, RESTORE, SHIP
+from .stream_commands import RESTORE, SHIP
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 

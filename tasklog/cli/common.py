@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import shutil
 import stat
@@ -17,9 +18,10 @@ from typing import TextIO
 from ..errors import InterfaceError, StorageFullError, TaskLogError
 from ..log import TaskLog
 from ..store import MARKER
+from ..stream import wire
 
 __all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "local_file", "positive", "at_least",
-           "output_to"]
+           "output_to", "seconds", "add_servers", "add_wait"]
 
 DEFAULT_LOG = "./tasklog-data"
 
@@ -181,3 +183,31 @@ def _replacing(real: str, old: os.stat_result | None) -> Iterator[TextIO]:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+# -- stream commands ---------------------------------------------------------------
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"needs a number of seconds > 0, got {text!r}")
+    return value
+
+
+def add_servers(p: argparse.ArgumentParser, flag: str, required: bool, dest: str | None = None) -> None:
+    """The NATS servers and stream a stream command talks to."""
+    p.add_argument(flag, required=required, dest=dest, metavar="nats://HOST:PORT[,...]",
+                   help="the NATS servers (any of the cluster's)")
+    p.add_argument("--stream", default=wire.DEFAULT_STREAM, metavar="NAME",
+                   help=f"the JetStream stream (default {wire.DEFAULT_STREAM})")
+
+
+def add_wait(p: argparse.ArgumentParser, also: str = "") -> None:
+    """How long a stream command waits for a server."""
+    p.add_argument("--wait", type=seconds, default=30.0, metavar="SECONDS",
+                   help=f"how long to wait for a server to answer before giving up (default 30{also})")

@@ -8,11 +8,12 @@ from typing import Any
 
 from projections.snapshot import view_base
 
-from .. import report, retention, story, timeline, verify
+from .. import retention, verify
 from ..errors import TaskLogError
-from ..jsonfmt import dumps, event_to_doc, printable
 from ..log import TaskLog
 from ..progress import Progress
+from ..views import report, story, timeline
+from ..views.jsonfmt import dumps, event_to_doc, printable
 from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, output_to, positive, stop_seq
 
 __all__ = ["STATS", "TAIL", "VERIFY", "PRUNE"]

@@ -1,7 +1,7 @@
 """Commands that fold the log into projections: demo, query, replay, snapshot.
 
-With the ipyparallel adapter, these are the only modules of ``tasklog`` that import
-``projections``: the CLI is an edge that composes the two packages.
+They compose the log core with ``projections``; ``replay --source`` folds a stream instead
+(``feed_commands``).
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ from typing import Any
 
 import projections
 from projections import snapshot
+from projections.backends.sqlite import SQLiteProjection
 from projections.errors import QueryError
 from projections.fold import describe
 from projections.live import attach
 from projections.overlay import Overlay
-from projections.sqlite import SQLiteProjection
-from projections.streamfeed import stream_fed
 
 from ..demo import simulate
 from ..errors import InterfaceError, StorageError, same_kind
 from ..fields import utcnow
-from ..jsonfmt import dumps, loads
 from ..log import DURABILITY, TaskLog
 from ..progress import Progress
+from ..stream.feed import stream_fed
+from ..views.jsonfmt import dumps, loads
 from .common import AS_OF_HELP, DEFAULT_LOG, Command, add_log, at_least, leave_nothing, local_file, positive, stop_seq
-from .stream_commands import add_source, replay_from_stream
+from .feed_commands import add_source, replay_from_stream
 
 __all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
 

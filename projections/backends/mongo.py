@@ -21,9 +21,9 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from tasklog.records import INDEXED_FIELDS
 
-from .base import Projection, Records
-from .errors import ProjectionError
-from .query import Cond, Logical, Node, Not, glob_to_regex
+from ..base import Projection, Records
+from ..errors import ProjectionError
+from ..query import Cond, Logical, Node, Not, glob_to_regex
 
 __all__ = ["MongoProjection", "translate"]
 

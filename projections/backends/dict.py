@@ -17,10 +17,10 @@ from typing import Any
 
 from tasklog.records import INDEXED_FIELDS
 
-from .base import Projection, Records
-from .errors import ProjectionError
-from .fold import BUFFER_KEYS, is_tombstone
-from .query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
+from ..base import Projection, Records
+from ..errors import ProjectionError
+from ..fold import BUFFER_KEYS, is_tombstone
+from ..query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
 from .sortedindex import SortedIndex
 
 __all__ = ["DictProjection"]

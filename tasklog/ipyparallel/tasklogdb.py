@@ -28,14 +28,14 @@ from traitlets import Enum, Float, Int, Unicode
 
 import projections
 from projections import Projection, snapshot
-from projections.buffered import WriteBehind
 from projections.fold import BUFFER_KEYS, ref_seq
 from projections.maintenance import Maintenance, Policy
+from projections.writebehind import WriteBehind
 
-from .errors import LogBusyError, StorageError, same_kind
-from .events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids, validate
-from .log import DURABILITY, TaskLog
-from .ship import Shipping
+from ..errors import LogBusyError, StorageError, same_kind
+from ..events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids, validate
+from ..log import DURABILITY, TaskLog
+from ..stream.ship import Shipping
 
 __all__ = ["TaskLogDB", "record_events"]
 

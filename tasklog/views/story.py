@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import InterfaceError
-from .events import Complete, Drop, Event, Output, Resubmit, Start, Submit
+from ..errors import InterfaceError
+from ..events import Complete, Drop, Event, Output, Resubmit, Start, Submit
+from ..log import TaskLog
 from .jsonfmt import event_to_doc, printable
-from .log import TaskLog
 
 __all__ = ["Step", "Story", "story"]
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
-from .baseline import Baseline
-from .errors import InterfaceError, MissingExtraError
-from .lifecycle import Lifecycle, TaskState
-from .log import TaskLog
-from .records import FAILED_STATUSES
+from ..baseline import Baseline
+from ..errors import InterfaceError, MissingExtraError
+from ..lifecycle import Lifecycle, TaskState
+from ..log import TaskLog
+from ..records import FAILED_STATUSES
 
 __all__ = ["TaskRow", "busy_fraction", "collect", "write_report"]
 

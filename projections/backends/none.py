@@ -7,9 +7,9 @@ from typing import Any, NoReturn
 
 from tasklog.events import Event
 
-from .base import Projection, Records
-from .fold import Anomalies
-from .query import Logical
+from ..base import Projection, Records
+from ..fold import Anomalies
+from ..query import Logical
 
 __all__ = ["NoProjection"]
 

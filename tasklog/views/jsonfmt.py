@@ -14,7 +14,7 @@ from typing import Any
 from bson import json_util
 from bson.json_util import JSONMode, JSONOptions
 
-from .errors import InterfaceError
+from ..errors import InterfaceError
 
 __all__ = ["dumps", "loads", "event_to_doc", "printable"]
 

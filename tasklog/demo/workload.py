@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from .events import Complete, Event, Output, Resubmit, Start, Submit
-from .fields import utcnow
+from ..events import Complete, Event, Output, Resubmit, Start, Submit
+from ..fields import utcnow
 
 __all__ = ["simulate", "ENGINES", "CLIENTS"]
 

@@ -22,11 +22,11 @@ import msgpack
 from tasklog.errors import StorageFullError, TaskLogError
 from tasklog.records import INDEXED_FIELDS
 
-from .base import Projection, Records
-from .catchup import gc_paused
-from .errors import ProjectionError
-from .fold import RECORD_KEYS, is_tombstone, strip_hidden
-from .query import Cond, Logical, Node, compile_predicate
+from ..base import Projection, Records
+from ..catchup import gc_paused
+from ..errors import ProjectionError
+from ..fold import RECORD_KEYS, is_tombstone, strip_hidden
+from ..query import Cond, Logical, Node, compile_predicate
 
 __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document"]
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from .query import Cond, Logical
+from ..query import Cond, Logical
 
 __all__ = ["SortedIndex"]
 

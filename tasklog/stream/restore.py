@@ -1,7 +1,7 @@
 """Rebuild a hub's log from a NATS JetStream stream that ``tasklog ship`` filled.
 
 The same events at the same sequence numbers with the same commit times and the original's
-identity, put back in order and without repeats (``jetstream.HubOrder``); a restore is a copy of
+identity, put back in order and without repeats (``wire.HubOrder``); a restore is a copy of
 its own (a new fork id: written to and shipped, it is told apart from the original). It is built
 aside and renamed into place whole (``restoring``).
 """
@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager, suppress
 
-from . import jetstream
-from .errors import InterfaceError, StreamError, StreamServerError
-from .jetstream import Batch
-from .log import TaskLog
+from ..errors import InterfaceError, StreamError, StreamServerError
+from ..log import TaskLog
+from . import wire
+from .wire import Batch
 
 __all__ = ["restore", "restore_async", "restoring", "MARKER"]
 
@@ -32,15 +32,15 @@ async def restore_async(log: TaskLog, servers: list[str], stream: str, hub: str,
                         progress: Callable[[int], None] | None = None, deadline: float | None = 30.0) -> int:
     """Write the events of ``hub`` from ``stream`` into the empty sync ``log``; return how many
     (``deadline``: seconds to wait for a server to answer)."""
-    subject = jetstream.hub_subject(stream, hub)
-    nc = await jetstream.connect(servers, deadline=deadline)
+    subject = wire.hub_subject(stream, hub)
+    nc = await wire.connect(servers, deadline=deadline)
     try:
         restorer = _Restorer(log, progress)
-        with jetstream.translated(f"restoring {stream}/{hub}"):
+        with wire.translated(f"restoring {stream}/{hub}"):
             try:
                 # Closed here, not when collected: a generator closed after the client printed
                 # "Task exception was never retrieved" when a full disk failed a restore (issue 20).
-                async with aclosing(jetstream.hub_batches(nc.jetstream(), stream, subject)) as batches:
+                async with aclosing(wire.hub_batches(nc.jetstream(), stream, subject)) as batches:
                     async for batch in batches:
                         restorer.add(batch)
             except importlib.import_module("nats.js.errors").NotFoundError:
@@ -50,7 +50,7 @@ async def restore_async(log: TaskLog, servers: list[str], stream: str, hub: str,
         restorer.finish()
         return restorer.written
     finally:
-        await jetstream.close(nc)
+        await wire.close(nc)
 
 
 def restore(log: TaskLog, servers: str, stream: str, hub: str, progress: Callable[[int], None] | None = None) -> int:
@@ -61,8 +61,8 @@ def restore(log: TaskLog, servers: str, stream: str, hub: str, progress: Callabl
     renamed into place only when whole."""
     if log.last_seq:
         raise InterfaceError(f"{log.path} already holds events: restore into a new directory")
-    return asyncio.run(restore_async(log, jetstream.parse_servers(servers), jetstream.check_name("stream", stream),
-                                     jetstream.check_name("hub", hub), progress))
+    return asyncio.run(restore_async(log, wire.parse_servers(servers), wire.check_name("stream", stream),
+                                     wire.check_name("hub", hub), progress))
 
 
 @contextmanager
@@ -167,7 +167,7 @@ class _Restorer:
     def __init__(self, log: TaskLog, progress: Callable[[int], None] | None) -> None:
         self.log, self.progress = log, progress
         self.fork = str(uuid.uuid4())  # a restore is a copy of its own: written to, it forks the original
-        self.order = jetstream.HubOrder()
+        self.order = wire.HubOrder()
         self.identity: str | None = None
         self.upto, self.begun = 0, False
         self.written = 0

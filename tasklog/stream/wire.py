@@ -44,8 +44,8 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-from . import codec
-from .errors import InterfaceError, MissingExtraError, StreamError, StreamServerError
+from .. import codec
+from ..errors import InterfaceError, MissingExtraError, StreamError, StreamServerError
 
 __all__ = ["DEFAULT_STREAM", "Batch", "HubOrder", "batch_of", "check_name", "close", "connect", "ensure_stream",
            "first_gap", "hub_batches", "hub_count", "hub_subject", "lost_claim", "nats_module", "parse_servers",

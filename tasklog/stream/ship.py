@@ -36,10 +36,11 @@ from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
-from . import jetstream
-from .errors import InterfaceError, StreamError
-from .jetstream import Batch
-from .log import TaskLog
+from ..errors import InterfaceError, StreamError
+from ..log import TaskLog
+from . import wire
+from .stopping import until_stopped
+from .wire import Batch
 
 __all__ = ["Shipper", "ShipStats", "Shipping", "BATCH_EVENTS"]
 
@@ -65,7 +66,7 @@ class ShipStats:
 class Shipper:
     """Publishes the committed events of ``log`` to ``stream`` as hub ``hub`` (default: the log's identity)."""
 
-    def __init__(self, log: TaskLog, servers: str | list[str], stream: str = jetstream.DEFAULT_STREAM,
+    def __init__(self, log: TaskLog, servers: str | list[str], stream: str = wire.DEFAULT_STREAM,
                  hub: str | None = None, replicas: int | None = None, window: int = 64,
                  progress: Callable[[int], None] | None = None, connect_deadline: float | None = None,
                  batch_events: int = BATCH_EVENTS) -> None:
@@ -75,10 +76,10 @@ class Shipper:
         if window < 1 or batch_events < 1 or (replicas is not None and replicas < 1):
             raise InterfaceError("window, batch_events and replicas must be >= 1")
         self.log, self.identity, self.fork = log, log.identity, log.fork
-        self.servers = jetstream.parse_servers(servers) if isinstance(servers, str) else servers
-        self.stream = jetstream.check_name("stream", stream)
-        self.hub = jetstream.check_name("hub", hub or log.identity)
-        self.subject = jetstream.hub_subject(stream, self.hub)
+        self.servers = wire.parse_servers(servers) if isinstance(servers, str) else servers
+        self.stream = wire.check_name("stream", stream)
+        self.hub = wire.check_name("hub", hub or log.identity)
+        self.subject = wire.hub_subject(stream, self.hub)
         self.replicas, self.window, self.batch_events = replicas, window, batch_events
         self.progress, self.connect_deadline = progress, connect_deadline
         self.stats = ShipStats()
@@ -103,17 +104,17 @@ class Shipper:
     async def run(self, follow: bool = False, poll: float = 0.01) -> ShipStats:
         """Ship from where the stream ends for this hub; return at the log's end, or (``follow``)
         when :meth:`stop` is called."""
-        nc = await jetstream.connect(self.servers, deadline=self.connect_deadline)
+        nc = await wire.connect(self.servers, deadline=self.connect_deadline)
         try:
-            with jetstream.translated(f"shipping to {self.stream}/{self.hub}"):
+            with wire.translated(f"shipping to {self.stream}/{self.hub}"):
                 self._max_bytes = int(nc.max_payload) - _HEADROOM
                 js = nc.jetstream(publish_async_max_pending=self.window + 1)
-                await self._retrying(lambda: jetstream.ensure_stream(js, self.stream, self.replicas))
+                await self._retrying(lambda: wire.ensure_stream(js, self.stream, self.replicas))
                 await self._retrying(lambda: self._resume(js))
                 await self._loop(js, follow, poll)
             return self.stats
         finally:
-            await jetstream.close(nc)
+            await wire.close(nc)
 
     async def _loop(self, js: Any, follow: bool, poll: float) -> None:
         while not self._stop.is_set():
@@ -133,7 +134,7 @@ class Shipper:
 
     async def _retrying(self, call: Callable[[], Any]) -> Any:
         """``call()`` again with back-off while the cluster cannot answer (no leader, no server)."""
-        return await jetstream.retrying(call, self._stop.is_set)
+        return await wire.retrying(call, self._stop.is_set)
 
     # -- where to start ----------------------------------------------------------------
 
@@ -146,13 +147,13 @@ class Shipper:
         except not_found:
             self._start(1, 1, 0)  # nothing shipped yet
             return
-        last = jetstream.batch_of(msg.headers, msg.data, self.subject)
+        last = wire.batch_of(msg.headers, msg.data, self.subject)
         self._check_continues(last)
-        first = jetstream.batch_of((await js.get_msg(self.stream, seq=1, subject=self.subject, next=True)).headers,
+        first = wire.batch_of((await js.get_msg(self.stream, seq=1, subject=self.subject, next=True)).headers,
                                    None, self.subject)
         nxt = last.last + 1
-        if await jetstream.hub_count(js, self.stream, self.subject) < last.ordinal - first.ordinal + 1:
-            nxt = min(nxt, jetstream.first_gap(await self._spans(js), first.seq))  # a message was lost
+        if await wire.hub_count(js, self.stream, self.subject) < last.ordinal - first.ordinal + 1:
+            nxt = min(nxt, wire.first_gap(await self._spans(js), first.seq))  # a message was lost
         self._start(nxt, last.ordinal + 1, int(msg.seq))
 
     def _start(self, nxt: int, ordinal: int, claim: int) -> None:
@@ -187,7 +188,7 @@ class Shipper:
 
     async def _spans(self, js: Any) -> list[tuple[int, int]]:
         """``(first, last)`` of every message the stream holds for this hub (headers only)."""
-        async with aclosing(jetstream.hub_batches(js, self.stream, self.subject, headers_only=True)) as batches:
+        async with aclosing(wire.hub_batches(js, self.stream, self.subject, headers_only=True)) as batches:
             return [(b.seq, b.last) async for b in batches]
 
     # -- publishing ----------------------------------------------------------------------
@@ -268,7 +269,7 @@ class Shipper:
             ack = await js.publish(self.subject, batch.payload(), timeout=_ACK_TIMEOUT,
                                    headers=batch.headers(claim=self._claim))
         except Exception as exc:  # as in _acked; and a lost claim
-            self._lost_claim = jetstream.lost_claim(exc)
+            self._lost_claim = wire.lost_claim(exc)
             return False
         self._landed(batch, ack)
         return batch.last <= self.stats.last_acked
@@ -293,23 +294,32 @@ class Shipper:
                 self.progress(batch.count)
 
 
+def ship_until(shipper: Shipper, follow: bool, until_eof: bool) -> bool:
+    """Run ``shipper`` until it is done (``until_eof``: until standard input ends, after shipping
+    what is committed); return whether a signal stopped it first."""
+    try:
+        until_stopped(shipper.run(follow=follow), (lambda: shipper.stop(drain=True)) if until_eof else None)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
 class Shipping:
-    """``tasklog ship --follow`` in a child process beside a writer (what ``TaskLogDB.ship_to`` runs).
+    """A shipper in a child process beside a writer (``python -m tasklog.stream.shipper``; what
+    ``TaskLogDB.ship_to`` runs).
 
     A child, not a thread: shipping reads the log back, packs and publishes, and in the writer's
-    process that work took the GIL from the writer (the Hub pattern measured 0.86x-0.89x of no
-    shipping with a thread, 0.97x-1.01x with the child; BENCHMARKS.md).
+    process that work took the GIL from the writer (BENCHMARKS.md, "Shipping beside a Hub").
     The child reads the log read-only, ends (after shipping what is committed) when this process
     does, and its errors are logged.
     """
 
-    def __init__(self, path: str, servers: str, stream: str = jetstream.DEFAULT_STREAM, hub: str | None = None,
+    def __init__(self, path: str, servers: str, stream: str = wire.DEFAULT_STREAM, hub: str | None = None,
                  logger: Any = None, drain_timeout: float = 10.0) -> None:
-        jetstream.parse_servers(servers)  # a bad address is the caller's error, not the child's
-        named = ["--hub", jetstream.check_name("hub", hub)] if hub else []
-        self.command = [sys.executable, "-m", "tasklog", "ship", "--log", path, "--to", servers,
-                        "--stream", jetstream.check_name("stream", stream), "--follow",
-                        "--until-eof", *named]
+        wire.parse_servers(servers)  # a bad address is the caller's error, not the child's
+        named = ["--hub", wire.check_name("hub", hub)] if hub else []
+        self.command = [sys.executable, "-m", "tasklog.stream.shipper", "--log", path, "--to", servers,
+                        "--stream", wire.check_name("stream", stream), *named]
         self.logger, self.drain_timeout = logger, drain_timeout
         self.errors: list[str] = []
         self._proc: subprocess.Popen[str] | None = None
@@ -328,7 +338,7 @@ class Shipping:
         for line in proc.stderr:
             self.errors.append(line.rstrip())
             if self.logger is not None:
-                self.logger.error("tasklog ship: %s", line.rstrip())
+                self.logger.error("tasklog shipper: %s", line.rstrip())
 
     @property
     def returncode(self) -> int | None:

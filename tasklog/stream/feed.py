@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from tasklog import codec, jetstream
-from tasklog.errors import StreamError, StreamServerError
-from tasklog.jetstream import Batch
+from projections import hubs
+from projections.base import STREAM_ORIGIN, Projection
 
-from . import hubs
-from .base import STREAM_ORIGIN, Projection
+from .. import codec
+from ..errors import StreamError, StreamServerError
+from . import wire
+from .wire import Batch
 
 __all__ = ["StreamFeed", "FeedStats", "check_source", "stream_fed"]
 
@@ -53,39 +54,39 @@ async def check_source(servers: list[str], stream: str, hubs: list[str] | None =
     """Refuse, before anything is made, a stream no server answers for, a missing stream, or a
     named hub the stream holds nothing of (``replay --source --hub nope`` folded nothing and
     left a new projection file behind: issue 20)."""
-    nc = await jetstream.connect(servers, deadline=deadline)
+    nc = await wire.connect(servers, deadline=deadline)
     try:
-        with jetstream.translated(f"reading {stream}"):
+        with wire.translated(f"reading {stream}"):
             js = nc.jetstream()
             try:
-                await jetstream.retrying(lambda: js.stream_info(stream))
+                await wire.retrying(lambda: js.stream_info(stream))
             except importlib.import_module("nats.js.errors").NotFoundError:
                 raise StreamServerError(f"there is no stream {stream} at {','.join(servers)}") from None
             for hub in hubs or []:
-                subject = jetstream.hub_subject(stream, hub)
-                if not await jetstream.retrying(partial(jetstream.hub_count, js, stream, subject)):
+                subject = wire.hub_subject(stream, hub)
+                if not await wire.retrying(partial(wire.hub_count, js, stream, subject)):
                     raise StreamError(f"stream {stream} holds nothing of hub {hub}")
     finally:
-        await jetstream.close(nc)
+        await wire.close(nc)
 
 
 class StreamFeed:
     """Folds the hubs of ``stream`` into ``projection``; ``hubs`` limits it to some of them."""
 
-    def __init__(self, projection: Projection, servers: str | list[str], stream: str = jetstream.DEFAULT_STREAM,
+    def __init__(self, projection: Projection, servers: str | list[str], stream: str = wire.DEFAULT_STREAM,
                  durable: str | None = None, hubs: list[str] | None = None,
                  progress: Callable[[int], None] | None = None, record_lag: bool = False,
                  connect_deadline: float | None = 30.0) -> None:
         self.projection = projection
-        self.servers = jetstream.parse_servers(servers) if isinstance(servers, str) else servers
-        self.stream = jetstream.check_name("stream", stream)
-        self.durable = None if durable is None else jetstream.check_name("consumer", durable)
-        self.subjects = [jetstream.hub_subject(stream, h) for h in hubs] if hubs else \
-            [jetstream.stream_subjects(stream)]
+        self.servers = wire.parse_servers(servers) if isinstance(servers, str) else servers
+        self.stream = wire.check_name("stream", stream)
+        self.durable = None if durable is None else wire.check_name("consumer", durable)
+        self.subjects = [wire.hub_subject(stream, h) for h in hubs] if hubs else \
+            [wire.stream_subjects(stream)]
         self.origin = STREAM_ORIGIN + self.stream
         self.progress, self.record_lag, self.connect_deadline = progress, record_lag, connect_deadline
         self.stats = FeedStats()
-        self._orders: dict[str, jetstream.HubOrder] = {}
+        self._orders: dict[str, wire.HubOrder] = {}
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -98,16 +99,16 @@ class StreamFeed:
 
     async def run(self, follow: bool = False) -> FeedStats:
         """Fold everything the stream holds, then return (or, ``follow``, wait for more until stopped)."""
-        nc = await jetstream.connect(self.servers, deadline=self.connect_deadline)
+        nc = await wire.connect(self.servers, deadline=self.connect_deadline)
         try:
-            with jetstream.translated(f"folding {self.stream}"):
+            with wire.translated(f"folding {self.stream}"):
                 js = nc.jetstream()
-                subs = [await jetstream.retrying(partial(self._subscribe, js, s), self._stop.is_set)
+                subs = [await wire.retrying(partial(self._subscribe, js, s), self._stop.is_set)
                         for s in self.subjects]
                 await self._loop(subs, follow)
             return self.stats
         finally:
-            await jetstream.close(nc)
+            await wire.close(nc)
 
     async def _loop(self, subs: list[Any], follow: bool) -> None:
         while not self._stop.is_set():
@@ -155,7 +156,7 @@ class StreamFeed:
             msg = await js.get_msg(self.stream, floor)
         except not_found:
             return  # gone from the stream (its limits): nothing to compare with
-        batch = jetstream.batch_of(msg.headers, None, msg.subject)
+        batch = wire.batch_of(msg.headers, None, msg.subject)
         known = self.projection.hubs.get(batch.log)
         if known is None or known[1] < batch.seq + batch.count - 1:
             raise StreamError(f"consumer {durable} of stream {self.stream} has acknowledged events of hub "
@@ -172,18 +173,18 @@ class StreamFeed:
         try:
             msgs: list[Any] = await sub.fetch(_FETCH, timeout=0.5)
             return msgs
-        except jetstream.transient():  # nothing yet, or the consumer's leader is moving: ask again
+        except wire.transient():  # nothing yet, or the consumer's leader is moving: ask again
             return []
 
     async def _drained(self, sub: Any) -> bool:
-        info = await jetstream.retrying(sub.consumer_info, self._stop.is_set)
+        info = await wire.retrying(sub.consumer_info, self._stop.is_set)
         return int(info.num_pending) == 0 and int(info.num_ack_pending) <= self._waiting()
 
     async def _fold(self, msgs: list[Any]) -> None:
         """Apply each hub's next events in one projection transaction, then acknowledge them."""
         by_hub: dict[str, list[tuple[Batch, Any]]] = {}
         for msg in msgs:
-            batch = jetstream.batch_of(msg.headers, msg.data, msg.subject)
+            batch = wire.batch_of(msg.headers, msg.data, msg.subject)
             by_hub.setdefault(batch.log, []).append((batch, msg))
         for identity, arrived in by_hub.items():
             await self._fold_hub(identity, arrived)
@@ -193,7 +194,7 @@ class StreamFeed:
         return sum(len(order.held) for order in self._orders.values())
 
     async def _fold_hub(self, identity: str, arrived: list[tuple[Batch, Any]]) -> None:
-        order = self._orders.setdefault(identity, jetstream.HubOrder())
+        order = self._orders.setdefault(identity, wire.HubOrder())
         for batch, msg in arrived:
             order.add(batch, msg)
         known = self.projection.hubs.get(identity)

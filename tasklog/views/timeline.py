@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from .baseline import Baseline
-from .events import Complete, Drop, Event, Resubmit, Submit
-from .lifecycle import Lifecycle, TaskState
-from .log import TaskLog
-from .records import FAILED_STATUSES
+from ..baseline import Baseline
+from ..events import Complete, Drop, Event, Resubmit, Submit
+from ..lifecycle import Lifecycle, TaskState
+from ..log import TaskLog
+from ..records import FAILED_STATUSES
 
 __all__ = ["trace_events", "write_trace"]
 

@@ -1,0 +1,37 @@
+"""The snapshot child ``Maintenance`` starts (``python -m projections.snapshotter --log DIR --at SEQ``).
+
+A child, not a thread, so that folding the log does not take the GIL from the writer. Errors are
+one line on standard error and a non-zero exit, which ``Maintenance`` reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tasklog.errors import TaskLogError
+from tasklog.log import TaskLog
+
+from . import snapshot
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Snapshot ``--log`` as of event ``--at``; return the exit status."""
+    p = argparse.ArgumentParser(prog="python -m projections.snapshotter", description=__doc__)
+    p.add_argument("--log", required=True, metavar="DIR")
+    p.add_argument("--at", required=True, type=int, metavar="SEQ")
+    args = p.parse_args(argv)
+    try:
+        with TaskLog.open(args.log, readonly=True) as log:
+            snapshot.take(log, args.at)
+    except TaskLogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
