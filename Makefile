@@ -44,10 +44,10 @@ test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest tests/ -q
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py --profile quick
+	$(BIN)/python -m bench.run --profile quick
 
 bench-full: $(VENV)/.installed-bench
-	$(BIN)/python bench/run.py --profile full
+	$(BIN)/python -m bench.run --profile full
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check tasklog projections tests bench

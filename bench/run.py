@@ -1,6 +1,6 @@
 """Run the benchmarks of a profile, save pytest-benchmark JSON, print the summary table.
 
-Usage: python bench/run.py --profile quick|full [-k EXPR]
+Usage: python -m bench.run --profile quick|full [-k EXPR]
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+from bench.report import charts, summarize
 
-from report import charts, summarize  # noqa: E402
+HERE = Path(__file__).parent
 
 
 def main() -> int:

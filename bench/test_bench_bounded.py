@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROFILE, record
 
+from bench.harness import PROFILE, record
 from projections.live import attach
 from tasklog import TaskLog
 from tasklog.demo import simulate

@@ -16,7 +16,8 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import PROFILE, record
+
+from bench.harness import PROFILE, record
 
 ipp = pytest.importorskip("ipyparallel")  # a bench extra; `make bench` installs it
 

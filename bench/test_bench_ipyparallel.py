@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from conftest import record, sizes
+
+from bench.harness import record, sizes
 
 pytest.importorskip("ipyparallel")
 

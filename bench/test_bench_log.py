@@ -10,8 +10,8 @@ from typing import Any
 import lmdb
 import msgpack
 import pytest
-from conftest import KEY, record, sizes
 
+from bench.harness import KEY, record, sizes
 from tasklog import TaskLog
 from tasklog.codec import TYPE_CODES
 from tasklog.demo import simulate

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROFILE, record, sizes
+
+from bench.harness import PROFILE, record, sizes
 
 HERE = Path(__file__).parent
 LIMIT = 300 * 1024 * 1024  # issue 6: the log is on disk, not in memory

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import record, sizes
 
 import projections
+from bench.harness import record, sizes
 from tasklog import TaskLog
 from tasklog.demo import simulate
 

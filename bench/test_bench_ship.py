@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import record, sizes
 
+from bench.harness import record, sizes
 from tasklog import TaskLog
 from tasklog.demo import simulate
 from tasklog.stream import wire
 from tasklog.stream.ship import Shipper, Shipping
 
 HERE = Path(__file__).parent
-sys.path.insert(1, str(HERE.parent / "tests"))
 from nats_cluster import NatsCluster  # noqa: E402
 
 ROUNDS = 3

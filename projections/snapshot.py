@@ -66,7 +66,7 @@ def take(log: TaskLog, at: int | None = None, progress: Callable[[int], None] | 
         path = retention.write_snapshot(log, at, header, (r for r in records.values() if r is not None))
         count = len(records)
         # Freed while the collector is still paused: re-enabled with millions of live objects
-        # counted as new, its next collection stopped every thread of a Hub for 250 ms.
+        # counted as new, its next collection stopped every thread of a Hub (BENCHMARKS.md).
         records.clear()
     return SnapshotInfo(at, count, path, base)
 

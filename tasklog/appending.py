@@ -2,7 +2,7 @@
 
 ``Appending`` is the part of :class:`tasklog.log.TaskLog` that turns calls into validated,
 encoded events and hands them to the writer of the log's durability mode (``groupcommit`` or
-``asynccommit``); the log sets ``_writer`` and swaps it for a ``Refusing`` one when it closes.
+``asynccommit``); the log sets ``_writer`` and swaps it for a ``RefusingWriter`` one when it closes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .errors import InterfaceError
 from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
 from .groupcommit import Item
 
-__all__ = ["Appending", "Refusing", "Writer", "build", "idempotency_key"]
+__all__ = ["Appending", "RefusingWriter", "Writer", "build", "idempotency_key"]
 
 
 class Writer(Protocol):
@@ -44,7 +44,7 @@ class Writer(Protocol):
         """Refuse new appends and commit what is queued (raise what a failed commit lost)."""
 
 
-class Refusing:
+class RefusingWriter:
     """The writer of a log that may not be written here: closed, or left to the parent by a fork."""
 
     def __init__(self, error: Exception) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from . import codec
-from .databases import put_run
+from .databases import append_past_end
 from .errors import (
     CommitError,
     FlushTimeoutError,
@@ -51,10 +51,10 @@ Notify = Callable[[Sequence[tuple[int, Event]]], None]
 #: the tasks its events named (what a projection fed before the commit must fold again).
 OnLoss = Callable[[StorageError, set[str]], None]
 # Past a few thousand events a transaction stops getting cheaper per event and LMDB starts
-# spilling dirty pages: a 95k-event async batch took 3x longer per event than 8k batches.
+# spilling dirty pages (BENCHMARKS.md, "Design notes moved from the code").
 _MAX_BATCH = 8192
 # A transaction's pages sit in LMDB's heap until it commits (writemap is off), so a batch is cut
-# by bytes too: 8,192 Hub events with 100 KB buffers made one 85 MB transaction (issue 20).
+# by bytes too: a batch of Hub events with 100 KB buffers made one huge transaction (issue 20).
 _MAX_BATCH_BYTES = 4 << 20
 Pending = tuple[int, bytes, bytes | None, Event]
 
@@ -290,7 +290,7 @@ class AsyncCommitter:
 
         def body(txn: lmdb.Transaction) -> None:
             # py-lmdb releases the GIL around every put; with a producer thread running, each
-            # put then waits for the GIL (8192 puts: 2 ms alone, 630 ms beside a busy thread).
+            # put then waits for the GIL (BENCHMARKS.md, "Design notes moved from the code").
             # Holding the condition parks producers on a lock, so the puts run uncontended;
             # the sync at commit happens after, outside it.
             with self._cond:
@@ -298,9 +298,9 @@ class AsyncCommitter:
                 last = codec.unpack_key(cur.key()) if cur.last() else 0
                 if last + 1 != batch[0][0]:
                     raise CommitError(f"log end moved to {last} under an async writer")
-                put_run(cur, pairs)
+                append_past_end(cur, pairs)
                 store.index(txn, rows)
-                store.stamp(txn, batch[0][0])
+                store.record_commit_time(txn, batch[0][0])
                 for seq, _, key, _ in batch:
                     if key is not None:
                         txn.put(key, codec.pack_key(seq), db=store.keys)

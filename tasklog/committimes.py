@@ -26,7 +26,7 @@ class CommitTimes:
     def __init__(self, db: Any) -> None:
         self.db = db
 
-    def stamp(self, txn: lmdb.Transaction, first_seq: int) -> None:
+    def record_now(self, txn: lmdb.Transaction, first_seq: int) -> None:
         """Record the time of the commit whose first event is ``first_seq``: now."""
         txn.put(codec.pack_key(first_seq), _TIME.pack(time.time()), db=self.db)
 

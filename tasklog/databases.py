@@ -12,7 +12,7 @@ from .diskspace import full_disk
 from .errors import CommitError, StorageError
 from .streamindex import StreamIndex
 
-__all__ = ["Databases", "open_databases", "put_run"]
+__all__ = ["Databases", "open_databases", "append_past_end"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _open_error(exc: lmdb.Error, path: str) -> StorageError:
     return full_disk(exc, f"opening {path}", path) or StorageError(f"{path} is damaged or incomplete: {exc}")
 
 
-def put_run(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
+def append_past_end(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
     """Append ``(key, value)`` pairs past the end of the cursor's database, all or raise."""
     # putmulti(append=True) skips a key that does not sort last instead of raising: compare counts.
     consumed, added = cur.putmulti(pairs, append=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from . import codec
-from .databases import put_run
+from .databases import append_past_end
 from .errors import CommitError, LogClosedError, StorageError
 from .events import Event
 from .store import Store
@@ -134,8 +134,8 @@ class GroupCommit:
         last = codec.unpack_key(cur.key()) if cur.last() else 0
         if all(key is None for _, key, _ in items):
             seqs = list(range(last + 1, last + 1 + len(items)))
-            put_run(cur, [(codec.pack_key(s), payload) for s, (payload, _, _) in zip(seqs, items)])
-            store.stamp(txn, seqs[0])
+            append_past_end(cur, [(codec.pack_key(s), payload) for s, (payload, _, _) in zip(seqs, items)])
+            store.record_commit_time(txn, seqs[0])
             events = [(s, ev) for s, (_, _, ev) in zip(seqs, items)]
             store.index(txn, store.index_rows(events))
             return seqs, events
@@ -161,7 +161,7 @@ class GroupCommit:
             seqs.append(last)
             written.append((last, event))
         if written:
-            store.stamp(txn, written[0][0])
+            store.record_commit_time(txn, written[0][0])
             store.index(txn, store.index_rows(written))
         return seqs, written
 

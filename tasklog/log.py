@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from .appending import Appending, Refusing
+from .appending import Appending, RefusingWriter
 from .asynccommit import DEFAULT_QUEUE_BYTES, AsyncCommitter, OnLoss, Receipt, check_options
 from .errors import InterfaceError, LogClosedError, StorageError
 from .events import Event
@@ -67,7 +67,7 @@ class TaskLog(Appending):
         self._close_lock = threading.Lock()
         self._closed, self._why_closed = False, "is closed"
         if readonly:
-            self._writer = Refusing(InterfaceError(f"log {self.path} was opened read-only"))
+            self._writer = RefusingWriter(InterfaceError(f"log {self.path} was opened read-only"))
         elif self._mode.background:
             self._writer = AsyncCommitter(self.store, self._notify, commit_interval, queue_size, self.last_seq,
                                           self._listeners, queue_bytes=queue_bytes, on_loss=self._lost)
@@ -93,7 +93,7 @@ class TaskLog(Appending):
         # In a forked child: the writer's locks and thread belong to the parent; touch neither.
         self._closed = True
         self._why_closed = "belongs to the process that opened it; a forked child must open it again"
-        self._writer = Refusing(LogClosedError(f"log {self.path} {self._why_closed}"))
+        self._writer = RefusingWriter(LogClosedError(f"log {self.path} {self._why_closed}"))
 
     def __enter__(self) -> TaskLog:
         return self
@@ -110,7 +110,7 @@ class TaskLog(Appending):
             try:
                 self._writer.close()  # commits what is queued first
             finally:
-                self._writer = Refusing(LogClosedError(f"log {self.path} is closed"))
+                self._writer = RefusingWriter(LogClosedError(f"log {self.path} is closed"))
                 self._closed = True
                 with self._committed:
                     self._committed.notify_all()

@@ -75,7 +75,7 @@ class _SharedEnv:
 
     def __init__(self, env: lmdb.Environment, flags: tuple[bool, bool, bool]) -> None:
         self.env = env
-        self.gate = _Gate()
+        self.gate = _ReadersOrResize()
         self.flags = flags
         self.users = 1
 
@@ -112,7 +112,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Gate:
+class _ReadersOrResize:
     """Many short read transactions, or one map resize: LMDB forbids both at once."""
 
     def __init__(self) -> None:
@@ -447,9 +447,9 @@ class Store:
         """Add events to the streams of the tasks they name, in the transaction that writes them."""
         self.dbs.index.add(txn, rows)  # type: ignore[union-attr]  # a writer always has the index
 
-    def stamp(self, txn: lmdb.Transaction, first_seq: int) -> None:
+    def record_commit_time(self, txn: lmdb.Transaction, first_seq: int) -> None:
         """Record the time of the commit whose first event is ``first_seq`` ("what did the hub know at T")."""
-        self.dbs.times.stamp(txn, first_seq)
+        self.dbs.times.record_now(txn, first_seq)
 
     def build_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Index a schema-1 log (resuming where an interrupted build stopped); mark it schema 2."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import lmdb
 
 from . import codec
-from .databases import Databases, put_run
+from .databases import Databases, append_past_end
 from .errors import CommitError
 from .streamindex import index_rows
 
@@ -42,7 +42,7 @@ def put_verbatim(dbs: Databases, events: list[tuple[int, bytes]], commits: list[
             raise CommitError(f"event {first} does not follow the log's last event {last}")
         elif identity is not None and identity != own_identity:
             raise CommitError(f"the log is {own_identity}'s restore, not {identity}'s")
-        put_run(cur, [(codec.pack_key(seq), raw) for seq, raw in events])
+        append_past_end(cur, [(codec.pack_key(seq), raw) for seq, raw in events])
         dbs.times.put(txn, commits)
         if dbs.index is not None:
             dbs.index.add(txn, rows)

@@ -171,8 +171,8 @@ def _cond(c: Cond) -> dict[str, Any]:
 
 def _live_filter(node: Logical) -> dict[str, Any]:
     """The filter of ``node`` over live records, as one flat document when the keys allow."""
-    # A top-level $and wrapping the query kept SecantusDB from its indexes (a msg_id $in of 100
-    # ids: 0.5 s instead of 15 ms); a flat document is what every server plans best.
+    # A top-level $and wrapping the query kept SecantusDB from its indexes (BENCHMARKS.md, "Design
+    # notes moved from the code"); a flat document is what every server plans best.
     # SecantusDB 0.7 answers a regex inside $in wrongly through an index (no match at all), so
     # those queries keep the wrapped form, which it scans.
     translated = translate(node)

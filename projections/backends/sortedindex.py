@@ -2,8 +2,8 @@
 
 Entries live in buckets of a few hundred, so an insert moves a few hundred pointers rather
 than half the index: with a plain sorted list, tasks submitted out of order (the demo's
-workload) made each insert a memmove of the whole tail, and applying 4M events into a dict
-projection fell from 247k to 135k events/s at 800k records.
+workload) made each insert a memmove of the whole tail (BENCHMARKS.md, "Design notes moved
+from the code").
 
 Changes are not put in the buckets as they come but when a range query needs them: a hub
 (and a replay) changes the index once per submitted task and asks a range question rarely,

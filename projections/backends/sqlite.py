@@ -92,8 +92,8 @@ _TEMPLATE = dict.fromkeys(_SLOTS)
 def encode_document(rec: dict[str, Any]) -> bytes:
     """A record as [RECORD_KEYS values..., _seq, {other keys}]; a record lacking one as a map.
 
-    Why an array: unpacking a map makes and interns every key string of every record, which was
-    a third of the cost of a whole-record query (10k records of 1M: 56 ms of decoding against 41).
+    Why an array: unpacking a map makes and interns every key string of every record, a third
+    of the cost of a whole-record query (BENCHMARKS.md, "Design notes moved from the code").
     """
     values = [rec.get(k, _ABSENT) for k in _SLOTS]
     if any(v is _ABSENT for v in values):

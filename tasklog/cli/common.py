@@ -20,7 +20,7 @@ from ..log import TaskLog
 from ..store import MARKER
 from ..stream import wire
 
-__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "leave_nothing", "local_file", "positive", "at_least",
+__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "removed_on_failure", "local_file", "positive", "at_least",
            "output_to", "seconds", "add_servers", "add_wait"]
 
 DEFAULT_LOG = "./tasklog-data"
@@ -74,7 +74,7 @@ def local_file(spec: str) -> str | None:
 
 
 @contextmanager
-def leave_nothing(*paths: str | None) -> Iterator[None]:
+def removed_on_failure(*paths: str | None) -> Iterator[None]:
     """Remove what a failing command created among ``paths`` (files or directories new to it)."""
     fresh = [p for p in paths if p is not None and not os.path.exists(p)]
     try:

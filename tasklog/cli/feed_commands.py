@@ -18,7 +18,7 @@ from ..progress import Progress
 from ..stream import wire
 from ..stream.feed import StreamFeed, check_source
 from ..stream.stopping import terminating_interrupts, until_stopped
-from .common import Command, add_servers, add_wait, leave_nothing, local_file
+from .common import Command, add_servers, add_wait, local_file, removed_on_failure
 
 __all__ = ["FOLLOW", "add_source", "replay_from_stream"]
 
@@ -44,7 +44,7 @@ def _feed(args: argparse.Namespace, follow: bool) -> int:
     # Asked before the projection is made: a follow killed while no server answered left its new
     # SQLite file behind, and a hub the stream does not hold gave an empty one (issue 20).
     until_stopped(check_source(servers, stream, args.hub, args.wait))
-    with leave_nothing(local_file(args.projection)), projections.open(args.projection) as proj, \
+    with removed_on_failure(local_file(args.projection)), projections.open(args.projection) as proj, \
             _alone(args.projection):
         if getattr(args, "rebuild", False):
             proj.clear()

@@ -28,7 +28,17 @@ from ..log import DURABILITY, TaskLog
 from ..progress import Progress
 from ..stream.feed import stream_fed
 from ..views.jsonfmt import dumps, loads
-from .common import AS_OF_HELP, DEFAULT_LOG, Command, add_log, at_least, leave_nothing, local_file, positive, stop_seq
+from .common import (
+    AS_OF_HELP,
+    DEFAULT_LOG,
+    Command,
+    add_log,
+    at_least,
+    local_file,
+    positive,
+    removed_on_failure,
+    stop_seq,
+)
 from .feed_commands import add_source, replay_from_stream
 
 __all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
@@ -43,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a hub under heavy load."""
     spec = args.projection
     new_log = not os.path.exists(args.log)
-    with leave_nothing(args.log, local_file(spec) if spec else None):
+    with removed_on_failure(args.log, local_file(spec) if spec else None):
         # The projection first: an unreachable server must fail before a log is made for it.
         proj = projections.open(spec) if spec else None
         with TaskLog.open(args.log, args.durability) as log:
@@ -144,7 +154,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     spec = args.projection or "dict"
     if spec != "dict" and _answered_from_stream(spec, args, query, keys):
         return 0
-    with TaskLog.open(args.log or DEFAULT_LOG, readonly=True) as log, leave_nothing(local_file(spec)):
+    with TaskLog.open(args.log or DEFAULT_LOG, readonly=True) as log, removed_on_failure(local_file(spec)):
         stop = stop_seq(log, args)
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
@@ -235,7 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a projection from the log, or catch it up; --to/--as-of for an earlier state."""
     if args.source:
         return replay_from_stream(args)
-    with TaskLog.open(args.log, readonly=True) as log, leave_nothing(local_file(args.projection)):
+    with TaskLog.open(args.log, readonly=True) as log, removed_on_failure(local_file(args.projection)):
         stop = stop_seq(log, args)
         if args.from_seq is not None and stop is not None and args.from_seq > stop:
             raise InterfaceError(f"--from {args.from_seq} is after the last event to apply, {stop}")

@@ -56,18 +56,18 @@ def _buffers(value: Any) -> Any:
     return value
 
 
-def _taken(rest: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+def _pop_fields(rest: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The fields of ``keys`` taken out of an update, None where it has none (buffers as bytes)."""
     # None, not the event's default: a Hub record without a queue has none yet (a resubmission).
     return {k: _buffers(rest.pop(k, None)) if k in _BUFFERS else rest.pop(k, None) for k in keys}
 
 
 def _submit(msg_id: str, rest: dict[str, Any]) -> Submit:
-    return Submit(msg_id=msg_id, **_taken(rest, _SUBMIT_KEYS))
+    return Submit(msg_id=msg_id, **_pop_fields(rest, _SUBMIT_KEYS))
 
 
 def _complete(msg_id: str, rest: dict[str, Any]) -> Complete:
-    return Complete(msg_id=msg_id, **_taken(rest, _RESULT_KEYS))
+    return Complete(msg_id=msg_id, **_pop_fields(rest, _RESULT_KEYS))
 
 
 def _streams(msg_id: str, rest: dict[str, Any], current: dict[str, Any]) -> list[Event]:
@@ -101,7 +101,7 @@ def record_events(msg_id: str, rec: dict[str, Any], current: dict[str, Any] | No
     if rest.get("result_header") is not None:
         events.append(_complete(msg_id, rest))
     elif "engine_uuid" in rest:
-        events.append(Start(msg_id=msg_id, **_taken(rest, Start._fields[1:])))
+        events.append(Start(msg_id=msg_id, **_pop_fields(rest, Start._fields[1:])))
     events.extend(_streams(msg_id, rest, now))
     for name in _OUTPUTS:
         if rest.get(name) is not None:

@@ -3,8 +3,8 @@
 One stream holds many hubs: hub ``H`` of stream ``S`` publishes to subject ``tasklog.S.H``.
 Each message carries a run of consecutive events as the log stores them (msgpack, each with its
 schema byte) and the commits that wrote them, with headers that make it self-describing and
-deduplicable. Why runs and not one event a message: a message costs the Python client about
-150 us, which held one-event shipping to 5.6k events/s on 3 replicas (BENCHMARKS.md).
+deduplicable. Runs, not one event a message: each message has a fixed cost in the client
+(BENCHMARKS.md, "Design notes moved from the code").
 
 ===================  =====================================================================
 ``Nats-Msg-Id``      ``<log identity>:<seq>`` (one event) or ``<log identity>:<first>-<last>``:

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark) and probes; run through ``python -m bench.run``."""

@@ -1,0 +1,1 @@
+"""The test suite, by area: log, projections, stream, hub, cli, views; helpers in ``support``."""

@@ -1,0 +1,1 @@
+"""The tasklog command as a user meets it."""

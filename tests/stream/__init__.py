@@ -1,0 +1,1 @@
+"""Shipping to NATS JetStream and back, on real 3-node clusters."""

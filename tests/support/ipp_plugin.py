@@ -1,0 +1,200 @@
+"""A pytest plugin for running ipyparallel's own test modules against TaskLogDB.
+
+ipyparallel's test harness starts its controller with ``--dictdb``; loaded with
+``-p tests.support.ipp_plugin``, this replaces that flag with TaskLogDB, on the projection named by
+``TASKLOG_IPP_PROJECTION`` and the log location named by ``TASKLOG_IPP_LOCATION``. The
+controller, the Hub, the engines and TaskLogDB are the real ones, and so are the tests.
+
+It also makes the harness fit a loaded 2-core machine (issue 20, item 15). ipyparallel's harness
+gives a controller 15 s to start, engines 15 s to register and a test 30 s, setup included. With
+the machine busy, four engines (each with its nanny: eight Pythons importing IPython at once)
+took 12 s each to register, so a setup gave up on engines that were still starting; they
+registered during the next tests ("assert 7 == (4 + 2)" in test_ids), which then timed out or
+errored one after another for the rest of the module, on the module's one controller. So here:
+
+* a controller and engines get ``TASKLOG_IPP_START_TIMEOUT`` seconds (default 120) to start and
+  register, and a test ``TASKLOG_IPP_TEST_TIMEOUT`` (default 120) before ipyparallel's alarm;
+* after a test fails or errors, the next one starts on a new controller and new engines (every
+  process the harness started is stopped first), so one failure stays one failure; so does a
+  test whose engines do not all answer a control request before it starts (listed at the end);
+* a teardown also kills what a controller it stopped had forked (schedulers, heart monitor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Generator
+from concurrent import futures
+from typing import Any
+
+import ipyparallel.tests as ipp_tests
+import psutil
+import pytest
+import zmq
+from ipyparallel import Client, error
+from ipyparallel.cluster.launcher import ipcontroller_cmd_argv, ipengine_cmd_argv
+from ipyparallel.tests import clienttest
+
+START_TIMEOUT = float(os.environ.get("TASKLOG_IPP_START_TIMEOUT", "120"))
+TEST_TIMEOUT = int(os.environ.get("TASKLOG_IPP_TEST_TIMEOUT", "120"))
+CHECK_TIMEOUT = 30.0
+# ipyparallel's harness logs at DEBUG (10): every message the Hub routes, formatted, which cost the
+# suite's processes CPU the tests need on 2 cores. TASKLOG_IPP_LOG_LEVEL=10 brings it back.
+LOG_LEVEL = f"--log-level={int(os.environ.get('TASKLOG_IPP_LOG_LEVEL', '20'))}"
+
+
+def _tasklog_args() -> list[str]:
+    return ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB",
+            f"--TaskLogDB.projection={os.environ['TASKLOG_IPP_PROJECTION']}",
+            f"--TaskLogDB.location={os.environ['TASKLOG_IPP_LOCATION']}"]
+
+
+def _launch(args: list[str]) -> Any:
+    """Start one process the way ipyparallel's harness does, and register it for its teardown."""
+    launcher = ipp_tests.TestProcessLauncher()
+    launcher.cmd_and_args = args
+    launcher.start()
+    ipp_tests.launchers.append(launcher)
+    return launcher
+
+
+def _wait(done: Any, launchers: list[Any], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not done():
+        if any(launcher.poll() is not None for launcher in launchers):
+            raise RuntimeError(f"{what} exited while starting")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start in {START_TIMEOUT:g} s")
+        time.sleep(0.1)
+
+
+def add_engines(n: int = 1, profile: str = "iptest", total: bool = False) -> list[Any]:
+    """ipyparallel's ``add_engines``: start ``n`` engines (up to ``n`` with ``total``), wait for all."""
+    rc = Client(profile=profile)
+    try:
+        base = len(rc)
+        n = max(n - base, 0) if total else n
+        args = [*ipengine_cmd_argv, f"--profile={profile}", "--InteractiveShell.colors=nocolor", LOG_LEVEL]
+        engines = [_launch(args) for _ in range(n)]
+        _wait(lambda: len(rc) >= base + n, engines, f"{n} test engine(s)")
+        return engines
+    finally:
+        rc.close()
+
+
+def setup() -> None:
+    """ipyparallel's ``setup``: a controller on TaskLogDB in profile iptest, and one engine."""
+    error.RemoteError = ipp_tests.RemoteErrorWithTB  # as ipyparallel's setup does: remote tracebacks shown
+    security = os.path.join(ipp_tests.get_ipython_dir(), "profile_iptest", "security")
+    files = [os.path.join(security, f"ipcontroller-{kind}.json") for kind in ("engine", "client")]
+    for path in files:
+        if os.path.exists(path):
+            os.remove(path)  # a previous controller's: the new one writes its own
+    controller = _launch([*ipcontroller_cmd_argv, "--profile=iptest", LOG_LEVEL, "--ping=250",
+                          *_tasklog_args()])
+    _wait(lambda: all(map(os.path.exists, files)), [controller], "the test controller")
+    add_engines(1)
+
+
+_teardown = ipp_tests.teardown
+
+
+def teardown() -> None:
+    """ipyparallel's ``teardown``, then a kill of whatever the stopped processes left running."""
+    # Its teardown SIGKILLs a controller that has not exited 0.25 s after SIGTERM; one that had not
+    # run its signal handler by then (stopped, or starved of CPU) leaves its forked schedulers and
+    # heart monitor running for good, orphaned.
+    _close_checker()
+    children = []
+    for launcher in ipp_tests.launchers:
+        with contextlib.suppress(psutil.Error):
+            children += psutil.Process(launcher.process.pid).children(recursive=True)
+    _teardown()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+# ipyparallel's conftest imports setup and teardown from ipyparallel.tests, and clienttest imported
+# add_engines: a plugin is loaded before either, so both find these.
+ipp_tests.setup, ipp_tests.teardown, ipp_tests.add_engines = setup, teardown, add_engines
+clienttest.add_engines = add_engines
+clienttest.ClusterTestCase.test_timeout = TEST_TIMEOUT
+
+# AsyncResult's own timing properties against wall-clock bounds (a 0.25 s sleep must take under
+# 1 s): they test ipyparallel on an idle machine, not the Hub's database, and failed in 3 of 6 runs
+# with the machine busy ("assert 1.70 < 1.0"). Deselected, as timing assertions are in our tests.
+_WALL_CLOCK = {f"TestAsyncResult::test_{name}" for name in (
+    "wall_time_single", "wall_time_multi", "serial_time_single", "serial_time_multi", "elapsed_single",
+    "elapsed_multi")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ipyparallel's wall-clock assertions (above)."""
+    timed = [item for item in items if item.nodeid.split("::", 1)[-1] in _WALL_CLOCK]
+    if timed:
+        config.hook.pytest_deselected(items=timed)
+        items[:] = [item for item in items if item not in timed]
+
+
+# The modules (by name) whose controller a failed test may have left unusable.
+_failed_in: set[str] = set()
+_restarts: list[str] = []
+RESTART_MARK = "tasklog-ipp-restart:"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Note the module of a test that failed or errored: its next test gets a new cluster."""
+    report = yield
+    if report.failed and report.when in ("setup", "call") and isinstance(item, pytest.Function):
+        _failed_in.add(item.module.__name__)
+    return report
+
+
+# One client per cluster, on a context of its own (the harness destroys the shared one after each
+# test), so a check costs one round trip, not a connection.
+_checker: list[tuple[Client, zmq.Context[Any]]] = []
+
+
+def _close_checker() -> None:
+    while _checker:
+        rc, context = _checker.pop()
+        rc.close()
+        context.destroy()
+
+
+def _engines_answer() -> bool:
+    """Whether every engine the Hub lists answers a control request within CHECK_TIMEOUT seconds."""
+    if not _checker:
+        context: zmq.Context[Any] = zmq.Context()
+        _checker.append((Client(profile="iptest", context=context), context))
+    return bool(futures.wait([_checker[0][0].clear(block=False)], CHECK_TIMEOUT).done)
+
+
+@pytest.fixture(autouse=True)
+def _a_working_cluster(request: pytest.FixtureRequest) -> None:
+    """Start a new cluster (every process the harness started stopped first) after a failed test,
+    or when an engine does not answer."""
+    name = request.module.__name__
+    if "cluster" not in request.fixturenames:
+        return
+    # Seen once in about ten runs on a busy machine: an engine the Hub lists, its heart beating,
+    # never answered the clear_request of a test's setup (the control path does not touch the
+    # Hub's database), so the setup waited out the alarm, and every later setup too.
+    if name in _failed_in or not _engines_answer():
+        why = "a failed test" if name in _failed_in else f"an engine silent for {CHECK_TIMEOUT:g} s"
+        _failed_in.discard(name)
+        _restarts.append(f"{request.node.nodeid}: new cluster after {why}")
+        signal.alarm(0)  # a failed teardown_method leaves ipyparallel's alarm set
+        teardown()
+        setup()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List the cluster restarts (test_ipyparallel_suite shows them as a warning)."""
+    for line in _restarts:
+        terminalreporter.write_line(f"{RESTART_MARK} {line}")

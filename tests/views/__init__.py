@@ -1,0 +1,1 @@
+"""Views of a log: report, story, timeline."""
