@@ -40,8 +40,13 @@ screenshots: $(VENV)/.installed-report chromium
 	  --window-size=1060,1050 --screenshot=$(CURDIR)/$(SHOTS)/report.png file://$(CURDIR)/$(SHOTS)/report.html
 	rm -rf $(SHOTS)/demo-log $(SHOTS)/report.html
 
+# compileall first: with PYTHONDONTWRITEBYTECODE set (as in our containers), every `python -m
+# tasklog` a test starts compiled the package again, twice the time of the command itself.
+# Three workers on two cores: ipyparallel's suites and the cluster and NATS tests wait on their
+# servers much of the time (tests/conftest.py puts the cluster tests in groups).
 test: $(VENV)/.installed-test chromium
-	$(BIN)/python -m pytest tests/ -q
+	$(BIN)/python -m compileall -q tasklog projections tests bench >/dev/null
+	$(BIN)/python -m pytest tests/ -q -n 3 --dist loadgroup
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run --profile quick

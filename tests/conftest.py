@@ -8,19 +8,33 @@ from pathlib import Path
 import pytest
 
 # The modules that start ipyparallel clusters (a controller, its schedulers, up to nine engines with
-# their nannies). Under pytest-xdist (`-n 2 --dist loadgroup`) they run one after another on one
-# worker: two clusters at once on 2 cores starved engines past ipyparallel's own deadlines.
+# their nannies). Under pytest-xdist (`make test`: `-n 3 --dist loadgroup`) each of ipyparallel's
+# own suites (a projection each, the longest tests by far) runs on a worker of its own, and the
+# other cluster tests one after another on a third, all three started first: the rest of the
+# suite fills the workers around them. Each suite has its own IPYTHONDIR (ipyparallel's conftest)
+# and its harness waits 120 s for engines (tests.support.ipp_plugin), so two at once do not collide.
 _CLUSTER_MODULES = {"test_ipyparallel_suite.py", "test_ipyparallel_cluster.py", "test_ipyparallel_label.py"}
+_OWN_SUITE = "test_ipyparallel_client_suite_passes_on_tasklog"
+
+
+def _cluster_group(item: pytest.Item) -> str | None:
+    """The xdist group of a test that starts clusters; None for any other."""
+    if item.path.name not in _CLUSTER_MODULES:
+        return None
+    if item.name.startswith(_OWN_SUITE):
+        return f"ipyparallel-suite-{item.name[len(_OWN_SUITE):].strip('[]')}"
+    return "ipyparallel"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the tests that start ipyparallel clusters in one xdist group, first under xdist."""
+    """Put the tests that start ipyparallel clusters in their xdist groups, first under xdist."""
     for item in items:
-        if item.path.name in _CLUSTER_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ipyparallel"))
+        group = _cluster_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if hasattr(config, "workerinput"):  # an xdist worker: every worker collects, in the same order
-        # The group is the longest piece of work: started last, it ran alone at the end.
-        items.sort(key=lambda item: item.path.name not in _CLUSTER_MODULES)
+        # The groups are the longest pieces of work: started last, they ran alone at the end.
+        items.sort(key=lambda item: _cluster_group(item) is None)
 
 
 @pytest.fixture

@@ -190,7 +190,8 @@ def test_cli_snapshot_prune_stats_replay(grown: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("chunks", [1, 3, 6])
 def test_prune_killed_half_way_leaves_a_sound_log(log_dir: str, chunks: int) -> None:
     with TaskLog.open(log_dir) as log:
-        log.append_many(list(simulate(30_000, seed=chunks)))
+        # Enough events for the chunk transactions asked for and one or two more: the kill lands mid-prune.
+        log.append_many(list(simulate(min(5_000 * (chunks + 1), 30_000), seed=chunks)))
         cut = log.last_seq - 10
         snapshot.take(log, cut)
         truth, last = _truth(log), log.last_seq
