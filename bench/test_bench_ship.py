@@ -24,9 +24,10 @@ from tasklog import TaskLog
 from tasklog.demo import simulate
 from tasklog.stream import wire
 from tasklog.stream.ship import Shipper, Shipping
+from tests.support.nats_cluster import NatsCluster
 
 HERE = Path(__file__).parent
-from nats_cluster import NatsCluster  # noqa: E402
+
 
 ROUNDS = 3
 _QUIET = logging.getLogger("bench-ship")

@@ -42,7 +42,7 @@ __all__ = ["Projection", "Records", "BUFFER_MODES", "STREAM_ORIGIN"]
 #: read without its log). "ref" applies only while the projection is fed from a log.
 BUFFER_MODES = ("ref", "inline")
 #: What a projection folded from a stream of hubs is tied to, in place of a log's identity: this,
-#: then the stream's name (``projections.streamfeed`` feeds it).
+#: then the stream's name (``tasklog.stream.feed`` feeds it).
 STREAM_ORIGIN = "nats stream "
 
 

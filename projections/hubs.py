@@ -1,4 +1,4 @@
-"""Per-hub checkpoints: a projection folded from a stream of many hubs (``projections.streamfeed``)
+"""Per-hub checkpoints: a projection folded from a stream of many hubs (``tasklog.stream.feed``)
 keeps, for each hub's log, the last event it applied, in place of one log's checkpoint."""
 
 from __future__ import annotations

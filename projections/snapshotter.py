@@ -14,6 +14,7 @@ from tasklog.errors import TaskLogError
 from tasklog.log import TaskLog
 
 from . import snapshot
+from .errors import ProjectionError
 
 __all__ = ["main"]
 
@@ -26,10 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         with TaskLog.open(args.log, readonly=True) as log:
+            if not 1 <= args.at <= log.last_seq:  # refused before a fold of the whole log, not after
+                raise ProjectionError(f"--at {args.at}: the log holds events 1..{log.last_seq}")
             snapshot.take(log, args.at)
     except TaskLogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the writer's process group interrupted: one line, not a traceback
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

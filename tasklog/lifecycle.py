@@ -5,7 +5,7 @@
 submit, a start after the reply, an event for a purged task. They now fold a log's events into
 ``TaskState`` with one ``Lifecycle``, whose rules are those of the projections' fold
 (``projections/fold.py``, which keeps whole TaskRecords and stays as it is: it is the hot path of
-replay); ``tests/test_lifecycle.py`` checks over random logs that the two agree on every field they
+replay); ``tests/log/test_lifecycle.py`` checks over random logs that the two agree on every field they
 share. A state's field names are the TaskRecord keys and event fields they come from.
 """
 

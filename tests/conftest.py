@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A cache directory of the run's own: a read model of a read-only log is kept in the user's
+    cache (projections.readmodel), which a test must never write to (each xdist worker has one)."""
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tasklog-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the run's cache directory."""
+    shutil.rmtree(os.environ.get("XDG_CACHE_HOME", ""), ignore_errors=True)
 
 # The modules that start ipyparallel clusters (a controller, its schedulers, up to nine engines with
 # their nannies). Under pytest-xdist (`make test`: `-n 3 --dist loadgroup`) each of ipyparallel's

@@ -19,12 +19,13 @@ from ..errors import TaskLogError
 from .common import Command
 from .feed_commands import FOLLOW
 from .log_commands import PRUNE, REPORT, STATS, STORY, TAIL, TIMELINE, VERIFY
-from .projection_commands import DEMO, QUERY, REPLAY, SNAPSHOT
+from .projection_commands import DEMO, INDEX, QUERY, REPLAY, SNAPSHOT
 from .stream_commands import RESTORE, SHIP
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, VERIFY, QUERY, REPLAY, SNAPSHOT, PRUNE,
+COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, VERIFY, QUERY, INDEX, REPLAY,
+                                 SNAPSHOT, PRUNE,
                                  SHIP, FOLLOW, RESTORE)
 
 

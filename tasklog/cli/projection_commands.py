@@ -15,11 +15,10 @@ from typing import Any
 
 import projections
 from projections import snapshot
-from projections.backends.sqlite import SQLiteProjection
 from projections.errors import QueryError
 from projections.fold import describe
 from projections.live import attach
-from projections.overlay import Overlay
+from projections.readmodel import FILE, ReadModel, open_read_model
 
 from ..demo import simulate
 from ..errors import InterfaceError, StorageError, same_kind
@@ -41,7 +40,7 @@ from .common import (
 )
 from .feed_commands import add_source, replay_from_stream
 
-__all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT"]
+__all__ = ["DEMO", "QUERY", "REPLAY", "SNAPSHOT", "INDEX"]
 
 _NO_RECORDS = "the none projection keeps no records (like ipyparallel's NoDB)"
 
@@ -159,10 +158,22 @@ def cmd_query(args: argparse.Namespace) -> int:
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
                                  "use `tasklog replay --to/--as-of` and query that file")
-        hub = _hub_projection(log) if args.projection is None and stop is None else None
-        with hub or _answering(log, spec, stop) as proj:
+        with _read_model(log) if args.projection is None and stop is None else _answering(log, spec, stop) as proj:
             _print_matches(proj, query, keys)
     return 0
+
+
+def _read_model(log: TaskLog) -> projections.Projection:
+    """The log's read model, caught up."""
+    return _read_model_of(log).projection
+
+
+def _read_model_of(log: TaskLog) -> ReadModel:
+    """The log's read model, caught up; saying so when it had to be folded in memory."""
+    model = open_read_model(log)
+    if model.why_slow:
+        print(f"tasklog: folded {model.folded:,} events in memory: {model.why_slow}", file=sys.stderr)
+    return model
 
 
 def _print_matches(proj: projections.Projection, query: dict[str, Any], keys: list[str] | None) -> None:
@@ -187,27 +198,6 @@ def _answered_from_stream(spec: str, args: argparse.Namespace, query: dict[str, 
     return True
 
 
-def _hub_projection(log: TaskLog) -> projections.Projection | None:
-    """The Hub's own SQLite projection in the log directory, read-only, with the log's newer events
-    folded over it (None: there is none this can read, so the dict projection answers)."""
-    path = os.path.join(log.path, "projection.db")
-    if not os.path.exists(path):
-        return None
-    try:
-        inner = SQLiteProjection(path, readonly=True)
-    except projections.ProjectionError:
-        return None
-    proj = Overlay(inner)
-    try:
-        bar = Progress(max(log.last_seq - proj.last_seq, 0), "catch-up")
-        projections.replay(log, proj, progress=bar.update)
-        bar.close()
-    except projections.ProjectionError:  # another log's, pinned, or ahead of the log: replay instead
-        proj.close()
-        return None
-    return proj
-
-
 def _answering(log: TaskLog, spec: str, stop: int | None) -> projections.Projection:
     """The projection to answer from: caught up, built as of ``stop``, or pinned where a replay left it."""
     proj = projections.open(spec)
@@ -229,8 +219,10 @@ def _answering(log: TaskLog, spec: str, stop: int | None) -> projections.Project
 def _query_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
     p.set_defaults(log=None)  # DEFAULT_LOG, unless a projection folded from a stream answers: then refused if given
-    p.add_argument("--projection", metavar="SPEC", help=projections.SPEC_HELP + " (default: the Hub's "
-                   "SQLite projection in the log directory, read-only, when there is one; else dict)")
+    p.add_argument("--projection", metavar="SPEC", help=projections.SPEC_HELP + " (default: the log's read "
+                   "model: the Hub's SQLite projection in the log directory, read-only, when there is one; "
+                   f"else {FILE} there, caught up from its checkpoint, or in ~/.cache/tasklog when the "
+                   "directory is read-only)")
     p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'; '
                    "- reads it from standard input, @FILE from a file")
     p.add_argument("--keys", metavar="A,B", help="fields to print (msg_id is always included)")
@@ -300,6 +292,25 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at", type=at_least(0), metavar="SEQ", help="the event to snapshot at (default: the last)")
 
 
+# -- index ----------------------------------------------------------------------------
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build the log's read model, or catch it up from its checkpoint, and say where it is."""
+    with TaskLog.open(args.log, readonly=True) as log:
+        started = time.monotonic()
+        model = _read_model_of(log)
+        with model.projection as proj:
+            where = model.path or "memory"
+            print(f"read model ({model.kind}: {where}) at event {proj.last_seq}: folded {model.folded:,} new events "
+                  f"in {time.monotonic() - started:.2f} s")
+    return 0
+
+
+def _index_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+
+
 DEMO = Command("demo", "simulate a hub under heavy load and report events/s", _demo_args, cmd_demo)
 QUERY = Command("query", "catch a projection up from the log (or build it as of --to/--as-of), then print "
                 "matching records as MongoDB Extended JSON, one per line", _query_args, cmd_query)
@@ -309,3 +320,5 @@ REPLAY = Command("replay", "rebuild a projection from the log (or catch it up fr
 SNAPSHOT = Command("snapshot", "write the folded records as of an event into the log directory "
                    "(replay starts from the newest snapshot; prune may then drop the events it covers)",
                    _snapshot_args, cmd_snapshot)
+INDEX = Command("index", f"build the log's read model ({FILE} in the log directory, or the Hub's projection), "
+                "or catch it up from its checkpoint: what query answers from", _index_args, cmd_index)

@@ -30,7 +30,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
         bar = Progress(None if args.follow else max(log.last_seq - log.start_seq + 1, 0), "ship")
         shipper = Shipper(log, args.to, args.stream, args.hub, args.replicas, args.window, progress=bar.update,
                           connect_deadline=None if args.follow else args.wait, batch_events=args.batch)
-        interrupted = ship_until(shipper, follow=args.follow, until_eof=args.until_eof)
+        interrupted = ship_until(shipper, args.follow, (lambda: shipper.stop(drain=True)) if args.until_eof else None)
         bar.close()
         stats = shipper.stats
         held = f"the stream holds events {log.start_seq}..{stats.last_acked} of this log" if stats.resumed else \

@@ -294,11 +294,11 @@ class Shipper:
                 self.progress(batch.count)
 
 
-def ship_until(shipper: Shipper, follow: bool, until_eof: bool) -> bool:
-    """Run ``shipper`` until it is done (``until_eof``: until standard input ends, after shipping
-    what is committed); return whether a signal stopped it first."""
+def ship_until(shipper: Shipper, follow: bool, on_eof: Callable[[], None] | None = None) -> bool:
+    """Run ``shipper`` until it is done (``on_eof``: called when standard input ends, e.g. to ship
+    what is committed and stop); return whether a signal stopped it first."""
     try:
-        until_stopped(shipper.run(follow=follow), (lambda: shipper.stop(drain=True)) if until_eof else None)
+        until_stopped(shipper.run(follow=follow), on_eof)
     except KeyboardInterrupt:
         return True
     return False

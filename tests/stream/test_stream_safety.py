@@ -329,6 +329,26 @@ def test_a_follow_killed_while_no_server_answers_leaves_no_file(tmp_path: Path) 
     assert not spec.exists()
 
 
+def test_the_shipper_child_of_a_writer_gone_while_no_server_answers_stops_saying_so(tmp_path: Path) -> None:
+    # A Hub killed while the cluster was down left its shipper child connecting for ever.
+    log = tmp_path / "hub"
+    _hub_log(log, 5, 1)
+    with _silent_server() as server:
+        url = f"nats://127.0.0.1:{server.getsockname()[1]}"
+        proc = subprocess.Popen([sys.executable, "-m", "tasklog.stream.shipper", "--log", str(log), "--to", url,
+                                 "--grace", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=ENV)
+        conn = _when_connecting(server, proc)
+        try:
+            out, err = proc.communicate("", timeout=30)  # standard input ends: the writer is gone
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            conn.close()
+    assert proc.returncode == 1 and out == "" and err.count("\n") == 1, (out, err)
+    assert "the writer ended and the events after 0 were not shipped within 1 s" in err
+
+
 # -- item 8: two follows -------------------------------------------------------------------------
 
 
