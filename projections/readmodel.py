@@ -15,16 +15,20 @@ It is a cache of the log: it can be deleted at any time and is built again on th
 One that disagrees with the log (another log's, pinned by a time-travel replay, past the log's
 end after a crash) is rebuilt. A build interrupted by an error or a signal removes the file it
 created; one killed outright leaves a consistent partial one, which the next read goes on from.
+One that is not a database (damaged) is made again; a link, a FIFO or a device at its path is
+never written through: the cache answers instead.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
+from tasklog.errors import TaskLogError
 from tasklog.log import TaskLog
 from tasklog.progress import Progress
 
@@ -101,10 +105,10 @@ def _hub(log: TaskLog, label: str) -> ReadModel | None:
 def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:
     """The readers' read model at ``path``: made if missing, caught up under its lock."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    made = not os.path.exists(path)
+    made = not os.path.lexists(path)
     try:
         with _locked(path):
-            proj = SQLiteProjection(path)
+            proj = _sqlite(path)
             try:
                 if proj.pinned is not None or proj.log_identity not in (None, log.identity) \
                         or proj.last_seq > log.last_seq:
@@ -120,11 +124,24 @@ def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:
     return ReadModel(proj, kind, path, folded)
 
 
+def _sqlite(path: str) -> SQLiteProjection:
+    """The read model's file opened; one that is not a SQLite database (damaged) is made again."""
+    try:
+        return SQLiteProjection(path)
+    except TaskLogError:
+        _remove(path)  # a cache: the next line builds it again, or says why it cannot
+        return SQLiteProjection(path)
+
+
 @contextmanager
 def _locked(path: str) -> Iterator[None]:
     """Hold the read model's file while it is caught up: one reader folds, the next waits."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # an empty file is a new SQLite database
+        # Never through a link, never a FIFO or a device: only a regular file of its own.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ProjectionError(f"{path} is not a regular file: the read model is not kept there")
         fcntl.flock(fd, fcntl.LOCK_EX)  # flock, not fcntl's locks, which are SQLite's own
         with suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(path).st_ino:

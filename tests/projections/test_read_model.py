@@ -136,3 +136,26 @@ def test_with_nowhere_to_write_the_answer_is_folded_in_memory_saying_why(readonl
                          capture_output=True, text=True, env={**os.environ, **env}, check=True)
     assert len(out.stdout.splitlines()) == len(_answers(log, "{}", "--projection", "dict"))
     assert "in memory: no read model could be written" in out.stderr
+
+
+def test_a_damaged_read_model_is_made_again(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log", 40, seed=10)
+    Path(log, readmodel.FILE).write_bytes(b"not a database at all" * 100)
+    assert _answers(log) == _answers(log, "{}", "--projection", "dict")
+    assert "log directory" in _index(log)
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_link_or_a_fifo_at_the_read_models_path_is_never_written_through(tmp_path: Path, kind: str) -> None:
+    log = _log(tmp_path / "log", 40, seed=11)
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    at = Path(log, readmodel.FILE)
+    if kind == "link":
+        at.symlink_to(target)
+    else:
+        os.mkfifo(at)
+    assert _answers(log) == _answers(log, "{}", "--projection", "dict")  # from the cache instead
+    assert target.read_text() == "keep me"
+    assert at.is_symlink() if kind == "link" else at.is_fifo()
+    assert "read model (cache:" in _index(log)
