@@ -15,7 +15,7 @@ import pytest
 
 from tasklog import TaskLog
 from tasklog.demo import simulate
-from tests.support import mounted_tmpfs, run_cli
+from tests.support import mounted_tmpfs, readonly_bind, run_cli
 
 
 @pytest.fixture
@@ -133,18 +133,11 @@ def test_a_directory_or_a_missing_parent_is_one_line(small_log: str, tmp_path: P
 @pytest.fixture
 def readonly_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory seen through a read-only bind mount (needs mount rights: root, as on CI)."""
-    src, mnt = tmp_path / "src", tmp_path / "ro"
+    src = tmp_path / "src"
     src.mkdir()
     (src / "t.json").write_text("old")
-    mnt.mkdir()
-    bind = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount here ({bind.stderr.strip()})")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], check=True, capture_output=True)
+    with readonly_bind(src, tmp_path / "ro") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_a_read_only_directory_is_one_line(small_log: str, readonly_dir: Path) -> None:

@@ -20,7 +20,7 @@ from projections.errors import QueryError
 from tasklog import EventError, TaskLog
 from tasklog.events import Complete, Output, Resubmit, Start, Submit
 from tasklog.ipyparallel import TaskLogDB, record_events
-from tests.support import ENV, PROCS
+from tests.support import PROCS, child_env
 
 
 class _TaskLogDBTest(TaskDBTest):
@@ -217,7 +217,7 @@ def test_killed_hub_loses_nothing_it_flushed(tmp_path: Any, backend: str) -> Non
 
     proc = subprocess.Popen([sys.executable, str(PROCS / "ipp_hub.py"), str(tmp_path), backend, "300"],
                             stdout=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=child_env())
     assert proc.stdout is not None
     ids = []
     for line in proc.stdout:

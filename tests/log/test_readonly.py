@@ -13,25 +13,18 @@ import pytest
 import projections
 from tasklog import ReadOnlyLogError, TaskLog
 from tasklog.demo import simulate
-from tests.support import run_cli
+from tests.support import readonly_bind, run_cli
 
 
 @pytest.fixture
 def readonly_log(tmp_path: Path) -> Iterator[Path]:
     """A log of 100 tasks, seen through a read-only bind mount (needs mount rights: root, as on CI)."""
-    src, mnt = tmp_path / "src", tmp_path / "ro"
+    src = tmp_path / "src"
     with TaskLog.open(str(src / "log")) as log:
         log.append_many(list(simulate(100, seed=4)))
-    mnt.mkdir()
-    bind = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount here ({bind.stderr.strip()})")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], check=True, capture_output=True)
+    with readonly_bind(src, tmp_path / "ro") as mnt:
         assert subprocess.run(["touch", str(mnt / "probe")], capture_output=True).returncode != 0
         yield mnt / "log"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def _files(path: Path) -> dict[str, bytes]:

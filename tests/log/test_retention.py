@@ -19,7 +19,7 @@ from projections.errors import ProjectionError
 from tasklog import TaskLog, retention, verify
 from tasklog.demo import simulate
 from tasklog.errors import CorruptSnapshotError, InterfaceError, LogBusyError
-from tests.support import ENV, projection_spec, run_cli, stored
+from tests.support import child_env, projection_spec, run_cli, stored
 
 
 def _records(p: projections.Projection) -> list[dict[str, Any]]:
@@ -197,7 +197,7 @@ def test_prune_killed_half_way_leaves_a_sound_log(log_dir: str, chunks: int) -> 
         truth, last = _truth(log), log.last_seq
     with TaskLog.open(log_dir, readonly=True) as watcher:
         proc = subprocess.Popen([sys.executable, "-m", "tasklog", "prune", "--log", log_dir, "--before",
-                                 str(cut + 1)], env=ENV)
+                                 str(cut + 1)], env=child_env())
         # Kill once the prune has committed a few of its chunk transactions, not before.
         while watcher.start_seq <= chunks * retention._PRUNE_CHUNK and proc.poll() is None:
             time.sleep(0.0005)

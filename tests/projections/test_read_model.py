@@ -19,7 +19,7 @@ import projections
 from projections import readmodel
 from tasklog import TaskLog, retention
 from tasklog.demo import simulate
-from tests.support import run_cli
+from tests.support import readonly_bind, run_cli
 
 
 def _log(path: Path, tasks: int, seed: int) -> str:
@@ -104,17 +104,10 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
 @pytest.fixture
 def readonly_log(tmp_path: Path) -> Iterator[Path]:
     """A log of 60 tasks through a read-only bind mount (needs mount rights: root, as on CI)."""
-    src, mnt = tmp_path / "src", tmp_path / "ro"
+    src = tmp_path / "src"
     _log(src / "log", 60, seed=9)
-    mnt.mkdir()
-    bind = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount here ({bind.stderr.strip()})")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], check=True, capture_output=True)
+    with readonly_bind(src, tmp_path / "ro") as mnt:
         yield mnt / "log"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_a_read_only_log_keeps_its_read_model_in_the_cache(readonly_log: Path) -> None:

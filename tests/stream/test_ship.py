@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,8 @@ from tasklog.stream.feed import StreamFeed
 from tasklog.stream.restore import restore
 from tasklog.stream.ship import Shipper
 from tasklog.stream.wire import batch_of, first_gap, parse_servers
-from tests.support import ENV, projection_spec, run_cli, stored
-from tests.support.nats_cluster import NatsCluster, hub_spans, running, shipped_through, stream_leader, wait_for
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """Three JetStream servers routed to each other, started."""
-    yield from running(tmp_path / "nats", 3)
-
-
-@pytest.fixture
-def one_server(tmp_path: Path) -> Iterator[NatsCluster]:
-    """One JetStream server (streams get one replica)."""
-    yield from running(tmp_path / "nats1", 1)
+from tests.support import child_env, projection_spec, run_cli, stored
+from tests.support.nats_cluster import NatsCluster, hub_spans, shipped_through, stream_leader, wait_for
 
 
 def _hub_log(path: Path, tasks: int, seed: int) -> int:
@@ -66,7 +53,7 @@ def _without_hub(records: dict[str, dict[str, Any]], hub: str) -> dict[str, dict
 
 def _ship(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "tasklog", "ship", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=child_env())
 
 
 def _exactly_once(spans: list[tuple[int, int]], last: int) -> None:
@@ -358,7 +345,7 @@ def test_follow_keeps_a_projection_current_and_resumes_after_a_restart(tmp_path:
     path = tmp_path / "hub"
     _hub_log(path, 200, 11)
     spec = f"sqlite:///{tmp_path / 'followed.db'}"
-    env = ENV
+    env = child_env()
     command = [sys.executable, "-m", "tasklog", "follow", "--source", cluster.url, "--projection", spec]
     for round_ in range(2):
         if round_:

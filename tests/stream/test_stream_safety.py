@@ -24,20 +24,8 @@ from tasklog import NotATaskLogError, StreamError, TaskLog, retention
 from tasklog.demo import simulate
 from tasklog.stream.ship import Shipper
 from tasklog.stream.wire import Batch, hub_subject
-from tests.support import ENV, mounted_tmpfs, run_cli
-from tests.support.nats_cluster import NatsCluster, running, shipped_through, wait_for
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """Three JetStream servers routed to each other, started."""
-    yield from running(tmp_path / "nats", 3)
-
-
-@pytest.fixture
-def one_server(tmp_path: Path) -> Iterator[NatsCluster]:
-    """One JetStream server (streams get one replica)."""
-    yield from running(tmp_path / "nats1", 1)
+from tests.support import child_env, mounted_tmpfs, run_cli
+from tests.support.nats_cluster import NatsCluster, shipped_through, wait_for
 
 
 @pytest.fixture
@@ -56,7 +44,7 @@ def _hub_log(path: Path, tasks: int, seed: int) -> int:
 
 def _tasklog(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "tasklog", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=child_env())
 
 
 def _one_line_error(out: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -337,7 +325,7 @@ def test_the_shipper_child_of_a_writer_gone_while_no_server_answers_stops_saying
         url = f"nats://127.0.0.1:{server.getsockname()[1]}"
         proc = subprocess.Popen([sys.executable, "-m", "tasklog.stream.shipper", "--log", str(log), "--to", url,
                                  "--grace", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=ENV)
+                                stderr=subprocess.PIPE, text=True, env=child_env())
         conn = _when_connecting(server, proc)
         try:
             out, err = proc.communicate("", timeout=30)  # standard input ends: the writer is gone
@@ -467,7 +455,8 @@ def test_an_interrupt_before_a_command_runs_is_one_line() -> None:
             "sys.meta_path.insert(0, type('Hook', (), {'find_spec': staticmethod(\n"
             "    lambda name, *a: interrupted_while_importing() if name == 'tasklog.stream.feed' else None)}))\n"
             "runpy.run_module('tasklog', run_name='__main__', alter_sys=True)\n")
-    out = subprocess.run([sys.executable, "-c", code, "follow"], capture_output=True, text=True, env=ENV, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code, "follow"], capture_output=True, text=True, env=child_env(),
+                         timeout=60)
     assert out.returncode == 130 and out.stderr == "tasklog: interrupted\n", out.stderr
 
 

@@ -19,20 +19,24 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "PROCS", "run_cli", "projection_spec", "stored", "mounted_tmpfs", "ENV"]
+__all__ = ["REPO", "PROCS", "run_cli", "projection_spec", "stored", "mounted_tmpfs", "readonly_bind", "child_env"]
 
 #: The repository's root; a child process started by a test finds tasklog and tests there.
 REPO = Path(__file__).resolve().parents[2]
 #: The helper processes tests start by path (a writer to kill, a Hub, a fork holder).
 PROCS = Path(__file__).resolve().parent / "procs"
-#: The environment of a child that imports tasklog or tests from this checkout.
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child that imports tasklog or tests from this checkout, as of now
+    (a snapshot taken at import missed the cache directory the run sets later: conftest.py)."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real ``tasklog`` command in a subprocess."""
     proc = subprocess.run([sys.executable, "-m", "tasklog", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+                          timeout=timeout, env=child_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"tasklog {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -69,6 +73,21 @@ def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
     try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@contextmanager
+def readonly_bind(src: Path, mnt: Path) -> Iterator[Path]:
+    """``src`` seen read-only at ``mnt`` through a bind mount, unmounted after (needs mount rights:
+    root in a container, as on CI; skipped without them)."""
+    mnt.mkdir(exist_ok=True)
+    bind = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({bind.stderr.strip()})")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], check=True, capture_output=True)
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
