@@ -85,8 +85,9 @@ def _partial_events(target: Path) -> int:
 def test_a_restore_killed_midway_leaves_no_log_and_a_rerun_rebuilds_it(tmp_path: Path,
                                                                       one_server: NatsCluster) -> None:
     original = tmp_path / "hub"
-    last = _hub_log(original, 2000, 3)
-    # Small messages: a restore commits one a message, so it is stopped (SIGSTOP) midway.
+    last = _hub_log(original, 6000, 3)
+    # Small messages and about four commits of the aside log (one per 8,192 events): the restore is
+    # stopped (SIGSTOP) after its first, with more than a thousand messages still to fetch.
     run_cli("ship", "--log", str(original), "--to", one_server.url, "--hub", "h", "--batch", "8", check=True)
     target = tmp_path / "restored"
     first = _tasklog("restore", "--from", one_server.url, "--hub", "h", "--log", str(target))
