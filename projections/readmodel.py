@@ -8,12 +8,14 @@ checkpoint (only the events since), never from a new fold of the whole log:
 2. ``readmodel.db`` in the log directory, which readers keep: opened for writing, caught up under
    a lock (a second reader waits, then folds only what is left), then read. In a log directory
    this process cannot write (a read-only mount) it lives in the user's cache directory instead
-   (``$XDG_CACHE_HOME/tasklog``, ``~/.cache/tasklog``), keyed by the log's identity; where
-   neither can be written, the events are folded in memory and ``why_slow`` says why.
+   (``$XDG_CACHE_HOME/tasklog``, ``~/.cache/tasklog``), under a hash of the log's identity and
+   path; where neither can be written (or the disk is full), the events are folded in memory
+   and ``why_slow`` says why.
 
 It is a cache of the log: it can be deleted at any time and is built again on the next read.
 One that disagrees with the log (another log's, pinned by a time-travel replay, past the log's
-end after a crash) is rebuilt. A build interrupted by an error or a signal removes the file it
+end after a crash, or caught up to an event the log does not hold: a copy of the same log that
+went its own way) is rebuilt. A build interrupted by an error or a signal removes the file it
 created; one killed outright leaves a consistent partial one, which the next read goes on from.
 One that is not a database (damaged) is made again; a link, a FIFO or a device at its path is
 never written through: the cache answers instead.
@@ -21,14 +23,18 @@ never written through: the cache answers instead.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import os
+import sqlite3
 import stat
+import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass
 
-from tasklog.errors import TaskLogError
+from tasklog.errors import StorageError, TaskLogError
 from tasklog.log import TaskLog
 from tasklog.progress import Progress
 
@@ -60,68 +66,138 @@ class ReadModel:
     folded: int
     #: Why it was folded in memory (None otherwise).
     why_slow: str | None = None
+    #: Why the Hub's projection in the log directory was not used (None: there is none, or it was).
+    why_not_hub: str | None = None
+
+
+class _Unusable(Exception):
+    """This place cannot keep the read model (not the log's fault): the next place is tried."""
 
 
 def cache_path(log: TaskLog) -> str:
     """Where the read model of a log in a directory this process cannot write lives."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tasklog", f"{log.identity or 'no-identity'}.db")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG rule: a relative path is ignored
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    # Hashed, never the identity itself: a crafted identity ("../../x") named a file outside the
+    # cache; and the path too, so that copies of one log (same identity) keep caches of their own.
+    key = hashlib.sha256(f"{log.identity}\0{os.path.realpath(log.path)}".encode()).hexdigest()[:32]
+    return os.path.join(base, "tasklog", f"{key}.db")
 
 
 def open_read_model(log: TaskLog, label: str = "catch-up") -> ReadModel:
     """The freshest persistent projection of ``log``, caught up (a progress bar on a terminal)."""
-    hub = _hub(log, label)
+    hub, why_not_hub = _hub(log, label)
     if hub is not None:
         return hub
     reasons = []
     for kind, path in (("log directory", os.path.join(log.path, FILE)), ("cache", cache_path(log))):
         try:
-            return _kept(log, path, kind, label)
-        except (OSError, ProjectionError) as exc:
-            reasons.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+            model = _kept(log, path, kind, label)
+        except _Unusable as why:
+            reasons.append(f"{path}: {why}")
+            continue
+        model.why_not_hub = why_not_hub
+        return model
     proj = DictProjection()
     folded = _catch_up(proj, log, label)
-    return ReadModel(proj, "memory", None, folded, "no read model could be written (" + "; ".join(reasons) + ")")
+    return ReadModel(proj, "memory", None, folded, "no read model could be written (" + "; ".join(reasons) + ")",
+                     why_not_hub)
 
 
-def _hub(log: TaskLog, label: str) -> ReadModel | None:
-    """The Hub's projection, read-only, with the log's newer events over it (None: none usable)."""
+def _hub(log: TaskLog, label: str) -> tuple[ReadModel | None, str | None]:
+    """The Hub's projection, read-only, with the log's newer events over it; else why not (None:
+    there is none)."""
     path = os.path.join(log.path, HUB_FILE)
-    if not os.path.exists(path):
-        return None
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO there hung the open
+            return None, f"the Hub's {path} is not a regular file"
         inner = SQLiteProjection(path, readonly=True)
-    except ProjectionError:
-        return None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, TaskLogError) as exc:
+        return None, f"the Hub's {path} cannot be read ({getattr(exc, 'strerror', None) or exc})"
     proj = Overlay(inner)
     try:
         folded = _catch_up(proj, log, label)
     except ProjectionError:  # another log's, pinned, or ahead of the log: the readers' model instead
         proj.close()
-        return None
-    return ReadModel(proj, "hub", path, folded)
+        return None, None
+    return ReadModel(proj, "hub", path, folded), None
 
 
 def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:
     """The readers' read model at ``path``: made if missing, caught up under its lock."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     made = not os.path.lexists(path)
     try:
-        with _locked(path):
-            proj = _sqlite(path)
+        with _opened(path) as proj:
+            if proj.pinned is not None or proj.log_identity not in (None, log.identity) \
+                    or proj.last_seq > log.last_seq or not _same_history(proj, log):
+                proj.clear()  # a cache that disagrees with the log: built again
             try:
-                if proj.pinned is not None or proj.log_identity not in (None, log.identity) \
-                        or proj.last_seq > log.last_seq:
-                    proj.clear()  # a cache that disagrees with the log: built again
                 folded = _catch_up(proj, log, label)
-            except BaseException:
-                proj.close()
-                raise
+            except StorageError as exc:  # a full disk: the next place, or memory
+                raise _Unusable(str(exc)) from None
+            _save_tip(proj, log)
     except BaseException:
         if made:
             _remove(path)
         raise
     return ReadModel(proj, kind, path, folded)
+
+
+@contextmanager
+def _opened(path: str) -> Iterator[SQLiteProjection]:
+    """The read model at ``path``, opened and locked; closed only if what follows fails."""
+    with ExitStack() as stack:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            stack.enter_context(_locked(path))
+            proj = _sqlite(path)
+        except (OSError, TaskLogError) as exc:  # no file can be kept here
+            raise _Unusable(getattr(exc, "strerror", None) or str(exc)) from None
+        try:
+            yield proj
+        except BaseException:
+            proj.close()
+            raise
+
+
+_TIP = "CREATE TABLE IF NOT EXISTS readmodel_tip (seq INTEGER NOT NULL, crc INTEGER NOT NULL)"
+
+
+def _same_history(proj: SQLiteProjection, log: TaskLog) -> bool:
+    """Whether the event the read model was last caught up to is the log's own (copies of one log
+    share an identity and may have different events at the same numbers)."""
+    if proj.last_seq == 0:
+        return True
+    try:
+        with closing(sqlite3.connect(proj.path)) as db:
+            db.execute(_TIP)
+            row = db.execute("SELECT seq, crc FROM readmodel_tip").fetchone()
+    except sqlite3.DatabaseError:
+        row = None
+    if row is None:
+        return False  # where it came from is not known: built again
+    seq, crc = row
+    if seq < log.start_seq:
+        return True  # pruned since: the identity is all there is to check
+    raw = next(iter(log.read_raw(seq, seq + 1)), None)
+    return raw is not None and zlib.crc32(raw[1]) == crc
+
+
+def _save_tip(proj: SQLiteProjection, log: TaskLog) -> None:
+    """Note the event the read model is caught up to (its number and CRC-32), for ``_same_history``."""
+    if proj.last_seq == 0:
+        return
+    raw = next(iter(log.read_raw(proj.last_seq, proj.last_seq + 1)), None)
+    if raw is None:
+        return
+    # Not kept (a full disk): the next reader cannot tell its history, and builds it again.
+    with suppress(sqlite3.DatabaseError), closing(sqlite3.connect(proj.path)) as db, db:
+        db.execute(_TIP)
+        db.execute("DELETE FROM readmodel_tip")
+        db.execute("INSERT INTO readmodel_tip VALUES (?, ?)", (proj.last_seq, zlib.crc32(raw[1])))
 
 
 def _sqlite(path: str) -> SQLiteProjection:
@@ -141,7 +217,7 @@ def _locked(path: str) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise ProjectionError(f"{path} is not a regular file: the read model is not kept there")
+            raise OSError(errno.EEXIST, "not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)  # flock, not fcntl's locks, which are SQLite's own
         with suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
@@ -163,5 +239,5 @@ def _catch_up(proj: Projection, log: TaskLog, label: str) -> int:
 
 def _remove(path: str) -> None:
     for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-        with suppress(FileNotFoundError):
+        with suppress(OSError):  # not there, or never made (a read-only directory)
             os.remove(name)

@@ -26,6 +26,7 @@ from ..fields import utcnow
 from ..log import DURABILITY, TaskLog
 from ..progress import Progress
 from ..stream.feed import stream_fed
+from ..stream.stopping import terminating_interrupts
 from ..views.jsonfmt import dumps, loads
 from .common import (
     AS_OF_HELP,
@@ -146,6 +147,7 @@ def _read_query(text: str) -> dict[str, Any]:
 
 def cmd_query(args: argparse.Namespace) -> int:
     """Catch the projection up from the log (or build it as of --to/--as-of), then print the matches."""
+    terminating_interrupts()  # SIGTERM mid-build: the read model it made is removed, as on Ctrl-C
     query = _read_query(args.query)
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     if args.projection == "none":
@@ -171,6 +173,8 @@ def _read_model(log: TaskLog) -> projections.Projection:
 def _read_model_of(log: TaskLog) -> ReadModel:
     """The log's read model, caught up; saying so when it had to be folded in memory."""
     model = open_read_model(log)
+    if model.why_not_hub:
+        print(f"tasklog: {model.why_not_hub}: answering from {model.path or 'memory'}", file=sys.stderr)
     if model.why_slow:
         print(f"tasklog: folded {model.folded:,} events in memory: {model.why_slow}", file=sys.stderr)
     return model
@@ -297,12 +301,13 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build the log's read model, or catch it up from its checkpoint, and say where it is."""
+    terminating_interrupts()
     with TaskLog.open(args.log, readonly=True) as log:
         started = time.monotonic()
         model = _read_model_of(log)
         with model.projection as proj:
-            where = model.path or "memory"
-            print(f"read model ({model.kind}: {where}) at event {proj.last_seq}: folded {model.folded:,} new events "
+            where = f"{model.kind}: {model.path}" if model.path else "in memory: nowhere to keep it"
+            print(f"read model ({where}) at event {proj.last_seq}: folded {model.folded:,} new events "
                   f"in {time.monotonic() - started:.2f} s")
     return 0
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +23,7 @@ import projections
 from projections import readmodel
 from tasklog import TaskLog, retention
 from tasklog.demo import simulate
-from tests.support import readonly_bind, run_cli
+from tests.support import child_env, mounted_tmpfs, readonly_bind, run_cli
 
 
 def _log(path: Path, tasks: int, seed: int) -> str:
@@ -152,3 +156,71 @@ def test_a_link_or_a_fifo_at_the_read_models_path_is_never_written_through(tmp_p
     assert target.read_text() == "keep me"
     assert at.is_symlink() if kind == "link" else at.is_fifo()
     assert "read model (cache:" in _index(log)
+
+
+def test_the_cache_is_named_by_a_hash_never_by_the_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crafted identity ("../../x") once named a file outside the cache, which was then replaced.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    crafted = SimpleNamespace(identity="../../victim/important", path=str(tmp_path / "log"))
+    other = SimpleNamespace(identity="../../victim/important", path=str(tmp_path / "copy"))
+    path = Path(readmodel.cache_path(crafted))  # type: ignore[arg-type]
+    assert path.parent == tmp_path / "cache" / "tasklog" and re.fullmatch(r"[0-9a-f]{32}\.db", path.name)
+    assert readmodel.cache_path(other) != str(path)  # type: ignore[arg-type]  # copies: caches of their own
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG rule says
+    assert readmodel.cache_path(crafted).startswith(os.path.expanduser("~"))  # type: ignore[arg-type]
+
+
+def test_a_read_model_of_a_copy_that_went_its_own_way_is_built_again(tmp_path: Path) -> None:
+    a = _log(tmp_path / "a", 60, seed=12)
+    b = str(tmp_path / "b")
+    shutil.copytree(a, b)  # the same identity, the same events so far
+    for log, seed in ((a, 13), (b, 14)):
+        with TaskLog.open(log) as opened:
+            opened.append_many(list(simulate(30, seed=seed)))
+    _index(a)
+    shutil.copy(os.path.join(a, readmodel.FILE), os.path.join(b, readmodel.FILE))
+    with TaskLog.open(b, readonly=True) as opened:
+        last = opened.last_seq
+    assert f"folded {last:,} new events" in _index(b)  # not caught up from a's checkpoint
+    assert _answers(b) == _answers(b, "{}", "--projection", "dict")
+
+
+def test_a_fifo_at_the_hubs_projection_is_passed_by_saying_so(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log", 30, seed=15)
+    os.mkfifo(os.path.join(log, readmodel.HUB_FILE))
+    proc = run_cli("query", "--log", log, "{}", timeout=60)  # it hung on the open
+    assert proc.returncode == 0 and "is not a regular file" in proc.stderr, proc.stderr
+    assert len(proc.stdout.splitlines()) == len(_answers(log, "{}", "--projection", "dict"))
+
+
+def test_a_full_disk_under_the_read_model_answers_from_elsewhere(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "tiny", "3m") as mnt:
+        log = _log(mnt / "log", 150, seed=16)
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        (mnt / "filler").write_bytes(b"\0" * max(free - (16 << 10), 0))
+        proc = run_cli("query", "--log", log, "{}", "--keys", "msg_id")
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(proc.stdout.splitlines()) == sorted(
+            run_cli("query", "--log", log, "{}", "--keys", "msg_id", "--projection", "dict", check=True).stdout
+            .splitlines())
+        assert not os.path.exists(os.path.join(log, readmodel.FILE))
+
+
+def test_sigterm_during_the_first_build_leaves_nothing(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log", 30_000, seed=17)
+    model = Path(log, readmodel.FILE)
+    proc = subprocess.Popen([sys.executable, "-m", "tasklog", "query", "--log", log, "{}"], env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not model.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # into the fold
+        assert proc.poll() is None, "the build ended before the signal: nothing was tested"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.count("\n") == 1 and "interrupted" in err, err
+    assert not any(Path(log).glob(readmodel.FILE + "*"))
