@@ -117,3 +117,19 @@ def test_a_failed_test_leaves_the_next_one_a_working_cluster(tmp_path: Path) -> 
     while (left := _survivors(tmp_path / "db")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left == []
+
+
+def test_the_harness_teardown_never_waits_on_unsent_messages() -> None:
+    # ipyparallel's teardown destroyed its context with the sockets' own linger: after a test timed
+    # out with a request in flight, the suite sat in zmq's term until its 30-minute timeout.
+    code = ("import zmq, tests.support.ipp_plugin\n"
+            "context = zmq.Context()\n"
+            "push = context.socket(zmq.PUSH)\n"
+            "push.setsockopt(zmq.LINGER, -1)\n"
+            "push.connect('tcp://127.0.0.1:1')\n"  # nobody listens: the message can never leave
+            "push.send(b'unsent')\n"
+            "context.destroy()\n"
+            "print('destroyed')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout == "destroyed\n", done.stderr

@@ -124,6 +124,20 @@ ipp_tests.setup, ipp_tests.teardown, ipp_tests.add_engines = setup, teardown, ad
 clienttest.add_engines = add_engines
 clienttest.ClusterTestCase.test_timeout = TEST_TIMEOUT
 
+_destroy = zmq.Context.destroy
+
+
+def _destroy_dropping(self: zmq.Context[Any], linger: int | None = None) -> None:
+    """``Context.destroy`` with unsent messages dropped (linger 0) unless told otherwise."""
+    _destroy(self, linger=0 if linger is None else linger)
+
+
+# The harness's teardown destroys the test client's context with the sockets' own linger (for
+# ever): after a test timed out with a request in flight (a broadcast never answered, seen once in
+# five clean runs), the term that follows waited for good and the suite sat idle until its
+# 30-minute timeout. A test client's unsent messages are not worth keeping at teardown.
+zmq.Context.destroy = _destroy_dropping  # type: ignore[method-assign]
+
 # AsyncResult's own timing properties against wall-clock bounds (a 0.25 s sleep must take under
 # 1 s): they test ipyparallel on an idle machine, not the Hub's database, and failed in 3 of 6 runs
 # with the machine busy ("assert 1.70 < 1.0"). Deselected, as timing assertions are in our tests.
