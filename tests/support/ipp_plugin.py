@@ -75,14 +75,33 @@ def add_engines(n: int = 1, profile: str = "iptest", total: bool = False) -> lis
     """ipyparallel's ``add_engines``: start ``n`` engines (up to ``n`` with ``total``), wait for all."""
     rc = Client(profile=profile)
     try:
-        base = len(rc)
-        n = max(n - base, 0) if total else n
+        before = set(rc.ids)
+        n = max(n - len(before), 0) if total else n
         args = [*ipengine_cmd_argv, f"--profile={profile}", "--InteractiveShell.colors=nocolor", LOG_LEVEL]
         engines = [_launch(args) for _ in range(n)]
-        _wait(lambda: len(rc) >= base + n, engines, f"{n} test engine(s)")
+        _wait(lambda: len(rc) >= len(before) + n, engines, f"{n} test engine(s)")
+        if n:
+            _wait(lambda: _reached(rc, sorted(set(rc.ids) - before)), engines, f"{n} test engine(s)' schedulers")
         return engines
     finally:
         rc.close()
+
+
+def _reached(rc: Client, targets: list[int]) -> bool:
+    """Whether the direct and the broadcast schedulers both reach ``targets`` (one round trip each).
+
+    An engine is listed once the Hub has registered it, which can be before its connections to the
+    schedulers are up; a scheduler's ROUTER drops what it sends to an engine not yet connected, so
+    a test's first message to a new engine was lost for good (``TestView::test_block_kwarg``'s
+    broadcast, unanswered, once in five clean runs). A lost probe is only sent again.
+    """
+    probes = [rc[targets].execute("pass", block=False), rc.broadcast_view(targets).execute("pass", block=False)]
+    try:
+        for probe in probes:
+            probe.get(timeout=2)
+    except error.TimeoutError:
+        return False
+    return True
 
 
 def setup() -> None:
