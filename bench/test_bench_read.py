@@ -20,6 +20,7 @@ import pytest
 
 from bench.harness import record, sizes
 from projections import readmodel
+from projections.backends.sqlite import remove_database
 from tasklog import TaskLog
 from tasklog.demo import simulate
 
@@ -90,9 +91,7 @@ def test_reading_command(benchmark: Any, demo_log: tuple[str, int], command: str
 
     def setup() -> tuple[tuple[()], dict[str, Any]]:
         if warmth == "cold":
-            for suffix in ("", "-wal", "-shm"):
-                if os.path.exists(model + suffix):
-                    os.remove(model + suffix)
+            remove_database(model)
         return (), {}
 
     def run() -> None:

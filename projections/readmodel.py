@@ -40,7 +40,7 @@ from tasklog.progress import Progress
 
 from . import snapshot
 from .backends.dict import DictProjection
-from .backends.sqlite import SQLiteProjection
+from .backends.sqlite import SQLiteProjection, remove_database
 from .base import Projection
 from .errors import ProjectionError
 from .overlay import Overlay
@@ -141,7 +141,7 @@ def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:
             _save_tip(proj, log)
     except BaseException:
         if made:
-            _remove(path)
+            remove_database(path)
         raise
     return ReadModel(proj, kind, path, folded)
 
@@ -182,22 +182,25 @@ def _same_history(proj: SQLiteProjection, log: TaskLog) -> bool:
     seq, crc = row
     if seq < log.start_seq:
         return True  # pruned since: the identity is all there is to check
+    return _crc_at(log, seq) == int(crc)
+
+
+def _crc_at(log: TaskLog, seq: int) -> int | None:
+    """The CRC-32 of event ``seq`` as the log stores it (None: the log does not hold it)."""
     raw = next(iter(log.read_raw(seq, seq + 1)), None)
-    return raw is not None and zlib.crc32(raw[1]) == crc
+    return None if raw is None else zlib.crc32(raw[1])
 
 
 def _save_tip(proj: SQLiteProjection, log: TaskLog) -> None:
     """Note the event the read model is caught up to (its number and CRC-32), for ``_same_history``."""
-    if proj.last_seq == 0:
-        return
-    raw = next(iter(log.read_raw(proj.last_seq, proj.last_seq + 1)), None)
-    if raw is None:
+    crc = _crc_at(log, proj.last_seq) if proj.last_seq else None
+    if crc is None:
         return
     # Not kept (a full disk): the next reader cannot tell its history, and builds it again.
     with suppress(sqlite3.DatabaseError), closing(sqlite3.connect(proj.path)) as db, db:
         db.execute(_TIP)
         db.execute("DELETE FROM readmodel_tip")
-        db.execute("INSERT INTO readmodel_tip VALUES (?, ?)", (proj.last_seq, zlib.crc32(raw[1])))
+        db.execute("INSERT INTO readmodel_tip VALUES (?, ?)", (proj.last_seq, crc))
 
 
 def _sqlite(path: str) -> SQLiteProjection:
@@ -205,7 +208,7 @@ def _sqlite(path: str) -> SQLiteProjection:
     try:
         return SQLiteProjection(path)
     except TaskLogError:
-        _remove(path)  # a cache: the next line builds it again, or says why it cannot
+        remove_database(path)  # a cache: the next line builds it again, or says why it cannot
         return SQLiteProjection(path)
 
 
@@ -237,7 +240,3 @@ def _catch_up(proj: Projection, log: TaskLog, label: str) -> int:
         bar.close()
 
 
-def _remove(path: str) -> None:
-    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-        with suppress(OSError):  # not there, or never made (a read-only directory)
-            os.remove(name)

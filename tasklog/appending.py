@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from . import codec
 from .errors import InterfaceError
 from .events import Complete, Event, Output, Resubmit, Start, Submit, construct, validate
-from .groupcommit import Item
+from .groupcommit import Item, NothingPending
 
 __all__ = ["Appending", "RefusingWriter", "Writer", "build", "idempotency_key"]
 
@@ -44,7 +44,7 @@ class Writer(Protocol):
         """Refuse new appends and commit what is queued (raise what a failed commit lost)."""
 
 
-class RefusingWriter:
+class RefusingWriter(NothingPending):
     """The writer of a log that may not be written here: closed, or left to the parent by a fork."""
 
     def __init__(self, error: Exception) -> None:
@@ -61,19 +61,6 @@ class RefusingWriter:
     def flush(self, timeout: float | None = None) -> int:
         """Refuse."""
         raise self._error
-
-    def pending(self, seq: int) -> Event | None:
-        """Nothing is pending here."""
-        return None
-
-    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
-        """Nothing is pending here."""
-        return []
-
-    @property
-    def queued_bytes(self) -> int:
-        """Nothing is pending here."""
-        return 0
 
     def close(self) -> None:
         """Nothing to close."""

@@ -19,7 +19,7 @@ from .errors import CommitError, LogClosedError, StorageError
 from .events import Event
 from .store import Store
 
-__all__ = ["GroupCommit", "Item"]
+__all__ = ["GroupCommit", "Item", "NothingPending"]
 
 Item = tuple[bytes, bytes | None, Event]  # (stored bytes, idempotency key, the validated event)
 Notify = Callable[[Sequence[tuple[int, Event]]], None]
@@ -37,7 +37,25 @@ class _Batch:
         self.done = False
 
 
-class GroupCommit:
+class NothingPending:
+    """The pending side of the writer protocol for a writer that holds nothing uncommitted (group
+    commit, once an append returned; a writer that refuses every append)."""
+
+    def pending(self, seq: int) -> Event | None:
+        """Nothing is pending here."""
+        return None
+
+    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
+        """Nothing is pending here."""
+        return []
+
+    @property
+    def queued_bytes(self) -> int:
+        """Nothing is pending here."""
+        return 0
+
+
+class GroupCommit(NothingPending):
     """The writer of a sync or process log: leader-follower group commit."""
 
     def __init__(self, store: Store, notify: Notify) -> None:
@@ -53,19 +71,6 @@ class GroupCommit:
     def append_one(self, payload: bytes, event: Event) -> int | None:
         """No shortcut here: None sends one event down the general path, ``append``."""
         return None
-
-    def pending(self, seq: int) -> Event | None:
-        """Nothing is ever uncommitted here once its append returned."""
-        return None
-
-    def pending_of(self, msg_id: str) -> list[tuple[int, Event]]:
-        """Nothing is ever uncommitted here once its append returned."""
-        return []
-
-    @property
-    def queued_bytes(self) -> int:
-        """Nothing is ever uncommitted here once its append returned."""
-        return 0
 
     def flush(self, timeout: float | None = None) -> int:
         """Everything appended is committed already: the last sequence number."""

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..errors import ProjectionError
 from ..fold import RECORD_KEYS, is_tombstone, strip_hidden
 from ..query import Cond, Logical, Node, compile_predicate
 
-__all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document"]
+__all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document", "remove_database"]
 
 # 2: documents are arrays in RECORD_KEYS order (version 1 wrote maps, which are still read).
 # 3: datetime columns hold microseconds since the epoch (2 held milliseconds: records now keep
@@ -87,6 +87,13 @@ _ABSENT = object()
 # The hidden checkpoint has its own slot: a one-key map per record would cost more than it.
 _SLOTS = (*RECORD_KEYS, "_seq")
 _TEMPLATE = dict.fromkeys(_SLOTS)
+
+
+def remove_database(path: str) -> None:
+    """Delete a SQLite file and its journals, whichever exist (what a failed build made)."""
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with suppress(OSError):  # not there, or never made (a read-only directory)
+            os.remove(name)
 
 
 def encode_document(rec: dict[str, Any]) -> bytes:
@@ -155,9 +162,7 @@ class SQLiteProjection(Projection):
         if db is not None:
             db.close()
         if fresh and self.path != ":memory:":
-            for name in (self.path, f"{self.path}-wal", f"{self.path}-shm", f"{self.path}-journal"):
-                if os.path.exists(name):
-                    os.remove(name)
+            remove_database(self.path)
 
     def _setup(self) -> None:
         db = self._db

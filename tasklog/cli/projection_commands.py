@@ -160,14 +160,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
                                  "use `tasklog replay --to/--as-of` and query that file")
-        with _read_model(log) if args.projection is None and stop is None else _answering(log, spec, stop) as proj:
+        fresh = args.projection is None and stop is None
+        with _read_model_of(log).projection if fresh else _answering(log, spec, stop) as proj:
             _print_matches(proj, query, keys)
     return 0
-
-
-def _read_model(log: TaskLog) -> projections.Projection:
-    """The log's read model, caught up."""
-    return _read_model_of(log).projection
 
 
 def _read_model_of(log: TaskLog) -> ReadModel:

@@ -185,9 +185,9 @@ class _Restorer:
         elif batch.log != self.identity:
             raise StreamError(f"hub {batch.hub} holds events of two logs ({self.identity} and {batch.log})")
         self.order.add(batch)
-        self._write(*self.order.take(self.upto, self.begun)[:2])
+        self._gather(*self.order.take(self.upto, self.begun)[:2])
 
-    def _write(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]]) -> None:
+    def _gather(self, events: list[tuple[int, bytes]], commits: list[tuple[int, float]]) -> None:
         if not events:
             return
         self.pending += events
@@ -213,7 +213,7 @@ class _Restorer:
         """Write what is held; refuse a stream that lacks an event between its first and last."""
         if not self.begun and self.order.held:
             # The hub's first message is gone (a stream with limits): start at the earliest held.
-            self._write(*self.order.take(min(self.order.held) - 1)[:2])
+            self._gather(*self.order.take(min(self.order.held) - 1)[:2])
         self._flush()
         if self.order.held:
             raise StreamError(f"the stream lacks event {self.upto + 1} of log {self.identity} "
