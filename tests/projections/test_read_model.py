@@ -14,9 +14,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+import lmdb
 import pytest
 
 import projections
@@ -160,14 +160,21 @@ def test_a_link_or_a_fifo_at_the_read_models_path_is_never_written_through(tmp_p
 
 def test_the_cache_is_named_by_a_hash_never_by_the_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A crafted identity ("../../x") once named a file outside the cache, which was then replaced.
+    log = _log(tmp_path / "log", 5, seed=18)
+    env = lmdb.open(log, max_dbs=16, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(b"identity", b"../../victim/important", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    copy = str(tmp_path / "copy")
+    shutil.copytree(log, copy)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    crafted = SimpleNamespace(identity="../../victim/important", path=str(tmp_path / "log"))
-    other = SimpleNamespace(identity="../../victim/important", path=str(tmp_path / "copy"))
-    path = Path(readmodel.cache_path(crafted))  # type: ignore[arg-type]
-    assert path.parent == tmp_path / "cache" / "tasklog" and re.fullmatch(r"[0-9a-f]{32}\.db", path.name)
-    assert readmodel.cache_path(other) != str(path)  # type: ignore[arg-type]  # copies: caches of their own
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG rule says
-    assert readmodel.cache_path(crafted).startswith(os.path.expanduser("~"))  # type: ignore[arg-type]
+    with TaskLog.open(log, readonly=True) as crafted, TaskLog.open(copy, readonly=True) as other:
+        assert crafted.identity == other.identity == "../../victim/important"
+        path = Path(readmodel.cache_path(crafted))
+        assert path.parent == tmp_path / "cache" / "tasklog" and re.fullmatch(r"[0-9a-f]{32}\.db", path.name)
+        assert readmodel.cache_path(other) != str(path)  # copies of one log: caches of their own
+        monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG rule says
+        assert readmodel.cache_path(crafted).startswith(os.path.expanduser("~"))
 
 
 def test_a_read_model_of_a_copy_that_went_its_own_way_is_built_again(tmp_path: Path) -> None:
