@@ -10,13 +10,14 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 from tasklog.events import Event
+from tasklog.lifecycle import TaskState
 
-from . import catchup, frames, hubs
+from . import catchup, counts, frames, hubs
 from .catchup import gc_paused
 from .errors import ProjectionError
 from .fold import (
@@ -82,6 +83,12 @@ class Projection(ABC):
         self.buffers = "ref"
         #: Fed from a stream of many hubs: log identity -> (hub name, last sequence number applied).
         self.hubs: dict[str, tuple[str, int]] = {}
+        #: The folded events by (block, type), complete from event ``counted_from`` (None: not
+        #: kept, e.g. after a rewind or when fed from a stream): see ``projections.counts``.
+        self.event_counts: counts.EventCounts = Counter()
+        self.counted_from: int | None = 1
+        #: The counts of the events being stored: a backend that keeps them stores them with the checkpoint.
+        self.counting: counts.EventCounts = Counter()
 
     def read_from(self, source: EventSource | None) -> None:
         """Read events from ``source`` (the log): buffers by reference, tasks re-folded on demand."""
@@ -132,6 +139,7 @@ class Projection(ABC):
             self._clear()
             self.last_seq = 0
             self.hubs = {}
+            self.counted_from, self.event_counts = 1, Counter()
             self.anomalies = Counter()
             self.log_identity = None
             self.pinned = None
@@ -173,10 +181,24 @@ class Projection(ABC):
             if not fresh:
                 return 0
             records, changed = self.fold_batch(fresh, self.by_reference)
-            self._store(records, changed, fresh[-1][0])
+            self._store_counted(records, changed, fresh[-1][0], counts.of_batch(fresh))
             self.last_seq = fresh[-1][0]
             self.applied += len(fresh)
             return len(fresh)
+
+    def _store_counted(self, records: Records, changed: set[str], last_seq: int,
+                       counted: counts.EventCounts | None) -> None:
+        """``_store``, with the counts of the events stored (None: not known, so no longer kept)."""
+        if counted is None:
+            self.counted_from = None
+            self.event_counts.clear()
+        self.counting = counted or Counter()
+        try:
+            self._store(records, changed, last_seq)
+        finally:
+            counting, self.counting = self.counting, Counter()
+        if self.counted_from is not None:
+            self.event_counts.update(counting)
 
     def fold_batch(self, fresh: Sequence[tuple[int, Event]], refer: bool) -> tuple[Records, set[str]]:
         """The records ``fresh`` touches, its events folded in (buffers as references if ``refer``), and ids changed."""
@@ -197,11 +219,13 @@ class Projection(ABC):
         """Fold events of hub ``hub`` (log ``identity``) read from stream ``origin``: see ``hubs.apply_hub``."""
         return hubs.apply_hub(self, identity, hub, batch, origin)
 
-    def store_folded(self, records: Records, last_seq: int, anomalies: Anomalies, events: int) -> None:
+    def store_folded(self, records: Records, last_seq: int, anomalies: Anomalies, events: int,
+                     counted: counts.EventCounts | None = None) -> None:
         """Store records folded elsewhere from this projection's own, up to event ``last_seq``
-        (what a write-behind overlay hands over: ``events`` events, meeting ``anomalies``)."""
+        (what a write-behind overlay hands over: ``events`` events, meeting ``anomalies``, counted
+        by type in ``counted``; None: not counted)."""
         with self._lock:
-            self._store(records, set(records), last_seq)
+            self._store_counted(records, set(records), last_seq, counted)
             self.last_seq = last_seq
             self.applied += events
             self.anomalies.update(anomalies)
@@ -223,6 +247,7 @@ class Projection(ABC):
         inline = self.buffers == "inline" and self.source is not None  # a snapshot keeps references
         with self._lock, gc_paused():
             self._clear()  # the marks stay: the snapshot is of the log the projection is bound to
+            self.counted_from, self.event_counts = last_seq + 1, Counter()  # its events are not counted
             for chunk in catchup.batches(records, _RESTORE_CHUNK):
                 # Checkpoint 0 until every chunk is in: a crash half-way must not look restored.
                 kept: Records = {r["msg_id"]: self.resolve_buffers(r) if inline and not is_tombstone(r) else r
@@ -317,6 +342,16 @@ class Projection(ABC):
         self._reading()
         with self._lock:
             return self._history()
+
+    def state_counts(self) -> Counter[str]:
+        """Tasks by lifecycle state (see ``tasklog.lifecycle.STATES``), purged ones included."""
+        return Counter(task.state for task in self.task_states())
+
+    def task_states(self) -> Iterator[TaskState]:
+        """Every task's lifecycle state (streamed where the backend can); purged ones where the backend keeps them."""
+        self._reading()
+        for rec in self.find_records({}):
+            yield TaskState.of_record(rec["msg_id"], rec)
 
     def stats(self) -> dict[str, Any]:
         """Applied events, the checkpoint, and the anomalies met (events about unknown or dropped tasks)."""

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from tasklog.errors import LogClosedError
 from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
 from tasklog.fields import OUTPUT_NAMES
+from tasklog.lifecycle import TaskState
 
 from .errors import ProjectionError
 
@@ -32,6 +33,7 @@ __all__ = [
     "apply_event",
     "strip_hidden",
     "is_tombstone",
+    "task_of",
     "Anomalies",
     "ANOMALIES",
     "ANOMALY_RULES",
@@ -91,6 +93,11 @@ def new_record(msg_id: str) -> dict[str, Any]:
 def is_tombstone(record: dict[str, Any] | None) -> bool:
     """True for what a drop leaves behind."""
     return record is not None and bool(record.get("_dropped"))
+
+
+def task_of(record: dict[str, Any]) -> TaskState:
+    """The lifecycle state of a record or tombstone (``state`` is one of ``tasklog.lifecycle.STATES``)."""
+    return TaskState.of_record(record["msg_id"], None if is_tombstone(record) else record)
 
 
 def strip_hidden(record: dict[str, Any]) -> dict[str, Any]:

@@ -10,12 +10,16 @@ checkpoint was read is never folded twice.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from tasklog.lifecycle import TaskState
+
 from .base import Projection, Records
 from .errors import ProjectionError
-from .fold import is_tombstone, strip_hidden
+from .fold import is_tombstone, strip_hidden, task_of
 from .query import Logical, compile_predicate, public_copy
 
 __all__ = ["Overlay"]
@@ -32,6 +36,7 @@ class Overlay(Projection):
         self.log_identity, self.pinned = inner.log_identity, inner.pinned
         self.datetime_resolution = inner.datetime_resolution
         self.buffers = inner.buffers
+        self.event_counts, self.counted_from = inner.event_counts.copy(), inner.counted_from
         self._records: Records = {}
 
     def read_from(self, source: Any) -> None:
@@ -87,6 +92,22 @@ class Overlay(Projection):
             m, sub = item
             return (1, sub, m) if isinstance(sub, datetime) else (0, m)
         return [m for m, _ in sorted(both.items(), key=order)]
+
+    def task_states(self) -> Iterator[TaskState]:
+        """The projection's tasks' states, with the overlay's in place of theirs."""
+        mine = self._records
+        for task in self.inner.task_states():
+            if task.msg_id not in mine:
+                yield task
+        yield from (task_of(rec) for rec in mine.values() if rec is not None)
+
+    def state_counts(self) -> Counter[str]:
+        """The projection's tasks by state, with the overlay's records in place of theirs."""
+        out = self.inner.state_counts()
+        below = self.inner.records_of(set(self._records))
+        out.subtract(task_of(rec).state for rec in below.values() if rec is not None)
+        out.update(task_of(rec).state for rec in self._records.values() if rec is not None)
+        return +out
 
     def close(self) -> None:
         """Close the projection."""

@@ -45,7 +45,7 @@ from .base import Projection
 from .errors import ProjectionError
 from .overlay import Overlay
 
-__all__ = ["HUB_FILE", "FILE", "ReadModel", "open_read_model", "cache_path"]
+__all__ = ["HUB_FILE", "FILE", "ReadModel", "NoReadModel", "open_read_model", "cache_path"]
 
 #: The Hub's projection in a log directory (``TaskLogDB``'s default).
 HUB_FILE = "projection.db"
@@ -70,6 +70,10 @@ class ReadModel:
     why_not_hub: str | None = None
 
 
+class NoReadModel(ProjectionError):
+    """No read model could be kept for the log (and it was not to be folded in memory)."""
+
+
 class _Unusable(Exception):
     """This place cannot keep the read model (not the log's fault): the next place is tried."""
 
@@ -85,8 +89,9 @@ def cache_path(log: TaskLog) -> str:
     return os.path.join(base, "tasklog", f"{key}.db")
 
 
-def open_read_model(log: TaskLog, label: str = "catch-up") -> ReadModel:
-    """The freshest persistent projection of ``log``, caught up (a progress bar on a terminal)."""
+def open_read_model(log: TaskLog, label: str = "catch-up", in_memory: bool = True) -> ReadModel:
+    """The freshest persistent projection of ``log``, caught up (a progress bar on a terminal);
+    where none can be kept, the log folded in memory, or (not ``in_memory``) NoReadModel."""
     hub, why_not_hub = _hub(log, label)
     if hub is not None:
         return hub
@@ -99,10 +104,12 @@ def open_read_model(log: TaskLog, label: str = "catch-up") -> ReadModel:
             continue
         model.why_not_hub = why_not_hub
         return model
+    why_slow = "no read model could be written (" + "; ".join(reasons) + ")"
+    if not in_memory:
+        raise NoReadModel(why_slow)
     proj = DictProjection()
     folded = _catch_up(proj, log, label)
-    return ReadModel(proj, "memory", None, folded, "no read model could be written (" + "; ".join(reasons) + ")",
-                     why_not_hub)
+    return ReadModel(proj, "memory", None, folded, why_slow, why_not_hub)
 
 
 def _hub(log: TaskLog, label: str) -> tuple[ReadModel | None, str | None]:
@@ -132,8 +139,10 @@ def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:
     try:
         with _opened(path) as proj:
             if proj.pinned is not None or proj.log_identity not in (None, log.identity) \
-                    or proj.last_seq > log.last_seq or not _same_history(proj, log):
-                proj.clear()  # a cache that disagrees with the log: built again
+                    or proj.last_seq > log.last_seq or not _same_history(proj, log) or proj.counted_from is None:
+                # A cache that disagrees with the log, or an older tasklog's that did not count
+                # its events (``stats`` would decode them all at every call): built again.
+                proj.clear()
             try:
                 folded = _catch_up(proj, log, label)
             except StorageError as exc:  # a full disk: the next place, or memory

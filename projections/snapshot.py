@@ -19,13 +19,14 @@ from typing import Any
 
 from tasklog import retention
 from tasklog.baseline import Baseline
+from tasklog.lifecycle import TaskState
 from tasklog.log import TaskLog
 
 from . import catchup
 from .base import Projection
 from .catchup import gc_paused
 from .errors import ProjectionError
-from .fold import BUFFER_KEYS, Anomalies, apply_event, is_tombstone, ref_seq, refer_buffers, settle
+from .fold import BUFFER_KEYS, Anomalies, apply_event, ref_seq, refer_buffers, settle, task_of
 
 __all__ = ["SnapshotInfo", "take", "catch_up", "view_base"]
 
@@ -156,7 +157,7 @@ def view_base(log: TaskLog, who: str, stop: int | None = None) -> Baseline | Non
     seq = fits[-1]
     _read(log, seq)[1].close()  # type: ignore[attr-defined]  # checked now: a bad one fails before any output
 
-    def tasks() -> Iterator[tuple[str, dict[str, Any] | None]]:
+    def tasks() -> Iterator[TaskState]:
         for rec in _read(log, seq)[1]:
-            yield rec["msg_id"], None if is_tombstone(rec) else rec
+            yield task_of(rec)
     return Baseline(seq, tasks)

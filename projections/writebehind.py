@@ -14,12 +14,14 @@ storage): anything that takes a projection takes it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 from tasklog.events import Event
+from tasklog.lifecycle import TaskState
 
+from . import counts
 from .base import Projection, Records
 from .fold import Anomalies, apply_event, refer_buffers, settle, targets
 from .query import Logical
@@ -49,6 +51,7 @@ class WriteBehind(Projection):
         self._changed: set[str] = set()  # overlay records that pending events changed
         self._pending = 0  # events folded into the overlay and not yet stored
         self._anomalies: Anomalies = Counter()  # met while folding them: the projection's once stored
+        self._counted: counts.EventCounts = Counter()  # their types, stored with them
 
     # -- applying: into the overlay, then in batches into the projection ------------------
 
@@ -65,6 +68,7 @@ class WriteBehind(Projection):
             if self.inner.by_reference:
                 refer_buffers(overlay, seq, event)  # the overlay refers to the log, as the projection does
             self._pending += 1
+            self._counted[counts.key(seq, event)] += 1
             self.last_seq = seq
             if self._pending >= self.batch:
                 self.flush()
@@ -88,7 +92,7 @@ class WriteBehind(Projection):
             if self._pending:
                 settle(self._overlay, self._changed)
                 self.inner.store_folded({m: self._overlay[m] for m in self._changed}, self.last_seq,
-                                        self._anomalies, self._pending)
+                                        self._anomalies, self._pending, self._counted)
             self._forget_pending()
             # Stored now, the overlay's records equal the projection's: the newest stay cached for
             # the results still to come (a Hub's tasks cross a flush between submit and result:
@@ -187,6 +191,11 @@ class WriteBehind(Projection):
     # the overlay, then the projection.
 
     # -- the rest: figures after a flush, and close ------------------------------------------
+
+    def task_states(self) -> Iterator[TaskState]:
+        """The projection's tasks' states, after a flush."""
+        self.flush()
+        return self.inner.task_states()
 
     def stats(self) -> dict[str, Any]:
         """The projection's figures, after a flush."""

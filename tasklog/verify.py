@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,11 +15,11 @@ from . import codec, retention
 from .baseline import Baseline
 from .errors import TaskLogError
 from .events import task_ids
-from .lifecycle import STATES, Lifecycle, TaskState
+from .lifecycle import STATES, Lifecycle
 from .log import TaskLog
 from .progress import Progress
 
-__all__ = ["LogStats", "STATES", "stats", "verify", "check_index"]
+__all__ = ["LogStats", "STATES", "stats", "with_log_figures", "verify", "check_index", "event_types"]
 
 
 @dataclass
@@ -54,7 +55,7 @@ def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None 
     (the states from the tasks of ``base``, a snapshot, and the events after it, if given)."""
     # Figures read one by one under a live writer disagreed ("events": 13100, "last_seq": 12800).
     by_type: Counter[str] = Counter()
-    life = Lifecycle(None if base is None else {m: TaskState.of_record(m, rec) for m, rec in base.tasks()})
+    life = Lifecycle(None if base is None else {task.msg_id: task for task in base.tasks()})
     after = 0 if base is None else base.seq
     with log.view() as view:
         out = LogStats(first_seq=view.first_seq, last_seq=view.last_seq, start_seq=view.start_seq,
@@ -73,12 +74,26 @@ def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None 
     out.by_type = by_type
     out.tasks_from = None if base is None else base.seq
     out.by_state = Counter(task.state for task in life.tasks.values())
+    return with_log_figures(out, log)
+
+
+def with_log_figures(out: LogStats, log: TaskLog) -> LogStats:
+    """``out`` with what the log says beside its events: commit times, bytes on disk, snapshots."""
     if out.events:
         times = log.committed_at([out.first_seq, out.last_seq])
         out.first_commit, out.last_commit = times[out.first_seq], times[out.last_seq]
     out.disk_bytes = log.disk_bytes()
     out.snapshots = retention.list_snapshots(log)
     return out
+
+
+def event_types(log: TaskLog, start: int, stop: int) -> Iterator[str]:
+    """The type of each of the log's events ``start..stop-1`` ("(unreadable)" for one that is not)."""
+    for seq, raw in log.read_raw(start, stop):
+        try:
+            yield codec.decode(raw, seq).type
+        except TaskLogError:
+            yield "(unreadable)"
 
 
 def verify(log: TaskLog, progress: Progress | None = None) -> list[str]:

@@ -11,15 +11,17 @@ Queries and the history see the resident records only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from tasklog.lifecycle import TaskState
 from tasklog.records import INDEXED_FIELDS
 
 from ..base import Projection, Records
 from ..errors import ProjectionError
-from ..fold import BUFFER_KEYS, is_tombstone
+from ..fold import BUFFER_KEYS, is_tombstone, task_of
 from ..query import Cond, Logical, clone, compile_predicate, msg_id_lookup, public_copy
 from .sortedindex import SortedIndex
 
@@ -245,6 +247,12 @@ class DictProjection(Projection):
         if keys is None:
             return [public_copy(r) for r in hits]
         return [{k: clone(r[k]) for k in keys if k in r} for r in hits]
+
+    def task_states(self) -> Iterator[TaskState]:
+        """Every task's lifecycle state, purged ones included (an evicted task's folded again)."""
+        yield from (task_of(rec) for rec in self._records.values())
+        yield from (task_of(rec) for rec in self._tombs.values() if not rec.get("_evicted"))
+        yield from (task_of(rec) for m in self._evicted if (rec := self.refold(m, self.last_seq + 1)) is not None)
 
     def _count(self, node: Logical) -> int:
         match = compile_predicate(node)

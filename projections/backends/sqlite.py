@@ -12,20 +12,23 @@ from __future__ import annotations
 import os
 import sqlite3
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
 
 from tasklog.errors import StorageFullError, TaskLogError
+from tasklog.lifecycle import TaskState
 from tasklog.records import INDEXED_FIELDS
 
 from ..base import Projection, Records
 from ..catchup import gc_paused
 from ..errors import ProjectionError
-from ..fold import RECORD_KEYS, is_tombstone, strip_hidden
+from ..fold import RECORD_KEYS, is_tombstone, strip_hidden, task_of
 from ..query import Cond, Logical, Node, compile_predicate
 
 __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document", "remove_database"]
@@ -33,7 +36,9 @@ __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document", 
 # 2: documents are arrays in RECORD_KEYS order (version 1 wrote maps, which are still read).
 # 3: datetime columns hold microseconds since the epoch (2 held milliseconds: records now keep
 #    the microseconds the Hub gave, and a millisecond column would make the SQL prefilter lie).
-SCHEMA_VERSION = 3
+# 4: a ``state`` column (the task's lifecycle state, for tasks by state) and the events folded,
+#    counted by block and type (``projections.counts``), kept with the checkpoint.
+SCHEMA_VERSION = 4
 # Typed columns and the Python type their values must have to be stored there: the indexed
 # fields, and two more that queries and `keys` read without unpacking a document.
 COLUMNS: dict[str, type] = {**INDEXED_FIELDS, "received": datetime, "resubmitted": str}
@@ -80,13 +85,31 @@ def _column_value(name: str, value: Any) -> Any:
 
 _IRREGULAR = object()
 # Columns named: a file made by an earlier version keeps its own column order.
-_INSERT = (f"INSERT OR REPLACE INTO records (msg_id, seq, dropped, irregular, {', '.join(COLUMNS)}, doc) "
-           f"VALUES ({','.join('?' * (len(COLUMNS) + 5))})")
+# A task's lifecycle (``tasklog.lifecycle.TaskState``) beside its record: tasks by state, and the
+# views' rows, read without unpacking a document.
+LIFE = ("state", "reply_status", "reply_error", "resubmitted_from")
+# TaskState's fields, in its order: each is a column of ``records`` (times in µs).
+_STATE_FIELDS = tuple(f.name for f in fields(TaskState) if f.name != "dropped")
+if _STATE_FIELDS[:4] != ("msg_id", "submitted", "started", "completed"):  # what task_states unpacks
+    raise ImportError(f"TaskState's fields changed order: {_STATE_FIELDS}")
+_INSERT = (f"INSERT OR REPLACE INTO records (msg_id, seq, dropped, irregular, {', '.join(COLUMNS)}, "
+           f"{', '.join(LIFE)}, doc) VALUES ({','.join('?' * (len(COLUMNS) + len(LIFE) + 5))})")
+_COUNT = ("INSERT INTO event_counts VALUES (?, ?, ?) "
+          "ON CONFLICT (block, type) DO UPDATE SET n = n + excluded.n")
 _packer = msgpack.Packer(datetime=True)
 _ABSENT = object()
 # The hidden checkpoint has its own slot: a one-key map per record would cost more than it.
 _SLOTS = (*RECORD_KEYS, "_seq")
 _TEMPLATE = dict.fromkeys(_SLOTS)
+
+
+def _life(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``LIFE`` columns of a record, and 1 if one of them is not a string (it is left NULL and
+    the row marked irregular: a reader unpacks the document instead), else 0."""
+    task = task_of(rec)
+    values = (task.state, task.reply_status, task.reply_error, task.resubmitted_from)
+    kept = tuple(v if v is None or isinstance(v, str) else None for v in values)
+    return (*kept, int(kept != values))
 
 
 def remove_database(path: str) -> None:
@@ -172,17 +195,21 @@ class SQLiteProjection(Projection):
         with self._transaction():
             db.execute(f"CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
                        f"dropped INTEGER NOT NULL DEFAULT 0, irregular INTEGER NOT NULL DEFAULT 0, {cols}, "
-                       "doc BLOB NOT NULL)")
+                       f"doc BLOB NOT NULL, {', '.join(c + ' TEXT' for c in LIFE)})")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+            db.execute("CREATE TABLE IF NOT EXISTS event_counts (block INTEGER NOT NULL, type TEXT NOT NULL, "
+                       "n INTEGER NOT NULL, PRIMARY KEY (block, type))")
             for c in INDEXED:
                 db.execute(f"CREATE INDEX IF NOT EXISTS records_{c} ON records ({c})")
             db.execute("CREATE INDEX IF NOT EXISTS records_irregular ON records (irregular) WHERE irregular = 1")
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('last_seq', 0)", (SCHEMA_VERSION,))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('last_seq', 0), ('counted_from', 1)",
+                       (SCHEMA_VERSION,))
         schema = int(db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
         if schema > SCHEMA_VERSION:
             raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
         if schema < SCHEMA_VERSION:
             self._upgrade(schema)
+        db.execute("CREATE INDEX IF NOT EXISTS records_state ON records (state)")
         self._read_marks()
 
     def _read_marks(self) -> None:
@@ -197,6 +224,10 @@ class SQLiteProjection(Projection):
         # Fed from a stream: "hub:<log identity>" -> "<seq> <hub name>", one row per hub.
         self.hubs = {k[4:]: (v.split(" ", 1)[1], int(v.split(" ", 1)[0]))
                      for k, v in meta.items() if k.startswith("hub:")}
+        counted_from = meta.get("counted_from")
+        self.counted_from = None if counted_from is None else int(counted_from)
+        self.event_counts = Counter({(block, kind): n for block, kind, n in
+                                     db.execute("SELECT block, type, n FROM event_counts")})
 
     def _upgrade(self, schema: int) -> None:
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
@@ -206,6 +237,18 @@ class SQLiteProjection(Projection):
             if schema < 3:
                 times = [c for c, t in COLUMNS.items() if t is datetime]
                 db.execute("UPDATE records SET " + ", ".join(f"{c} = {c} * 1000" for c in times))
+            if schema < 4:
+                have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+                for c in LIFE:
+                    if c not in have:
+                        db.execute(f"ALTER TABLE records ADD COLUMN {c} TEXT")
+                rows = db.execute("SELECT msg_id, doc FROM records").fetchall()
+                db.executemany(f"UPDATE records SET {', '.join(c + ' = ?' for c in LIFE)}, "
+                               "irregular = MAX(irregular, ?) WHERE msg_id = ?",
+                               [(*_life(decode_document(blob)), m) for m, blob in rows])
+                # Its events were not counted: from the next one on, if it holds none yet.
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('counted_from', "
+                           "(SELECT CASE value WHEN 0 THEN 1 END FROM meta WHERE key = 'last_seq'))")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
 
     @contextmanager
@@ -232,7 +275,9 @@ class SQLiteProjection(Projection):
         """Delete every record and reset the checkpoint, in one transaction."""
         with self._transaction() as db:
             db.execute("DELETE FROM records")
+            db.execute("DELETE FROM event_counts")
             db.execute("UPDATE meta SET value=0 WHERE key='last_seq'")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('counted_from', 1)")
             db.execute("DELETE FROM meta WHERE key LIKE 'hub:%'")
 
     def _save_marks(self) -> None:
@@ -260,7 +305,9 @@ class SQLiteProjection(Projection):
             if v is _IRREGULAR:
                 irregular, v = 1, None
             values.append(v)
-        return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, irregular, *values, encode_document(rec))
+        *life, odd = _life(rec)
+        return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, max(irregular, odd), *values, *life,
+                encode_document(rec))
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
         self._write(records, changed, [("last_seq", last_seq)])
@@ -272,11 +319,17 @@ class SQLiteProjection(Projection):
         """The ``changed`` records and the ``checkpoint`` rows of meta (the log's, or each hub's)."""
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
         gone = [(m,) for m in changed if records[m] is None]  # a rewind's task with no events left
-        # Records and checkpoint in one transaction: a crash leaves both old or both new.
+        counted = [(block, kind, n) for (block, kind), n in self.counting.items()]
+        # Records, checkpoint and counts in one transaction: a crash leaves all old or all new.
         with self._transaction() as db:
             db.executemany("DELETE FROM records WHERE msg_id = ?", gone)
             db.executemany(_INSERT, rows)
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", checkpoint)
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [*checkpoint, ("counted_from", self.counted_from)])
+            if self.counted_from is None:
+                db.execute("DELETE FROM event_counts")
+            else:
+                db.executemany(_COUNT, counted)
 
     def _where(self, node: Logical) -> tuple[str, list[Any], bool]:
         compiled = _compile(node)
@@ -328,6 +381,26 @@ class SQLiteProjection(Projection):
         rows = self._db.execute("SELECT msg_id FROM records WHERE dropped = 0 "
                                 "ORDER BY submitted IS NOT NULL, submitted, msg_id")
         return [m for (m,) in rows]
+
+    def task_states(self) -> Iterator[TaskState]:
+        """Every task's lifecycle state, purged ones included, streamed from the columns."""
+        rows = self._db.execute(f"SELECT dropped, CASE irregular WHEN 1 THEN doc END, {', '.join(_STATE_FIELDS)} "
+                                "FROM records")
+        epoch, us = _EPOCH, _US
+        # Unpacked by name, not zipped with a table: this runs once per task of every view.
+        for dropped, doc, msg_id, submitted, started, completed, *rest in rows:
+            if dropped:
+                yield TaskState(msg_id, dropped=True)
+            elif doc is not None:  # a value no column holds: the document says
+                yield task_of(decode_document(doc))
+            else:
+                yield TaskState(msg_id, None if submitted is None else epoch + us * submitted,
+                                None if started is None else epoch + us * started,
+                                None if completed is None else epoch + us * completed, *rest)
+
+    def state_counts(self) -> Counter[str]:
+        """Tasks by lifecycle state (see ``tasklog.lifecycle.STATES``), purged ones included."""
+        return Counter(dict(self._db.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall()))
 
     def close(self) -> None:
         """Close the database file."""

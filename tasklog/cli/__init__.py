@@ -2,8 +2,9 @@
 
 The top of the house: its commands compose the log core, ``projections`` and the other edges
 (``views``, ``stream``, ``demo``); nothing imports it. One module per kind of command:
-``log_commands`` (read a log), ``projection_commands`` (fold it), ``feed_commands`` (fold a
-stream), ``stream_commands`` (ship and restore), on ``common``.
+``log_commands`` (read a log), ``view_commands`` (show it, from its read model),
+``projection_commands`` (fold it), ``feed_commands`` (fold a stream), ``stream_commands`` (ship
+and restore), on ``common``.
 
 Every error is one line on stderr and a non-zero exit; tracebacks are for bugs.
 """
@@ -18,9 +19,10 @@ from typing import NoReturn
 from ..errors import TaskLogError
 from .common import Command
 from .feed_commands import FOLLOW
-from .log_commands import PRUNE, REPORT, STATS, STORY, TAIL, TIMELINE, VERIFY
+from .log_commands import PRUNE, STORY, TAIL, VERIFY
 from .projection_commands import DEMO, INDEX, QUERY, REPLAY, SNAPSHOT
 from .stream_commands import RESTORE, SHIP
+from .view_commands import REPORT, STATS, TIMELINE
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
 
+from projections.readmodel import ReadModel, open_read_model
+
 from ..errors import InterfaceError, StorageFullError, TaskLogError
 from ..log import TaskLog
 from ..store import MARKER
 from ..stream import wire
 
 __all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "removed_on_failure", "local_file", "positive", "at_least",
-           "output_to", "seconds", "add_servers", "add_wait"]
+           "output_to", "seconds", "add_servers", "add_wait", "read_model"]
 
 DEFAULT_LOG = "./tasklog-data"
 
@@ -211,3 +213,14 @@ def add_wait(p: argparse.ArgumentParser, also: str = "") -> None:
     """How long a stream command waits for a server."""
     p.add_argument("--wait", type=seconds, default=30.0, metavar="SECONDS",
                    help=f"how long to wait for a server to answer before giving up (default 30{also})")
+
+
+def read_model(log: TaskLog, label: str = "catch-up", in_memory: bool = True) -> ReadModel:
+    """The log's read model, caught up (``projections.readmodel``); saying so on stderr when it is
+    not the Hub's though the Hub keeps one, or was folded in memory."""
+    model = open_read_model(log, label, in_memory)
+    if model.why_not_hub:
+        print(f"tasklog: {model.why_not_hub}: answering from {model.path or 'memory'}", file=sys.stderr)
+    if model.why_slow:
+        print(f"tasklog: folded {model.folded:,} events in memory: {model.why_slow}", file=sys.stderr)
+    return model

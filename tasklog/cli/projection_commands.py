@@ -18,7 +18,7 @@ from projections import snapshot
 from projections.errors import QueryError
 from projections.fold import describe
 from projections.live import attach
-from projections.readmodel import FILE, ReadModel, open_read_model
+from projections.readmodel import FILE
 
 from ..demo import simulate
 from ..errors import InterfaceError, StorageError, same_kind
@@ -36,6 +36,7 @@ from .common import (
     at_least,
     local_file,
     positive,
+    read_model,
     removed_on_failure,
     stop_seq,
 )
@@ -161,19 +162,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
                                  "use `tasklog replay --to/--as-of` and query that file")
         fresh = args.projection is None and stop is None
-        with _read_model_of(log).projection if fresh else _answering(log, spec, stop) as proj:
+        with read_model(log).projection if fresh else _answering(log, spec, stop) as proj:
             _print_matches(proj, query, keys)
     return 0
-
-
-def _read_model_of(log: TaskLog) -> ReadModel:
-    """The log's read model, caught up; saying so when it had to be folded in memory."""
-    model = open_read_model(log)
-    if model.why_not_hub:
-        print(f"tasklog: {model.why_not_hub}: answering from {model.path or 'memory'}", file=sys.stderr)
-    if model.why_slow:
-        print(f"tasklog: folded {model.folded:,} events in memory: {model.why_slow}", file=sys.stderr)
-    return model
 
 
 def _print_matches(proj: projections.Projection, query: dict[str, Any], keys: list[str] | None) -> None:
@@ -300,7 +291,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     terminating_interrupts()
     with TaskLog.open(args.log, readonly=True) as log:
         started = time.monotonic()
-        model = _read_model_of(log)
+        model = read_model(log)
         with model.projection as proj:
             where = f"{model.kind}: {model.path}" if model.path else "in memory: nowhere to keep it"
             print(f"read model ({where}) at event {proj.last_seq}: folded {model.folded:,} new events "

@@ -25,13 +25,13 @@ from ..lifecycle import Lifecycle, TaskState
 from ..log import TaskLog
 from ..records import FAILED_STATUSES
 
-__all__ = ["TaskRow", "busy_fraction", "collect", "write_report"]
+__all__ = ["TaskRow", "busy_fraction", "check_extra", "collect", "write_report"]
 
 _GANTT_MAX = 4000  # tasks drawn one bar each; past that, the busy fraction per engine and time bin
 _BINS = 240  # time bins of that busy fraction: about one per 3 pixels of the chart
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRow:
     """What the report needs of one task."""
 
@@ -63,16 +63,27 @@ def _secs(a: datetime | None, b: datetime | None) -> float | None:
 
 def collect(log: TaskLog, progress: Callable[[int], None] | None = None,
             base: Baseline | None = None) -> list[TaskRow]:
-    """One row per task, from every event in the log (or from the tasks of ``base``, a snapshot, and
-    the events after it)."""
-    life = Lifecycle(None if base is None else {m: TaskState.of_record(m, rec) for m, rec in base.tasks()})
+    """One row per task, from every event in the log (or from the tasks of ``base``, a snapshot or
+    the read model, and the events after it)."""
+    if base is not None and base.seq >= log.last_seq:  # nothing after it: its tasks, one at a time
+        return [_row(task) for task in base.tasks()]
+    life = Lifecycle(None if base is None else {task.msg_id: task for task in base.tasks()})
     for chunk in log.read_chunks(1 if base is None else base.seq + 1):
         for _, ev in chunk:
             life.apply(ev)
         if progress is not None:
             progress(len(chunk))
-    return [TaskRow(s.msg_id, s.submitted, s.started, s.completed, s.engine_uuid, s.status, s.error, s.label,
-                    s.resubmitted, s.dropped) for s in life.tasks.values()]
+    return [_row(task) for task in life.tasks.values()]
+
+
+def _row(s: TaskState) -> TaskRow:
+    return TaskRow(s.msg_id, s.submitted, s.started, s.completed, s.engine_uuid, s.status, s.error, s.label,
+                   s.resubmitted, s.dropped)
+
+
+def check_extra() -> None:
+    """Raise MissingExtraError unless the report's extra (matplotlib) is installed."""
+    _pyplot()
 
 
 def _pyplot() -> Any:
@@ -103,7 +114,7 @@ def _throughput(plt: Any, rows: list[TaskRow]) -> str:
     for name, when in (("submitted", "submitted"), ("started", "started"), ("completed", "completed")):
         times = sorted(getattr(r, when) for r in rows if getattr(r, when) is not None)
         if times:
-            ax.step(times, range(1, len(times) + 1), where="post", label=name)
+            ax.step(*_steps(times), where="post", label=name)
     ax.set_ylabel("tasks (cumulative)")
     ax.set_title("Tasks submitted, started and completed over time")
     ax.grid(alpha=0.3)
@@ -111,6 +122,17 @@ def _throughput(plt: Any, rows: list[TaskRow]) -> str:
     times = [t for r in rows for t in (r.submitted, r.started, r.completed) if t is not None]
     _time_axis(ax, (min(times), max(times)) if times else None)
     return _png(fig)
+
+
+_STEPS = 2000  # points of a cumulative curve: about two per pixel of the chart
+
+
+def _steps(times: list[datetime]) -> tuple[list[datetime], list[int]]:
+    """The points of the cumulative count of sorted ``times`` (how many by each), at most about
+    ``_STEPS`` of them and always the last: matplotlib took seconds to draw one per task."""
+    every = max(len(times) // _STEPS, 1)
+    picked = [*range(0, len(times), every), len(times) - 1]
+    return [times[i] for i in picked], [i + 1 for i in picked]
 
 
 # matplotlib draws dates in years 1-9999 only, and pads an axis past its data and rounds its ticks
@@ -239,9 +261,13 @@ def _drawing(plt: Any) -> Iterator[None]:
 def _source(log: TaskLog, base: Baseline | None) -> str:
     """Which events the report read."""
     if base is None:
-        return f"events {log.start_seq}..{log.last_seq}"
-    return (f"events 1..{log.start_seq - 1} were pruned: tasks as of snapshot {base.seq} (a task purged "
-            f"before it is only counted), then events {base.seq + 1}..{log.last_seq}")
+        text = f"events {log.start_seq}..{log.last_seq}"
+    else:
+        text = f"tasks as of event {base.seq}" + (f", then events {base.seq + 1}..{log.last_seq}"
+                                                  if log.last_seq > base.seq else "")
+    if log.start_seq > 1:
+        text += f" (events 1..{log.start_seq - 1} were pruned: a task purged before then is only counted)"
+    return text
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -196,10 +196,10 @@ def _seed(state: _State, base: Baseline) -> _Trace:
     """The snapshot's tasks: a slice for each that ended, the rest in flight; the arrows between them."""
     ended: dict[str, tuple[int, int, int]] = {}  # tasks in a resubmit that ran: (track, start, end)
     links: list[tuple[str, str]] = []  # (original, resubmission)
-    for msg_id, rec in base.tasks():
-        if rec is None:
-            continue  # purged
-        task = TaskState.of_record(msg_id, rec)
+    for task in base.tasks():
+        if task.dropped:
+            continue
+        msg_id = task.msg_id
         if task.resubmitted_from is not None:
             links.append((task.resubmitted_from, msg_id))
         end = _us(task.completed)
@@ -223,22 +223,26 @@ def _placed_late(state: _State, base: Baseline) -> _Trace:
     wanted = set(state.originals.values()) | {original for _, original in state.unplaced}
     if not wanted:
         return  # the usual case: the snapshot is read once
-    found: dict[str, dict[str, Any]] = {}
-    for msg_id, rec in base.tasks():
-        if msg_id in wanted and rec is not None:
-            found[msg_id] = rec
+    found = {task.msg_id: task for task in base.tasks() if task.msg_id in wanted and not task.dropped}
+    nothing = TaskState("")
     for msg_id, original in state.originals.items():
         task = state.life.tasks[msg_id]
-        task.label = task.label or found.get(original, {}).get("label")
+        task.label = task.label or found.get(original, nothing).label
     for task, original in state.unplaced:
-        rec = found.get(original, {})
-        task.label = task.label or rec.get("label")
-        done = _us(rec.get("completed"))
+        known = found.get(original, nothing)
+        task.label = task.label or known.label
+        done = _us(known.completed)
         if done is not None and original not in state.ran and state.linked.get(original) == task.msg_id:
-            tid, meta = state.track(rec.get("engine_uuid"))  # it ran before the prune
+            tid, meta = state.track(known.engine_uuid)  # it ran before the prune
             yield from meta
             state.ran[original] = (tid, done)
         yield from _ended(state, task)
+
+
+# One encoder, handed a batch of events at a time: ``json.dumps`` per event built an encoder each
+# time, the largest cost of a timeline from the read model.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_BATCH = 2048
 
 
 def write_trace(log: TaskLog, out: IO[str], stop: int | None = None, since: datetime | None = None,
@@ -246,8 +250,19 @@ def write_trace(log: TaskLog, out: IO[str], stop: int | None = None, since: date
     """Write the trace JSON to ``out`` as it is made; return how many trace events it holds."""
     out.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
     n = 0
-    for ev in trace_events(log, stop, since, base):
-        out.write((",\n" if n else "") + json.dumps(ev, separators=(",", ":")))
-        n += 1
+    for batch in _batches(trace_events(log, stop, since, base)):
+        out.write((",\n" if n else "") + _encode(batch)[1:-1])
+        n += len(batch)
     out.write("\n]}\n")
     return n
+
+
+def _batches(events: _Trace) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for ev in events:
+        batch.append(ev)
+        if len(batch) == _BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

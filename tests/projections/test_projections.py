@@ -83,7 +83,7 @@ def test_sqlite_reads_documents_of_schema_1(history: str, tmp_path: Path) -> Non
         p = projections.open(f"sqlite:///{db}", log=log)  # catches up the last 3 events
         fresh = projections.open("dict", log=log)
         con = sqlite3.connect(db)
-        assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 3
+        assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION == 4
         shapes = {type(msgpack.unpackb(b, timestamp=3)).__name__ for (b,) in con.execute("SELECT doc FROM records")}
         con.close()
         assert shapes == {"dict", "list"}  # old documents left as they were, the caught-up ones rewritten
@@ -112,13 +112,15 @@ def test_sqlite_document_shapes() -> None:
 def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
+    from projections.backends.sqlite import SCHEMA_VERSION
+
     db = str(tmp_path / "new.db")
     projections.open(f"sqlite:///{db}").close()
     con = sqlite3.connect(db)
-    con.execute("UPDATE meta SET value=4 WHERE key='schema'")
+    con.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION + 1,))
     con.commit()
     con.close()
-    with pytest.raises(ProjectionError, match="schema 4"):
+    with pytest.raises(ProjectionError, match=f"schema {SCHEMA_VERSION + 1}"):
         projections.open(f"sqlite:///{db}")
 
 
@@ -206,6 +208,34 @@ def test_sorted_index_keeps_order_across_bucket_splits() -> None:
         assert idx.candidates(projections.parse({"submitted": q})) == want, q
 
 
+def test_sqlite_file_of_schema_3_gains_states_and_stops_counting(history: str, tmp_path: Path) -> None:
+    """A schema-3 file (no state column, no event counts) gets each task's state on open, and
+    its events are marked not counted (``stats`` reads them from the log), until it is rebuilt."""
+    import sqlite3
+
+    from projections.backends.sqlite import SCHEMA_VERSION
+
+    db = str(tmp_path / "v3.db")
+    with TaskLog.open(history, readonly=True) as log:
+        projections.open(f"sqlite:///{db}", log=log).close()
+        con = sqlite3.connect(db)
+        con.execute("DROP INDEX records_state")
+        con.execute("ALTER TABLE records DROP COLUMN state")
+        con.execute("DROP TABLE event_counts")
+        con.execute("DELETE FROM meta WHERE key='counted_from'")
+        con.execute("UPDATE meta SET value=3 WHERE key='schema'")
+        con.commit()
+        con.close()
+        with projections.open(f"sqlite:///{db}", log=log) as p, projections.open("dict", log=log) as fresh:
+            assert p.state_counts() == fresh.state_counts() and sum(p.state_counts().values()) > 0
+            assert p.counted_from is None and not p.event_counts
+        assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION
+        with projections.open(f"sqlite:///{db}", log=log) as p:
+            p.clear()
+            projections.replay(log, p)
+            assert p.counted_from == 1 and sum(p.event_counts.values()) == log.last_seq
+
+
 def test_sqlite_millisecond_columns_of_schema_2_are_upgraded(history: str, tmp_path: Path) -> None:
     """A schema-2 file (datetimes cut to ms, columns in ms) is moved to microsecond columns on open."""
     import sqlite3
@@ -227,7 +257,7 @@ def test_sqlite_millisecond_columns_of_schema_2_are_upgraded(history: str, tmp_p
     con.commit()
     con.close()
     p = projections.open(f"sqlite:///{db}")
-    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 3
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 4
     everything = p.find_records({})
     for q in ({"submitted": {"$gte": _t(3), "$lt": _t(8)}}, {"completed": {"$lte": _t(4)}},
               {"started": {"$gt": _t(2.5)}}):

@@ -1,0 +1,55 @@
+"""Events by type, counted as they are folded, per block of sequence numbers: what ``stats``
+reads instead of decoding the whole log.
+
+A projection counts the events it folds from one log (not a stream of hubs, whose numbers are
+each hub's own) by (block, type), a block being ``BLOCK`` consecutive sequence numbers, and keeps
+the counts with its records (SQLite in the same transaction as the checkpoint). Blocks, not one
+total: a pruned log no longer holds the events of its first blocks, and ``in_log`` counts the one
+block a prune cut through from the log itself, so the answer is always the log's own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from tasklog.events import Event
+
+__all__ = ["BLOCK", "EventCounts", "key", "of_batch", "in_log"]
+
+#: Sequence numbers per block: the most ``in_log`` decodes from the log is one block's worth.
+BLOCK = 1 << 14
+#: (block, event type) -> events.
+EventCounts = Counter[tuple[int, str]]
+
+
+def key(seq: int, event: Event) -> tuple[int, str]:
+    """Where event ``seq`` is counted."""
+    return seq // BLOCK, event.type
+
+
+def of_batch(batch: Sequence[tuple[int, Event]]) -> EventCounts:
+    """The counts of ``batch``'s events."""
+    return Counter(key(seq, event) for seq, event in batch)
+
+
+def in_log(counts: EventCounts, counted_from: int | None, first: int, last: int,
+           count_log: Callable[[int, int], Iterable[str]]) -> Counter[str]:
+    """Events by type among ``first..last`` of the log, ``last`` being where ``counts`` end (the
+    projection's checkpoint): from ``counts`` (complete from event ``counted_from``; None: not
+    kept) for the blocks that lie whole in that range, the rest from ``count_log(a, b)``, the
+    types of the log's events ``a..b-1``."""
+    if last < first:
+        return Counter()
+    if counted_from is None:
+        return Counter(count_log(first, last + 1))
+    lower = max(first, counted_from)
+    # The first block counted whole and held whole by the log (numbers start at 1: block 0 is
+    # whole from there).
+    whole = 0 if lower <= 1 else -(-lower // BLOCK)
+    cut = min(whole * BLOCK, last + 1)  # where the counts take over from the log
+    out: Counter[str] = Counter(count_log(first, cut) if first < cut else ())
+    for (block, kind), n in counts.items():
+        if block >= whole:
+            out[kind] += n
+    return out

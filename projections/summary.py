@@ -1,0 +1,33 @@
+"""The log's figures (``tasklog stats``) from a projection caught up to it: tasks by state from its
+records, events by type from its counts (``projections.counts``), the rest from the log's own
+metadata. Nothing here reads the events, but for the block a prune cut through.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tasklog.log import TaskLog
+from tasklog.verify import LogStats, event_types, with_log_figures
+
+from . import counts
+from .base import Projection
+from .snapshot import view_base
+
+__all__ = ["log_stats"]
+
+
+def log_stats(log: TaskLog, proj: Projection) -> LogStats:
+    """What ``tasklog.verify.stats`` counts, as of ``proj``'s checkpoint (a live writer's later
+    events are not counted, so every figure is of the same events)."""
+    last = proj.last_seq
+    with log.view() as view:
+        start = view.start_seq
+    first = start if last >= start else 0
+    out = LogStats(events=max(last - start + 1, 0), first_seq=first, last_seq=last if first else 0,
+                   start_seq=start)
+    out.by_type = counts.in_log(proj.event_counts, proj.counted_from, start, last, partial(event_types, log))
+    out.by_state = proj.state_counts()
+    base = view_base(log, "stats")
+    out.tasks_from = None if base is None else base.seq
+    return with_log_figures(out, log)

@@ -1,0 +1,143 @@
+"""Commands that show what a log holds: stats, timeline, report. They answer from the log's read
+model (``projections.readmodel``), caught up first, so they fold only the events since it was;
+the views then read its tasks' states as a ``Baseline`` (``--to``/``--as-of`` read the log itself
+from the snapshot a prune left, as of that event)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from projections.readmodel import NoReadModel
+from projections.snapshot import view_base
+from projections.summary import log_stats
+
+from .. import verify
+from ..baseline import Baseline
+from ..errors import CorruptEventError
+from ..log import TaskLog
+from ..progress import Progress
+from ..stream.stopping import terminating_interrupts
+from ..views import report, timeline
+from ..views.jsonfmt import dumps
+from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, output_to, read_model, stop_seq
+
+__all__ = ["STATS", "TIMELINE", "REPORT"]
+
+
+def _open_ro(args: argparse.Namespace) -> TaskLog:
+    terminating_interrupts()  # SIGTERM mid-build: the read model it made is removed, as on Ctrl-C
+    return TaskLog.open(args.log, readonly=True)
+
+
+@contextmanager
+def _read_model_base(log: TaskLog, label: str) -> Iterator[Baseline]:
+    """The tasks of the log's read model, caught up: where a view starts, the log's later events after."""
+    model = read_model(log, label)
+    with model.projection as proj:
+        yield Baseline(proj.last_seq, proj.task_states)
+
+
+# -- stats ----------------------------------------------------------------------------
+
+
+def _stats_of(log: TaskLog) -> verify.LogStats:
+    """The log's figures from its read model; from its events where none can be kept, or one is unreadable."""
+    try:
+        with read_model(log, "stats", in_memory=False).projection as proj:
+            return log_stats(log, proj)
+    except (NoReadModel, CorruptEventError) as exc:  # counted from the events, unreadable ones too
+        print(f"tasklog: counting from the log's events: {exc}", file=sys.stderr)
+    base = view_base(log, "stats")  # a pruned log's tasks start from its snapshot
+    bar = Progress(len(log), "stats")
+    st = verify.stats(log, bar, base)
+    bar.close()
+    return st
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Counts per event type, sequence range, bytes on disk."""
+    with _open_ro(args) as log:
+        st = _stats_of(log)
+    if args.json:
+        print(dumps(st.as_dict()))  # Extended JSON, as the README says (the dates were plain strings)
+        return 0
+    print(f"log         {log.path}")
+    print(f"identity    {log.identity or 'none yet (a writer gives it one)'}")
+    print(f"events      {st.events:,}")
+    print(f"first seq   {st.first_seq}")
+    print(f"last seq    {st.last_seq}")
+    if st.start_seq > 1:
+        print(f"pruned      events 1..{st.start_seq - 1} (tasks by state from snapshot {st.tasks_from})")
+    print(f"snapshots   {', '.join(map(str, st.snapshots)) or 'none'}")
+    print(f"disk bytes  {st.disk_bytes:,}")
+    if st.first_commit is not None and st.last_commit is not None:
+        print(f"committed   {st.first_commit.isoformat(timespec='seconds')} .. "
+              f"{st.last_commit.isoformat(timespec='seconds')}")
+    print("events by type")
+    for name, count in sorted(st.by_type.items()):
+        print(f"  {name:12s} {count:,}")
+    print("tasks by state")
+    for name in verify.STATES:
+        print(f"  {name:12s} {st.by_state.get(name, 0):,}")
+    return 0
+
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+
+# -- timeline and report --------------------------------------------------------------
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """Write the log's timeline as Chrome Trace Event Format JSON (Perfetto, chrome://tracing)."""
+    since = iso_time(args.since, "--since") if args.since is not None else None
+    with _open_ro(args) as log:
+        stop = stop_seq(log, args)
+        if stop is None:
+            with output_to(args.output) as out, _read_model_base(log, "timeline") as base:  # a refused -o first
+                n = timeline.write_trace(log, out, None, since, base)
+        else:
+            base_at = view_base(log, f"timeline up to event {stop}", stop)
+            with output_to(args.output) as out:
+                n = timeline.write_trace(log, out, stop, since, base_at)
+    if args.output != "-":
+        print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    return 0
+
+
+def _timeline_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("-o", "--output", default="timeline.json", metavar="FILE",
+                   help="where to write the trace (default timeline.json; - for standard output)")
+    p.add_argument("--to", type=at_least(0), metavar="SEQ", help="up to this event")
+    p.add_argument("--as-of", metavar="ISO_TIME", help=AS_OF_HELP)
+    p.add_argument("--since", metavar="ISO_TIME", help="only tasks started at or after this time")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a one-file HTML report of the log (charts embedded): needs the report extra."""
+    report.check_extra()  # before a read model is built for nothing
+    with _open_ro(args) as log, output_to(args.output) as out, _read_model_base(log, "report") as base:
+        tasks = report.write_report(log, out, base=base)
+    if args.output != "-":
+        print(f"report of {tasks:,} tasks -> {args.output}")
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("-o", "--output", default="report.html", metavar="FILE",
+                   help="where to write the report (default report.html; - for standard output)")
+
+
+REPORT = Command("report", "write a one-file HTML report: throughput, engines, waits and run times, failures, "
+                 "the slowest tasks, resubmissions", _report_args, cmd_report)
+TIMELINE = Command("timeline", "write the cluster's timeline (engine tracks, queue waits, failures, resubmits) "
+                   "as Chrome Trace Event JSON for Perfetto", _timeline_args, cmd_timeline)
+STATS = Command("stats", "counts per event type and tasks per state, sequence and time range, bytes on disk",
+                _stats_args, cmd_stats)

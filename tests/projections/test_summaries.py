@@ -1,0 +1,166 @@
+"""The summaries the read model keeps (issue 22): tasks by state and events by type, kept as events
+are folded (by every path that folds: batches, the Hub's write-behind, an overlay), answered by
+``stats`` without decoding the log, and the same figures a count of the log's events gives, also
+after a prune cut through a block. The views read the read model's task states: the same trace
+and the same report rows as from the events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import projections
+from projections import counts, readmodel, snapshot
+from projections.writebehind import WriteBehind
+from tasklog import TaskLog, retention, verify
+from tasklog.baseline import Baseline
+from tasklog.demo import simulate
+from tasklog.events import Annotate
+from tasklog.lifecycle import Lifecycle
+from tasklog.views.report import collect
+from tests.support import child_env, readonly_bind, run_cli
+
+TASKS = 3600  # about 19k events: past the first block of counts (counts.BLOCK)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A demo log of two blocks' worth of events."""
+    path = str(tmp_path_factory.mktemp("summaries") / "log")
+    with TaskLog.open(path) as log:
+        log.append_many(list(simulate(TASKS, seed=31)))
+        assert log.last_seq > counts.BLOCK
+    return path
+
+
+def _stats(path: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(run_cli("stats", "--log", path, "--json", check=True).stdout)
+    return doc
+
+
+def _counted(path: str, base: Baseline | None = None) -> dict[str, Any]:
+    with TaskLog.open(path, readonly=True) as log:
+        doc = verify.stats(log, base=base).as_dict()
+    back: dict[str, Any] = json.loads(json.dumps(doc, default=str))  # as the CLI's JSON has them, dates aside
+    return back
+
+
+def _same(cli: dict[str, Any], counted: dict[str, Any]) -> None:
+    keys = ("events", "first_seq", "last_seq", "start_seq", "by_type", "by_state")
+    assert {k: cli[k] for k in keys} == {k: counted[k] for k in keys}
+
+
+def test_stats_answer_from_the_read_model_what_a_count_of_the_events_gives(big: str) -> None:
+    _same(_stats(big), _counted(big))
+    assert os.path.exists(os.path.join(big, readmodel.FILE))
+    with TaskLog.open(big, readonly=True) as log, readmodel.open_read_model(log).projection as proj:
+        assert proj.counted_from == 1 and sum(proj.event_counts.values()) == log.last_seq
+        assert {block for block, _ in proj.event_counts} == {0, 1}
+
+
+def test_after_a_prune_through_a_block_the_counts_are_of_what_the_log_holds(big: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "pruned")
+    with TaskLog.open(big, readonly=True) as log:
+        events = list(log.read())
+    with TaskLog.open(path) as log:
+        log.append_many([ev for _, ev in events])
+    whole = _stats(path)  # the read model counts every event, before the prune
+    cut = counts.BLOCK + 1234  # inside the second block
+    with TaskLog.open(path) as log:
+        snapshot.take(log, cut - 1)
+        retention.prune(log, cut)
+        base = snapshot.view_base(log, "test")
+    after = _stats(path)
+    _same(after, _counted(path, base))
+    assert after["start_seq"] == cut and after["by_state"] == whole["by_state"]
+    assert sum(after["by_type"].values()) == after["events"] == whole["events"] - (cut - 1)
+
+
+def test_every_path_that_folds_keeps_the_counts(big: str, tmp_path: Path) -> None:
+    with TaskLog.open(big, readonly=True) as log:
+        events = list(log.read())
+    truth = Counter(ev.type for _, ev in events)
+    hub = WriteBehind(projections.open(f"sqlite:///{tmp_path / 'hub.db'}"), batch=500)
+    for seq, ev in events[:-700]:
+        hub.apply_one(seq, ev)  # as a Hub feeds its projection, one event per call
+    hub.close()
+    with projections.open(f"sqlite:///{tmp_path / 'hub.db'}") as reopened:
+        assert reopened.counted_from == 1 and reopened.last_seq == events[-701][0]
+        reopened.apply(events[-700:])  # and a batch after it
+        by_type = counts.in_log(reopened.event_counts, reopened.counted_from, 1, reopened.last_seq,
+                                lambda a, b: pytest.fail("nothing is read from the log"))
+    assert by_type == truth
+    with projections.open("dict") as memory:
+        memory.apply(events)
+        assert counts.in_log(memory.event_counts, memory.counted_from, 1, memory.last_seq,
+                             lambda a, b: pytest.fail("nothing is read from the log")) == truth
+
+
+def test_a_hubs_projection_with_newer_events_over_it_answers_stats(big: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "hublog")
+    with TaskLog.open(big, readonly=True) as log:
+        events = list(log.read())
+    with TaskLog.open(path) as log:
+        log.append_many([ev for _, ev in events[:-900]])
+        projections.replay(log, f"sqlite:///{os.path.join(path, readmodel.HUB_FILE)}").close()
+        log.append_many([ev for _, ev in events[-900:]])  # the Hub has not stored these yet
+    _same(_stats(path), _counted(path))
+    assert "read model (hub:" in run_cli("index", "--log", path, check=True).stdout
+    assert _trace(path) == _trace(path, "--to", str(events[-1][0]))  # the overlay's task states too
+    assert not os.path.exists(os.path.join(path, readmodel.FILE))
+
+
+def test_task_states_are_the_lifecycles_on_every_backend(big: str, tmp_path: Path) -> None:
+    with TaskLog.open(big, readonly=True) as log:
+        events = list(log.read())
+    first = events[0][1].msg_id  # type: ignore[union-attr]
+    events.append((events[-1][0] + 1, Annotate(first, {"result_content": {"status": 7}})))  # no column holds it
+    life = Lifecycle()
+    for _, ev in events:
+        life.apply(ev)
+    truth = sorted(life.tasks.values(), key=lambda t: t.msg_id)
+    assert life.tasks[first].reply_status == 7  # type: ignore[comparison-overlap]  # what an annotation may say
+    for spec in ("dict", f"sqlite:///{tmp_path / 's.db'}"):
+        with projections.open(spec) as proj:
+            proj.apply(events)
+            assert sorted(proj.task_states(), key=lambda t: t.msg_id) == truth, spec
+            assert proj.state_counts() == Counter(t.state for t in truth)
+
+
+def _trace(path: str, *extra: str) -> list[str]:
+    """The trace's events, tracks named by their engines (ids differ with the order they are met), sorted."""
+    doc = json.loads(run_cli("timeline", "--log", path, "-o", "-", *extra, check=True).stdout)
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"] if e.get("name") == "thread_name"}
+    return sorted(json.dumps({**e, "tid": names.get((e.get("pid"), e.get("tid")), e.get("tid"))}, sort_keys=True)
+                  for e in doc["traceEvents"])
+
+
+def test_the_views_from_the_read_model_are_the_views_from_the_events(big: str) -> None:
+    with TaskLog.open(big, readonly=True) as log:
+        last = log.last_seq
+        every = {r.msg_id: r for r in collect(log)}
+        with readmodel.open_read_model(log).projection as proj:
+            rows = {r.msg_id: r for r in collect(log, base=Baseline(proj.last_seq, proj.task_states))}
+    assert rows == every
+    assert _trace(big) == _trace(big, "--to", str(last))  # the read model's, and the log's own as of its end
+
+
+def test_with_nowhere_to_keep_a_read_model_stats_counts_the_events_saying_so(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    with TaskLog.open(str(src / "log")) as log:
+        log.append_many(list(simulate(50, seed=3)))
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the cache's parent is a file: nothing can be made under it
+    with readonly_bind(src, tmp_path / "ro") as mnt:
+        path = str(mnt / "log")
+        proc = subprocess.run([sys.executable, "-m", "tasklog", "stats", "--log", path, "--json"], capture_output=True,
+                              text=True, env={**child_env(), "XDG_CACHE_HOME": str(blocked)}, check=True)
+        assert "counting from the log's events: no read model could be written" in proc.stderr
+        _same(json.loads(proc.stdout), _counted(path))
