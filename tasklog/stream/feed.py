@@ -8,15 +8,21 @@ what it sees again is skipped by the checkpoints. A hub's messages arriving out 
 leader failed over while it shipped) wait, unacknowledged, until the gap before them is filled.
 A hub must start at its log's first event: one whose events before were never shipped (an older
 tasklog shipped a pruned log) is refused, never folded into records missing their beginnings.
+
+Fetched messages are gathered, whatever their size, until they hold about a transaction's worth of
+events or bytes, the server has no more at hand, or a moment has passed; each hub's events among
+them are folded in one transaction, and only then acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -31,7 +37,14 @@ from .wire import Batch
 
 __all__ = ["StreamFeed", "FeedStats", "check_source", "stream_fed"]
 
-_FETCH = 256  # messages asked for at a time
+#: Fetched messages are gathered into one projection transaction up to about this many events or
+#: bytes (restore's figures), whatever their size: a transaction a fetch was one per 256 messages,
+#: of one event each from ``ship --batch 1`` (issue 22). Bytes too: messages of large events would
+#: gather a huge batch in memory.
+_FOLD_EVENTS, _FOLD_BYTES = 8192, 4 << 20
+_FETCH = 256  # messages asked for at most at a time
+_WAIT = 0.5  # seconds a fetch waits for a message when there is none (a stop is seen that often)
+_GATHER_SECONDS = 0.25  # a follow folds what it gathered by then: its lag stays low under load
 
 
 @dataclass
@@ -88,6 +101,10 @@ class StreamFeed:
         self.stats = FeedStats()
         self._orders: dict[str, wire.HubOrder] = {}
         self._stop = threading.Event()
+        # Events and bytes a message held, lately: how many messages a fetch asks for. At first the
+        # most a message holds by default (ship's batch, the server's max_payload): the first
+        # fetch cannot gather far past a transaction.
+        self._per_msg = (256.0, float(1 << 20))
 
     def stop(self) -> None:
         """Ask a running :meth:`run` to return after the batch in hand (thread-safe)."""
@@ -112,13 +129,17 @@ class StreamFeed:
 
     async def _loop(self, subs: list[Any], follow: bool) -> None:
         while not self._stop.is_set():
-            idle = True
+            more = False
             for sub in subs:
-                got = await self._fetch(sub)
-                idle = idle and not got
+                got, full = await self._gather(sub, follow)
                 if got:
-                    await self._fold(got)
-            if idle and not follow and all([await self._drained(sub) for sub in subs]):
+                    # A replay that took all the server holds asks next whether all is folded: the
+                    # server must have taken the acknowledgements by then.
+                    await self._fold(got, settle=not (follow or full))
+                more = more or full
+            # The server had no more at hand: a replay asks at once whether all is folded, not
+            # after one more fetch that waits in vain (half a second at the end of each replay).
+            if not more and not follow and all([await self._drained(sub) for sub in subs]):
                 return
 
     async def _subscribe(self, js: Any, subject: str) -> Any:
@@ -169,9 +190,45 @@ class StreamFeed:
             return self.durable
         return f"{self.durable}-{subject.rsplit('.', 1)[1]}"
 
-    async def _fetch(self, sub: Any) -> list[Any]:
+    async def _gather(self, sub: Any, follow: bool) -> tuple[list[tuple[Batch, Any]], bool]:
+        """Messages fetched until they hold about a transaction's worth (``follow``: or for a
+        moment), with their batches; and whether the server holds more now (False: the last
+        fetch took all it had)."""
+        got: list[tuple[Batch, Any]] = []
+        events = size = 0
+        ends = math.inf
+        while True:
+            msgs = await self._fetch(sub, self._ask(events, size))
+            for msg in msgs:
+                batch = wire.batch_of(msg.headers, msg.data, msg.subject)
+                got.append((batch, msg))
+                events, size = events + batch.count, size + len(msg.data)
+            if msgs:
+                self._learn(got[-len(msgs):])
+            # What the server had left when it sent the last one: none, and waiting for more
+            # would only hold back a follow's fold (a fetch waits when the server has none).
+            if not msgs or not msgs[-1].metadata.num_pending:
+                return got, False
+            if follow:
+                ends = min(ends, time.monotonic() + _GATHER_SECONDS)
+            if events >= _FOLD_EVENTS or size >= _FOLD_BYTES or time.monotonic() >= ends or self._stop.is_set():
+                return got, True
+
+    def _ask(self, events: int, size: int) -> int:
+        """How many messages fill what a gather holding ``events`` events of ``size`` bytes lacks,
+        judged by the last messages seen (a fetch asks for messages, not bytes)."""
+        per_events, per_bytes = self._per_msg
+        room = min((_FOLD_EVENTS - events) / per_events, (_FOLD_BYTES - size) / per_bytes)
+        return max(1, min(_FETCH, math.ceil(room)))
+
+    def _learn(self, fetched: list[tuple[Batch, Any]]) -> None:
+        """Note the events and bytes a message of ``fetched`` holds on average."""
+        self._per_msg = (max(1.0, sum(batch.count for batch, _ in fetched) / len(fetched)),
+                         max(1.0, sum(len(msg.data) for _, msg in fetched) / len(fetched)))
+
+    async def _fetch(self, sub: Any, ask: int) -> list[Any]:
         try:
-            msgs: list[Any] = await sub.fetch(_FETCH, timeout=0.5)
+            msgs: list[Any] = await sub.fetch(ask, timeout=_WAIT)
             return msgs
         except wire.transient():  # nothing yet, or the consumer's leader is moving: ask again
             return []
@@ -180,20 +237,38 @@ class StreamFeed:
         info = await wire.retrying(sub.consumer_info, self._stop.is_set)
         return int(info.num_pending) == 0 and int(info.num_ack_pending) <= self._waiting()
 
-    async def _fold(self, msgs: list[Any]) -> None:
-        """Apply each hub's next events in one projection transaction, then acknowledge them."""
+    async def _fold(self, got: list[tuple[Batch, Any]], settle: bool = False) -> None:
+        """Apply each hub's next events in one projection transaction, then acknowledge them
+        (``settle``: until the server has taken every acknowledgement)."""
         by_hub: dict[str, list[tuple[Batch, Any]]] = {}
-        for msg in msgs:
-            batch = wire.batch_of(msg.headers, msg.data, msg.subject)
+        for batch, msg in got:
             by_hub.setdefault(batch.log, []).append((batch, msg))
+        used: list[tuple[Batch, Any]] = []
         for identity, arrived in by_hub.items():
-            await self._fold_hub(identity, arrived)
+            used += self._fold_hub(identity, arrived)
+        await self._acknowledge([msg for _, msg in used], settle)
+        self.stats.acked += len(used)
+        if self.record_lag:
+            now = time.time()
+            self.stats.lags += [now - batch.time for batch, _ in used]
         self.stats.waiting = self._waiting()
+
+    async def _acknowledge(self, msgs: list[Any], settle: bool) -> None:
+        """Acknowledge ``msgs``, all committed: a feed killed before this sees them again, and skips them."""
+        for msg in msgs[:-1] if settle else msgs:
+            await msg.ack()
+        if settle and msgs:
+            # Answered once the consumer has taken it, and so every one before (it takes them in
+            # order): asked at once, its info still counted most of them pending. Unanswered, the
+            # drained check may say no, and the feed fetches again.
+            with suppress(*wire.transient()):
+                await msgs[-1].ack_sync()
 
     def _waiting(self) -> int:
         return sum(len(order.held) for order in self._orders.values())
 
-    async def _fold_hub(self, identity: str, arrived: list[tuple[Batch, Any]]) -> None:
+    def _fold_hub(self, identity: str, arrived: list[tuple[Batch, Any]]) -> list[tuple[Batch, Any]]:
+        """Fold what of ``arrived`` follows the hub's checkpoint with no gap; return the messages used up."""
         order = self._orders.setdefault(identity, wire.HubOrder())
         for batch, msg in arrived:
             order.add(batch, msg)
@@ -211,9 +286,4 @@ class StreamFeed:
             self.stats.applied += len(events)
             if self.progress:
                 self.progress(len(events))
-        for _, msg in used:  # after the commit: a feed killed before this sees them again, and skips them
-            await msg.ack()
-        self.stats.acked += len(used)
-        if self.record_lag:
-            now = time.time()
-            self.stats.lags += [now - batch.time for batch, _ in used]
+        return used
