@@ -1,0 +1,143 @@
+"""What the report draws, tallied one task at a time: a few numbers per task in typed arrays
+(times as whole microseconds, durations as seconds), never the tasks themselves, so a report of
+a million tasks holds tens of megabytes, not a row object per task (issue 22)."""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from ..lifecycle import TaskState
+from ..records import FAILED_STATUSES
+
+__all__ = ["TaskRow", "Tally", "micros", "at", "TIMES", "TOP", "CHAINS"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+#: The times the throughput chart counts (TaskState's fields of those names).
+TIMES = ("submitted", "started", "completed")
+TOP = 10  # slowest tasks listed
+CHAINS = 20  # resubmissions listed
+
+
+def micros(when: datetime) -> int:
+    """``when`` as whole microseconds since the epoch (exact, for every year a datetime holds)."""
+    return (when - _EPOCH) // _US
+
+
+def at(us: int) -> datetime:
+    """The datetime of ``micros``."""
+    return _EPOCH + _US * us
+
+
+@dataclass(slots=True)
+class TaskRow:
+    """What the report needs of one task."""
+
+    msg_id: str
+    submitted: datetime | None = None
+    started: datetime | None = None
+    completed: datetime | None = None
+    engine: str | None = None
+    status: str | None = None
+    error: str | None = None
+    label: str | None = None
+    resubmitted_as: str | None = None
+    dropped: bool = False
+
+    @classmethod
+    def of(cls, s: TaskState) -> TaskRow:
+        """The row of a task's lifecycle state."""
+        return cls(s.msg_id, s.submitted, s.started, s.completed, s.engine_uuid, s.status, s.error, s.label,
+                   s.resubmitted, s.dropped)
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds between submission and start."""
+        return _secs(self.submitted, self.started)
+
+    @property
+    def run(self) -> float | None:
+        """Seconds between start and completion."""
+        return _secs(self.started, self.completed)
+
+
+def _secs(a: datetime | None, b: datetime | None) -> float | None:
+    return (b - a).total_seconds() if a is not None and b is not None and b >= a else None
+
+
+@dataclass
+class Tally:
+    """The report's figures over the rows ``add``ed so far."""
+
+    tasks: int = 0
+    done: int = 0  # completed, not purged
+    failed: int = 0  # of those, failed
+    dropped: int = 0
+    engines_done: set[str] = field(default_factory=set)
+    #: Per name in TIMES, each task's time (µs) where it has one.
+    times: dict[str, array[int]] = field(default_factory=lambda: {name: array("q") for name in TIMES})
+    waits: array[float] = field(default_factory=lambda: array("d"))
+    runs: array[float] = field(default_factory=lambda: array("d"))
+    #: Tasks that started and completed: engine (an index into ``engines``), start and end (µs), failed.
+    engines: dict[str, int] = field(default_factory=dict)
+    ran_engine: array[int] = field(default_factory=lambda: array("i"))
+    ran_start: array[int] = field(default_factory=lambda: array("q"))
+    ran_end: array[int] = field(default_factory=lambda: array("q"))
+    ran_failed: bytearray = field(default_factory=bytearray)
+    failures: Counter[str] = field(default_factory=Counter)
+    _slowest: list[tuple[float, int, TaskRow]] = field(default_factory=list)  # a heap of the TOP longest runs
+    chains: list[TaskRow] = field(default_factory=list)  # the first CHAINS resubmitted tasks
+    resubmitted: int = 0
+
+    def add(self, task: TaskState) -> None:
+        """Count one task."""
+        self.tasks += 1
+        status, completed = task.status, task.completed
+        failed = status in FAILED_STATUSES
+        if task.dropped:
+            self.dropped += 1
+        elif completed is not None:
+            self.done += 1
+            self.failed += failed
+            if task.engine_uuid:
+                self.engines_done.add(task.engine_uuid)
+        times, epoch, us = self.times, _EPOCH, _US  # inlined: this runs once per task
+        for name, when in (("submitted", task.submitted), ("started", task.started), ("completed", completed)):
+            if when is not None:
+                times[name].append((when - epoch) // us)
+        if failed:
+            self.failures[task.error or status or "?"] += 1
+        if task.resubmitted:
+            self.resubmitted += 1
+            if len(self.chains) < CHAINS:
+                self.chains.append(TaskRow.of(task))
+        self._durations(task, failed)
+
+    def _durations(self, task: TaskState, failed: bool) -> None:
+        submitted, started, completed = task.submitted, task.started, task.completed
+        if started is None:
+            return
+        if submitted is not None and started >= submitted:
+            self.waits.append((started - submitted).total_seconds())
+        if completed is None:
+            return
+        if completed >= started:
+            run = (completed - started).total_seconds()
+            self.runs.append(run)
+            if len(self._slowest) < TOP:
+                heapq.heappush(self._slowest, (run, self.tasks, TaskRow.of(task)))
+            elif run > self._slowest[0][0]:
+                heapq.heapreplace(self._slowest, (run, self.tasks, TaskRow.of(task)))
+        self.ran_engine.append(self.engines.setdefault(task.engine_uuid or "?", len(self.engines)))
+        self.ran_start.append((started - _EPOCH) // _US)
+        self.ran_end.append((completed - _EPOCH) // _US)
+        self.ran_failed.append(failed)
+
+    @property
+    def slowest(self) -> list[TaskRow]:
+        """The TOP tasks that ran longest, longest first."""
+        return [row for _, _, row in sorted(self._slowest, key=lambda e: (-e[0], e[1]))]
