@@ -96,7 +96,8 @@ def charts(path: Path | list[Path], out_dir: Path) -> list[Path]:
         info = b["extra_info"]
         if "scenario" in info:
             x = info["chunks"] if "chunks" in info else info["events"]
-            scenarios[info["scenario"]][info["series"]].append((x, _rate(b)))
+            y = float(b["stats"]["median"]) if info.get("plot") == "seconds" else _rate(b)
+            scenarios[info["scenario"]][info["series"]].append((x, y))
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     for scenario, series in sorted(scenarios.items()):

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
+import projections
 from bench.harness import record, sizes
 from projections import readmodel
 from projections.backends.sqlite import remove_database
@@ -65,6 +66,22 @@ def test_raw_read(benchmark: Any, demo_log: tuple[str, int]) -> None:
     assert benchmark.pedantic(_raw_read, args=(path,), rounds=ROUNDS) == n
 
 
+@pytest.mark.parametrize("kind", ["dict", "sqlite"])
+def test_replay_of_the_demo(benchmark: Any, demo_log: tuple[str, int], kind: str) -> None:
+    """The fold itself, in this process: the log's events into a new projection, against the raw read."""
+    path, n = demo_log
+    tmp = tempfile.mkdtemp(prefix="tasklog-bench-replay-")
+
+    def run() -> None:
+        spec = kind if kind == "dict" else f"sqlite:///{os.path.join(tmp, f'r{len(os.listdir(tmp))}.db')}"
+        with TaskLog.open(path, readonly=True) as log:
+            projections.open(spec, log=log).close()
+    record(benchmark, n, "n/a (read)", "read path", role=f"replay_demo_{kind}", baseline="raw_read",
+           scenario="read path (events/s)", series=f"replay into {kind}")
+    benchmark.pedantic(run, rounds=ROUNDS)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _command(*args: str) -> int:
     """Run ``tasklog ARGS`` in a new process; its peak RSS in KiB."""
     done = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "tasklog", *args],
@@ -97,6 +114,6 @@ def test_reading_command(benchmark: Any, demo_log: tuple[str, int], command: str
     def run() -> None:
         peaks.append(_command(*COMMANDS[command], "--log", path))
     record(benchmark, n, "n/a (read)", "read path", role=f"{command}_{warmth}", baseline="raw_read",
-           scenario="read path (events/s)", series=f"{command} ({warmth})")
+           scenario="read path answer time (seconds)", series=f"{command} ({warmth})", plot="seconds")
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
     benchmark.extra_info["peak_rss_mb"] = round(max(peaks) / 1024, 1)

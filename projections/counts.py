@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from tasklog.events import Event
+from tasklog.events import EVENT_TYPES, Event
 
 __all__ = ["BLOCK", "EventCounts", "key", "of_batch", "in_log"]
 
@@ -21,6 +21,7 @@ __all__ = ["BLOCK", "EventCounts", "key", "of_batch", "in_log"]
 BLOCK = 1 << 14
 #: (block, event type) -> events.
 EventCounts = Counter[tuple[int, str]]
+_NAMES = {cls: name for name, cls in EVENT_TYPES.items()}
 
 
 def key(seq: int, event: Event) -> tuple[int, str]:
@@ -30,7 +31,9 @@ def key(seq: int, event: Event) -> tuple[int, str]:
 
 def of_batch(batch: Sequence[tuple[int, Event]]) -> EventCounts:
     """The counts of ``batch``'s events."""
-    return Counter(key(seq, event) for seq, event in batch)
+    # By class first, named once per (block, class): ``key`` per event was 5% of a replay.
+    by_class = Counter((seq // BLOCK, event.__class__) for seq, event in batch)
+    return Counter({(block, _NAMES[kind]): n for (block, kind), n in by_class.items()})
 
 
 def in_log(counts: EventCounts, counted_from: int | None, first: int, last: int,

@@ -43,6 +43,7 @@ __all__ = [
     "refold_from",
     "settle",
     "BUFFER_KEYS",
+    "CARRIERS",
     "buffer_ref",
     "ref_seq",
     "refer_buffers",
@@ -246,7 +247,7 @@ targets = task_ids  # the records an event changes are the tasks it names
 BUFFER_KEYS = ("buffers", "result_buffers")
 _REF = "tasklog_event"
 # The event field that carries each record key's buffers (the same name on Submit and Complete).
-_CARRIERS: dict[type, str] = {Submit: "buffers", Complete: "result_buffers"}
+CARRIERS: dict[type, str] = {Submit: "buffers", Complete: "result_buffers"}
 
 
 def buffer_ref(seq: int) -> dict[str, int]:
@@ -263,7 +264,7 @@ def ref_seq(value: Any) -> int | None:
 
 def refer_buffers(records: dict[str, dict[str, Any] | None], seq: int, event: Event) -> None:
     """After folding ``event``: replace the buffers it put in its record by a reference to it."""
-    key = _CARRIERS.get(event.__class__)
+    key = CARRIERS.get(event.__class__)
     if key is None:
         return
     value = getattr(event, key)

@@ -195,7 +195,9 @@ class SQLiteProjection(Projection):
         with self._transaction():
             db.execute(f"CREATE TABLE IF NOT EXISTS records (msg_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
                        f"dropped INTEGER NOT NULL DEFAULT 0, irregular INTEGER NOT NULL DEFAULT 0, {cols}, "
-                       f"doc BLOB NOT NULL, {', '.join(c + ' TEXT' for c in LIFE)})")
+                       # The document last: a column after it is read past its overflow pages (the
+                       # views read the lifecycle columns of every task).
+                       f"{', '.join(c + ' TEXT' for c in LIFE)}, doc BLOB NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
             db.execute("CREATE TABLE IF NOT EXISTS event_counts (block INTEGER NOT NULL, type TEXT NOT NULL, "
                        "n INTEGER NOT NULL, PRIMARY KEY (block, type))")

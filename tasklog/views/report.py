@@ -178,15 +178,25 @@ def busy_fraction(ran: list[tuple[str, datetime, datetime, bool]], engines: list
 
 def _busy(tally: Tally, engines: list[str], first: int, last: int) -> list[list[float]]:
     """``busy_fraction`` of the tally's tasks that ran, between ``first`` and ``last`` (µs)."""
+    # Per engine, the time its tasks ran before each bin's edge, from sorted starts and ends:
+    # F(t) = sum of ends before t + t * (tasks started by t, not ended) - sum of starts before t.
+    # A bin's busy time is F at its right edge less F at its left: a task a loop over bins each
+    # took a second at 200,000 tasks (issue 22).
+    np: Any = importlib.import_module("numpy")  # matplotlib's own dependency
     span = max((last - first) / 1e6, 1e-6)
-    width = span / _BINS
-    row = {tally.engines[engine]: i for i, engine in enumerate(engines)}
-    busy = [[0.0] * _BINS for _ in engines]
-    for engine, start, end in zip(tally.ran_engine, tally.ran_start, tally.ran_end):
-        a, b, bins = (start - first) / 1e6, (end - first) / 1e6, busy[row[engine]]
-        for k in range(int(a / width), min(int(b / width), _BINS - 1) + 1):
-            bins[k] += max(0.0, min(b, (k + 1) * width) - max(a, k * width)) / width
-    return [[min(x, 1.0) for x in bins] for bins in busy]
+    edges = np.linspace(0.0, span, _BINS + 1)
+    engine = np.frombuffer(tally.ran_engine, dtype=np.int32)
+    starts = (np.frombuffer(tally.ran_start, dtype=np.int64) - first) / 1e6
+    ends = (np.frombuffer(tally.ran_end, dtype=np.int64) - first) / 1e6
+    out = []
+    for name in engines:
+        mine = (engine == tally.engines[name]) & (ends >= starts)
+        a, b = np.sort(starts[mine]), np.sort(ends[mine])
+        a_sum, b_sum = np.concatenate(([0.0], np.cumsum(a))), np.concatenate(([0.0], np.cumsum(b)))
+        began, ended = np.searchsorted(a, edges), np.searchsorted(b, edges)
+        ran = b_sum[ended] + edges * (began - ended) - a_sum[began]
+        out.append(np.minimum(np.diff(ran) / (span / _BINS), 1.0).tolist())
+    return out
 
 
 def _distribution(plt: Any, durations: array[float], what: str) -> tuple[str, str]:
