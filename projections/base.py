@@ -77,19 +77,14 @@ class Projection(ABC):
         self.before_read: Callable[[], None] | None = None
         #: What keeps the projection in step with a log (``projections.live.attach`` sets it).
         self.attachment: Any = None
-        #: The log the records are folded from, read for buffers kept by reference and for
-        #: re-folding a task (``read_from`` sets it; None: records keep their buffers inline).
+        #: The log read for buffers kept by reference and re-folds (``read_from``; None: buffers inline).
         self.source: EventSource | None = None
         #: "ref" or "inline": see BUFFER_MODES.
         self.buffers = "ref"
         #: Fed from a stream of many hubs: log identity -> (hub name, last sequence number applied).
         self.hubs: dict[str, tuple[str, int]] = {}
-        #: The folded events by (block, type), complete from event ``counted_from`` (None: not
-        #: kept, e.g. after a rewind or when fed from a stream): see ``projections.counts``.
-        self.event_counts: counts.EventCounts = Counter()
-        self.counted_from: int | None = 1
-        #: The counts of the events being stored: a backend that keeps them stores them with the checkpoint.
-        self.counting: counts.EventCounts = Counter()
+        #: The folded events by block and type (``projections.counts``).
+        self.counted = counts.Counted()
 
     def read_from(self, source: EventSource | None) -> None:
         """Read events from ``source`` (the log): buffers by reference, tasks re-folded on demand."""
@@ -140,7 +135,7 @@ class Projection(ABC):
             self._clear()
             self.last_seq = 0
             self.hubs = {}
-            self.counted_from, self.event_counts = 1, Counter()
+            self.counted.restart(1)
             self.anomalies = Counter()
             self.log_identity = None
             self.pinned = None
@@ -182,24 +177,11 @@ class Projection(ABC):
             if not fresh:
                 return 0
             records, changed = self.fold_batch(fresh, self.by_reference)
-            self._store_counted(records, changed, fresh[-1][0], counts.of_batch(fresh))
+            with self.counted.storing(counts.of_batch(fresh)):
+                self._store(records, changed, fresh[-1][0])
             self.last_seq = fresh[-1][0]
             self.applied += len(fresh)
             return len(fresh)
-
-    def _store_counted(self, records: Records, changed: set[str], last_seq: int,
-                       counted: counts.EventCounts | None) -> None:
-        """``_store``, with the counts of the events stored (None: not known, so no longer kept)."""
-        if counted is None:
-            self.counted_from = None
-            self.event_counts.clear()
-        self.counting = counted or Counter()
-        try:
-            self._store(records, changed, last_seq)
-        finally:
-            counting, self.counting = self.counting, Counter()
-        if self.counted_from is not None:
-            self.event_counts.update(counting)
 
     def fold_batch(self, fresh: Sequence[tuple[int, Event]], refer: bool) -> tuple[Records, set[str]]:
         """The records ``fresh`` touches, its events folded in (buffers as references if ``refer``), and ids changed."""
@@ -226,7 +208,8 @@ class Projection(ABC):
         (what a write-behind overlay hands over: ``events`` events, meeting ``anomalies``, counted
         by type in ``counted``; None: not counted)."""
         with self._lock:
-            self._store_counted(records, set(records), last_seq, counted)
+            with self.counted.storing(counted):  # None: not counted, so no longer kept
+                self._store(records, set(records), last_seq)
             self.last_seq = last_seq
             self.applied += events
             self.anomalies.update(anomalies)
@@ -248,7 +231,7 @@ class Projection(ABC):
         inline = self.buffers == "inline" and self.source is not None  # a snapshot keeps references
         with self._lock, gc_paused():
             self._clear()  # the marks stay: the snapshot is of the log the projection is bound to
-            self.counted_from, self.event_counts = last_seq + 1, Counter()  # its events are not counted
+            self.counted.restart(last_seq + 1)  # its events are not counted
             for chunk in catchup.batches(records, _RESTORE_CHUNK):
                 # Checkpoint 0 until every chunk is in: a crash half-way must not look restored.
                 kept: Records = {r["msg_id"]: self.resolve_buffers(r) if inline and not is_tombstone(r) else r

@@ -11,11 +11,13 @@ block a prune cut through from the log itself, so the answer is always the log's
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from tasklog.events import EVENT_TYPES, Event
 
-__all__ = ["BLOCK", "EventCounts", "key", "of_batch", "in_log"]
+__all__ = ["BLOCK", "EventCounts", "Counted", "key", "of_batch", "in_log"]
 
 #: Sequence numbers per block: the most ``in_log`` decodes from the log is one block's worth.
 BLOCK = 1 << 14
@@ -56,3 +58,36 @@ def in_log(counts: EventCounts, counted_from: int | None, first: int, last: int,
         if block >= whole:
             out[kind] += n
     return out
+
+
+@dataclass
+class Counted:
+    """A projection's folded events by (block, type), complete from event ``since`` (None: not
+    kept, e.g. after a rewind or when fed from a stream of hubs)."""
+
+    blocks: EventCounts = field(default_factory=Counter)
+    since: int | None = 1
+    #: The counts of the events being stored: a backend that keeps them stores them with the checkpoint.
+    pending: EventCounts = field(default_factory=Counter)
+
+    def restart(self, since: int | None) -> None:
+        """Forget the counts: complete from event ``since`` on (None: no longer kept)."""
+        self.blocks, self.since, self.pending = Counter(), since, Counter()
+
+    @contextmanager
+    def storing(self, batch: EventCounts | None) -> Iterator[None]:
+        """Around a store of events counted ``batch`` (None: not known, so no longer kept): ``pending``
+        while it runs, added once it returned."""
+        if batch is None:
+            self.restart(None)
+        self.pending = batch or Counter()
+        try:
+            yield
+            if self.since is not None:
+                self.blocks.update(self.pending)
+        finally:
+            self.pending = Counter()
+
+    def in_log(self, first: int, last: int, count_log: Callable[[int, int], Iterable[str]]) -> Counter[str]:
+        """``in_log`` of these counts."""
+        return in_log(self.blocks, self.since, first, last, count_log)

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from tasklog.events import Event
 
+from .counts import Counted
 from .errors import ProjectionError
 from .fold import Records, is_tombstone
 
@@ -22,7 +23,7 @@ class HubFed(Protocol):
     keeps_hubs: bool
     log_identity: str | None
     applied: int
-    counted_from: int | None
+    counted: Counted
     #: log identity -> (hub name, last sequence number applied)
     hubs: dict[str, tuple[str, int]]
 
@@ -72,7 +73,7 @@ def apply_hub(proj: HubFed, identity: str, hub: str, batch: Sequence[tuple[int, 
             rec = records[m]
             if rec is not None and not is_tombstone(rec):
                 rec["hub"] = hub
-        proj.counted_from = None  # each hub numbers its own events: there are no log's blocks to count
+        proj.counted.restart(None)  # each hub numbers its own events: there are no log's blocks to count
         proj.store_hubs(records, changed, {identity: (hub, fresh[-1][0])})
         proj.hubs[identity] = (hub, fresh[-1][0])
         proj.applied += len(fresh)

@@ -18,6 +18,7 @@ from typing import Any
 from tasklog.lifecycle import TaskState
 
 from .base import Projection, Records
+from .counts import Counted
 from .errors import ProjectionError
 from .fold import is_tombstone, strip_hidden, task_of
 from .query import Logical, compile_predicate, public_copy
@@ -36,7 +37,7 @@ class Overlay(Projection):
         self.log_identity, self.pinned = inner.log_identity, inner.pinned
         self.datetime_resolution = inner.datetime_resolution
         self.buffers = inner.buffers
-        self.event_counts, self.counted_from = inner.event_counts.copy(), inner.counted_from
+        self.counted = Counted(inner.counted.blocks.copy(), inner.counted.since)
         self._records: Records = {}
 
     def read_from(self, source: Any) -> None:

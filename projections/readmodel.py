@@ -139,7 +139,7 @@ def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:
     try:
         with _opened(path) as proj:
             if proj.pinned is not None or proj.log_identity not in (None, log.identity) \
-                    or proj.last_seq > log.last_seq or not _same_history(proj, log) or proj.counted_from is None:
+                    or proj.last_seq > log.last_seq or not _same_history(proj, log) or proj.counted.since is None:
                 # A cache that disagrees with the log, or an older tasklog's that did not count
                 # its events (``stats`` would decode them all at every call): built again.
                 proj.clear()

@@ -10,7 +10,6 @@ from functools import partial
 from tasklog.log import TaskLog
 from tasklog.verify import LogStats, event_types, with_log_figures
 
-from . import counts
 from .base import Projection
 from .snapshot import view_base
 
@@ -26,7 +25,7 @@ def log_stats(log: TaskLog, proj: Projection) -> LogStats:
     first = start if last >= start else 0
     out = LogStats(events=max(last - start + 1, 0), first_seq=first, last_seq=last if first else 0,
                    start_seq=start)
-    out.by_type = counts.in_log(proj.event_counts, proj.counted_from, start, last, partial(event_types, log))
+    out.by_type = proj.counted.in_log(start, last, partial(event_types, log))
     out.by_state = proj.state_counts()
     base = view_base(log, "stats")
     out.tasks_from = None if base is None else base.seq

@@ -27,6 +27,7 @@ from tasklog.records import INDEXED_FIELDS
 
 from ..base import Projection, Records
 from ..catchup import gc_paused
+from ..counts import Counted
 from ..errors import ProjectionError
 from ..fold import RECORD_KEYS, is_tombstone, strip_hidden, task_of
 from ..query import Cond, Logical, Node, compile_predicate
@@ -226,10 +227,10 @@ class SQLiteProjection(Projection):
         # Fed from a stream: "hub:<log identity>" -> "<seq> <hub name>", one row per hub.
         self.hubs = {k[4:]: (v.split(" ", 1)[1], int(v.split(" ", 1)[0]))
                      for k, v in meta.items() if k.startswith("hub:")}
-        counted_from = meta.get("counted_from")
-        self.counted_from = None if counted_from is None else int(counted_from)
-        self.event_counts = Counter({(block, kind): n for block, kind, n in
-                                     db.execute("SELECT block, type, n FROM event_counts")})
+        since = meta.get("counted_from")
+        self.counted = Counted(Counter({(block, kind): n for block, kind, n in
+                                        db.execute("SELECT block, type, n FROM event_counts")}),
+                               None if since is None else int(since))
 
     def _upgrade(self, schema: int) -> None:
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
@@ -321,14 +322,14 @@ class SQLiteProjection(Projection):
         """The ``changed`` records and the ``checkpoint`` rows of meta (the log's, or each hub's)."""
         rows = [self._row(rec) for m in changed if (rec := records[m]) is not None]
         gone = [(m,) for m in changed if records[m] is None]  # a rewind's task with no events left
-        counted = [(block, kind, n) for (block, kind), n in self.counting.items()]
+        counted = [(block, kind, n) for (block, kind), n in self.counted.pending.items()]
         # Records, checkpoint and counts in one transaction: a crash leaves all old or all new.
         with self._transaction() as db:
             db.executemany("DELETE FROM records WHERE msg_id = ?", gone)
             db.executemany(_INSERT, rows)
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           [*checkpoint, ("counted_from", self.counted_from)])
-            if self.counted_from is None:
+                           [*checkpoint, ("counted_from", self.counted.since)])
+            if self.counted.since is None:
                 db.execute("DELETE FROM event_counts")
             else:
                 db.executemany(_COUNT, counted)

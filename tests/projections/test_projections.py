@@ -228,12 +228,12 @@ def test_sqlite_file_of_schema_3_gains_states_and_stops_counting(history: str, t
         con.close()
         with projections.open(f"sqlite:///{db}", log=log) as p, projections.open("dict", log=log) as fresh:
             assert p.state_counts() == fresh.state_counts() and sum(p.state_counts().values()) > 0
-            assert p.counted_from is None and not p.event_counts
+            assert p.counted.since is None and not p.counted.blocks
         assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == SCHEMA_VERSION
         with projections.open(f"sqlite:///{db}", log=log) as p:
             p.clear()
             projections.replay(log, p)
-            assert p.counted_from == 1 and sum(p.event_counts.values()) == log.last_seq
+            assert p.counted.since == 1 and sum(p.counted.blocks.values()) == log.last_seq
 
 
 def test_sqlite_millisecond_columns_of_schema_2_are_upgraded(history: str, tmp_path: Path) -> None:

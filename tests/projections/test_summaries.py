@@ -61,8 +61,8 @@ def test_stats_answer_from_the_read_model_what_a_count_of_the_events_gives(big: 
     _same(_stats(big), _counted(big))
     assert os.path.exists(os.path.join(big, readmodel.FILE))
     with TaskLog.open(big, readonly=True) as log, readmodel.open_read_model(log).projection as proj:
-        assert proj.counted_from == 1 and sum(proj.event_counts.values()) == log.last_seq
-        assert {block for block, _ in proj.event_counts} == {0, 1}
+        assert proj.counted.since == 1 and sum(proj.counted.blocks.values()) == log.last_seq
+        assert {block for block, _ in proj.counted.blocks} == {0, 1}
 
 
 def test_after_a_prune_through_a_block_the_counts_are_of_what_the_log_holds(big: str, tmp_path: Path) -> None:
@@ -92,14 +92,14 @@ def test_every_path_that_folds_keeps_the_counts(big: str, tmp_path: Path) -> Non
         hub.apply_one(seq, ev)  # as a Hub feeds its projection, one event per call
     hub.close()
     with projections.open(f"sqlite:///{tmp_path / 'hub.db'}") as reopened:
-        assert reopened.counted_from == 1 and reopened.last_seq == events[-701][0]
+        assert reopened.counted.since == 1 and reopened.last_seq == events[-701][0]
         reopened.apply(events[-700:])  # and a batch after it
-        by_type = counts.in_log(reopened.event_counts, reopened.counted_from, 1, reopened.last_seq,
+        by_type = reopened.counted.in_log(1, reopened.last_seq,
                                 lambda a, b: pytest.fail("nothing is read from the log"))
     assert by_type == truth
     with projections.open("dict") as memory:
         memory.apply(events)
-        assert counts.in_log(memory.event_counts, memory.counted_from, 1, memory.last_seq,
+        assert memory.counted.in_log(1, memory.last_seq,
                              lambda a, b: pytest.fail("nothing is read from the log")) == truth
 
 
