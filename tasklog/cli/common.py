@@ -215,10 +215,10 @@ def add_wait(p: argparse.ArgumentParser, also: str = "") -> None:
                    help=f"how long to wait for a server to answer before giving up (default 30{also})")
 
 
-def read_model(log: TaskLog, label: str = "catch-up", in_memory: bool = True) -> ReadModel:
+def read_model(log: TaskLog, label: str = "catch-up") -> ReadModel:
     """The log's read model, caught up (``projections.readmodel``); saying so on stderr when it is
     not the Hub's though the Hub keeps one, or was folded in memory."""
-    model = open_read_model(log, label, in_memory)
+    model = open_read_model(log, label)
     if model.why_not_hub:
         print(f"tasklog: {model.why_not_hub}: answering from {model.path or 'memory'}", file=sys.stderr)
     if model.why_slow:

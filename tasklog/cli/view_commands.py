@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from projections.readmodel import NoReadModel
 from projections.snapshot import view_base
 from projections.summary import log_stats
 
@@ -44,11 +43,11 @@ def _read_model_base(log: TaskLog, label: str) -> Iterator[Baseline]:
 
 
 def _stats_of(log: TaskLog) -> verify.LogStats:
-    """The log's figures from its read model; from its events where none can be kept, or one is unreadable."""
+    """The log's figures from its read model; from its events where one cannot be read."""
     try:
-        with read_model(log, "stats", in_memory=False).projection as proj:
+        with read_model(log, "stats").projection as proj:
             return log_stats(log, proj)
-    except (NoReadModel, CorruptEventError) as exc:  # counted from the events, unreadable ones too
+    except CorruptEventError as exc:  # counted from the events, the unreadable ones too
         print(f"tasklog: counting from the log's events: {exc}", file=sys.stderr)
     base = view_base(log, "stats")  # a pruned log's tasks start from its snapshot
     bar = Progress(len(log), "stats")

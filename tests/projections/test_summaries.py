@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 import projections
@@ -152,7 +154,7 @@ def test_the_views_from_the_read_model_are_the_views_from_the_events(big: str) -
     assert _trace(big) == _trace(big, "--to", str(last))  # the read model's, and the log's own as of its end
 
 
-def test_with_nowhere_to_keep_a_read_model_stats_counts_the_events_saying_so(tmp_path: Path) -> None:
+def test_with_nowhere_to_keep_a_read_model_stats_answers_from_memory_saying_so(tmp_path: Path) -> None:
     src = tmp_path / "src"
     with TaskLog.open(str(src / "log")) as log:
         log.append_many(list(simulate(50, seed=3)))
@@ -162,5 +164,24 @@ def test_with_nowhere_to_keep_a_read_model_stats_counts_the_events_saying_so(tmp
         path = str(mnt / "log")
         proc = subprocess.run([sys.executable, "-m", "tasklog", "stats", "--log", path, "--json"], capture_output=True,
                               text=True, env={**child_env(), "XDG_CACHE_HOME": str(blocked)}, check=True)
-        assert "counting from the log's events: no read model could be written" in proc.stderr
+        assert "events in memory: no read model could be written" in proc.stderr
         _same(json.loads(proc.stdout), _counted(path))
+
+
+def test_a_log_with_an_unreadable_event_is_counted_from_its_events(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    with TaskLog.open(path) as log:
+        log.append_many(list(simulate(30, seed=4)))
+        last = log.last_seq
+    env = lmdb.open(path, max_dbs=16)
+    events = env.open_db(b"events")
+    with env.begin(write=True) as txn:
+        key = struct.pack(">Q", last // 2)
+        raw = bytearray(txn.get(key, db=events))
+        raw[-1] ^= 0xFF  # a flipped bit: its checksum no longer matches
+        txn.put(key, bytes(raw), db=events)
+    env.close()
+    proc = run_cli("stats", "--log", path, "--json", check=True)
+    assert "counting from the log's events" in proc.stderr and "checksum" in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["by_type"]["(unreadable)"] == 1 and sum(doc["by_type"].values()) == last
