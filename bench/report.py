@@ -49,8 +49,10 @@ def _ratios(benches: list[dict[str, Any]], b: dict[str, Any]) -> list[str]:
 
 def _figure(b: dict[str, Any]) -> str:
     info = b["extra_info"]
-    if "peak_rss_mb" in info:
+    if "peak_rss_mb" in info and "limit_mb" in info:
         return f"peak RSS {info['peak_rss_mb']} MB (limit {info['limit_mb']} MB)"
+    if "peak_rss_mb" in info:  # a command timed as a user runs it
+        return f"{float(b['stats']['median']):.2f} s, peak RSS {info['peak_rss_mb']} MB"
     if "rss_anon_growth_mb" in info:
         grown = ", ".join(f"{store} {mb} MB" for store, mb in info["rss_anon_growth_mb"].items())
         return f"RssAnon growth {grown} ({info['pace']} pace)"

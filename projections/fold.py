@@ -98,7 +98,9 @@ def is_tombstone(record: dict[str, Any] | None) -> bool:
 
 def task_of(record: dict[str, Any]) -> TaskState:
     """The lifecycle state of a record or tombstone (``state`` is one of ``tasklog.lifecycle.STATES``)."""
-    return TaskState.of_record(record["msg_id"], None if is_tombstone(record) else record)
+    state = TaskState.of_record(record["msg_id"], record)
+    state.dropped = is_tombstone(record)
+    return state
 
 
 def strip_hidden(record: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +222,9 @@ def _fold(record: dict[str, Any] | None, event: Event, seq: int, msg_id: str | N
         return record
     target = msg_id or getattr(event, "msg_id", None)
     if isinstance(event, Drop):
-        return {"msg_id": target, "_seq": seq, "_dropped": True}
+        # What the task's lifecycle held stays (the views draw a purged task, as a fold of its
+        # events does: it had vanished from a timeline read from the read model); the rest goes.
+        return {**TaskState.kept(record), "msg_id": target, "_seq": seq, "_dropped": True}
     rec = dict(record) if record is not None else new_record(str(target))
     rec["_seq"] = seq
     if isinstance(event, Resubmit):

@@ -30,6 +30,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager, suppress
@@ -45,7 +46,7 @@ from .base import Projection
 from .errors import ProjectionError
 from .overlay import Overlay
 
-__all__ = ["HUB_FILE", "FILE", "ReadModel", "open_read_model", "cache_path"]
+__all__ = ["HUB_FILE", "FILE", "ReadModel", "open_read_model", "cache_path", "damaged"]
 
 #: The Hub's projection in a log directory (``TaskLogDB``'s default).
 HUB_FILE = "projection.db"
@@ -122,13 +123,47 @@ def _hub(log: TaskLog, label: str) -> tuple[ReadModel | None, str | None]:
         return None, None
     except (OSError, TaskLogError) as exc:
         return None, f"the Hub's {path} cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    why = _unfit(inner, log)
+    if why is not None:
+        inner.close()
+        return None, f"the Hub's {path} {why}"
     proj = Overlay(inner)
     try:
         folded = _catch_up(proj, log, label)
-    except ProjectionError:  # another log's, pinned, or ahead of the log: the readers' model instead
+    except BaseException:
         proj.close()
-        return None, None
+        raise
     return ReadModel(proj, "hub", path, folded), None
+
+
+def _unfit(hub: SQLiteProjection, log: TaskLog) -> str | None:
+    """Why the Hub's projection cannot answer for ``log`` (None: it can)."""
+    if hub.pinned is not None:
+        return f"is pinned at event {hub.pinned} (a replay --to left it there)"
+    if hub.log_identity not in (None, log.identity):
+        return f"was built from another log ({hub.log_identity})"
+    deadline = time.monotonic() + _AHEAD_WAIT
+    # An async Hub stores what it folded before the log's commit of it is visible: a moment later
+    # the log holds it (a reader that took this for a crash built a read model beside a live Hub).
+    while hub.last_seq > log.last_seq:
+        if time.monotonic() > deadline:
+            return (f"is at event {hub.last_seq}, past the log's last event {log.last_seq} (events an async "
+                    "Hub lost in a crash; the Hub rebuilds it when it opens the log)")
+        time.sleep(0.01)
+    return None
+
+
+_AHEAD_WAIT = 2.0  # seconds: many times an async log's commit interval
+
+
+def damaged(model: ReadModel, exc: Exception) -> ProjectionError:
+    """The error for a read model that failed while it was read (SQLite found a page damaged): a
+    file of the readers' own is removed, so that the next command builds it again."""
+    if model.kind in ("log directory", "cache") and model.path is not None:
+        remove_database(model.path)
+        return ProjectionError(f"the read model {model.path} is damaged ({exc}): it was removed, and the "
+                               "next command builds it again from the log")
+    return ProjectionError(f"the projection {model.path or 'in memory'} cannot be read ({exc})")
 
 
 def _kept(log: TaskLog, path: str, kind: str, label: str) -> ReadModel:

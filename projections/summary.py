@@ -11,7 +11,6 @@ from tasklog.log import TaskLog
 from tasklog.verify import LogStats, event_types, with_log_figures
 
 from .base import Projection
-from .snapshot import view_base
 
 __all__ = ["log_stats"]
 
@@ -27,6 +26,7 @@ def log_stats(log: TaskLog, proj: Projection) -> LogStats:
                    start_seq=start)
     out.by_type = proj.counted.in_log(start, last, partial(event_types, log))
     out.by_state = proj.state_counts()
-    base = view_base(log, "stats")
-    out.tasks_from = None if base is None else base.seq
-    return with_log_figures(out, log)
+    out = with_log_figures(out, log)
+    # Named, not read: the read model holds the tasks (a damaged snapshot refused stats alone).
+    out.tasks_from = max((seq for seq in out.snapshots if seq < start), default=None) if start > 1 else None
+    return out

@@ -58,6 +58,11 @@ class TaskState:
         return None if self.completed is None else self.reply_error
 
     @property
+    def failed(self) -> bool:
+        """Whether it completed with a reply whose status is in FAILED_STATUSES."""
+        return self.status in FAILED_STATUSES
+
+    @property
     def state(self) -> str:
         """One of STATES."""
         if self.dropped:
@@ -65,19 +70,32 @@ class TaskState:
         if self.resubmitted is not None:
             return "resubmitted"
         if self.completed is not None:
-            return "failed" if self.status in FAILED_STATUSES else "completed"
+            return "failed" if self.failed else "completed"
         return "running" if self.started is not None or self.engine_uuid is not None else "pending"
 
     @classmethod
     def of_record(cls, msg_id: str, record: dict[str, Any] | None) -> TaskState:
-        """The state of a TaskRecord (a snapshot's; None: a purged task, of which nothing is kept)."""
+        """The state of a TaskRecord (a snapshot's or a projection's; None: a purged task, of which
+        nothing is kept)."""
         if record is None:
             return cls(msg_id, dropped=True)
         state = cls(msg_id)
         for key in _RECORD_KEYS:
-            setattr(state, key, record.get(key))
+            _set(state, key, record.get(key))
         _reply(state, record.get("result_content"))
         return state
+
+    @staticmethod
+    def kept(record: dict[str, Any] | None) -> dict[str, Any]:
+        """What of a TaskRecord its state reads: what a purged task's tombstone keeps, so that the
+        views draw it as a fold of its events does (its reply cut to status and error name)."""
+        if record is None:
+            return {}
+        kept = {key: record.get(key) for key in _RECORD_KEYS}
+        content = record.get("result_content")
+        if isinstance(content, dict):
+            kept["result_content"] = {k: content[k] for k in ("status", "ename") if k in content}
+        return kept
 
 
 _RECORD_KEYS = tuple(f.name for f in fields(TaskState) if f.name not in ("msg_id", "reply_status",
@@ -94,8 +112,23 @@ def _fill(current: Any, value: Any) -> Any:
     return value if current is None or (current == "" and value is not None) else current
 
 
-def _reply(state: TaskState, content: dict[str, Any] | None) -> None:
-    state.reply_status, state.reply_error = (content or {}).get("status"), (content or {}).get("ename")
+_TIMES = frozenset(f.name for f in fields(TaskState) if "datetime" in str(f.type))
+
+
+def _set(state: TaskState, key: str, value: Any) -> None:
+    """Set a field to what a record or an annotation holds, as the field's type allows: a time that
+    is not a datetime is no time, other values are text (an annotation may put anything there)."""
+    if key in _TIMES:
+        value = value if isinstance(value, datetime) else None
+    elif value is not None and not isinstance(value, str):
+        value = str(value)
+    setattr(state, key, value)
+
+
+def _reply(state: TaskState, content: Any) -> None:
+    said = content if isinstance(content, dict) else {}
+    _set(state, "reply_status", said.get("status"))
+    _set(state, "reply_error", said.get("ename"))
 
 
 def _submit(state: TaskState, ev: Submit) -> None:
@@ -127,7 +160,7 @@ def _complete(state: TaskState, ev: Complete) -> None:
 
 def _annotate(state: TaskState, ev: Annotate) -> None:
     for key in _ANNOTATED.intersection(ev.fields):
-        setattr(state, key, ev.fields[key])
+        _set(state, key, ev.fields[key])
     if "result_content" in ev.fields:
         _reply(state, ev.fields["result_content"])
 

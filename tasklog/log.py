@@ -9,6 +9,7 @@ commit, and indexes a log an older tasklog wrote when it opens it (``schema``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -29,6 +30,8 @@ from .store import DURABILITY, MARKER, Store, open_here
 __all__ = ["TaskLog", "LogView", "Receipt", "DURABILITY", "MARKER", "Listener", "open_here", "DEFAULT_QUEUE_BYTES"]
 
 _MIB = 1 << 20
+# The SQLite files projections keep beside a log (a Hub's projection, the read model): not the log's.
+_BESIDE = (".db", ".db-wal", ".db-shm", ".db-journal")
 Listener = Callable[[Sequence[tuple[int, Event]]], None]
 
 
@@ -301,11 +304,16 @@ class TaskLog(Appending):
         return self._reader.count()
 
     def disk_bytes(self) -> int:
-        """Bytes the log directory takes on disk."""
+        """Bytes the log takes on disk: its files and snapshots, not the SQLite projections kept
+        beside it (a read model built by the first ``stats`` changed the figure the second gave)."""
         total = 0
-        for name in os.listdir(self.path):
-            st = os.stat(os.path.join(self.path, name))
-            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        for folder, _, names in os.walk(self.path):
+            for name in names:
+                if name.endswith(_BESIDE):
+                    continue
+                with contextlib.suppress(OSError):  # gone meanwhile; a link is not followed
+                    st = os.lstat(os.path.join(folder, name))
+                    total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
         return total
 
     def __repr__(self) -> str:

@@ -104,13 +104,10 @@ _SLOTS = (*RECORD_KEYS, "_seq")
 _TEMPLATE = dict.fromkeys(_SLOTS)
 
 
-def _life(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """The ``LIFE`` columns of a record, and 1 if one of them is not a string (it is left NULL and
-    the row marked irregular: a reader unpacks the document instead), else 0."""
+def _life(rec: dict[str, Any]) -> tuple[str | None, ...]:
+    """The ``LIFE`` columns of a record (a TaskState's fields: text or None, whatever the record holds)."""
     task = task_of(rec)
-    values = (task.state, task.reply_status, task.reply_error, task.resubmitted_from)
-    kept = tuple(v if v is None or isinstance(v, str) else None for v in values)
-    return (*kept, int(kept != values))
+    return task.state, task.reply_status, task.reply_error, task.resubmitted_from
 
 
 def remove_database(path: str) -> None:
@@ -170,6 +167,10 @@ class SQLiteProjection(Projection):
             if readonly:
                 uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
                 self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+                # One read transaction for as long as it is open: the marks, the counts and every
+                # record as of one commit of the writer (read one by one, a live Hub's stats
+                # counted a batch twice, and its tasks by state as of a later batch).
+                self._db.execute("BEGIN")
                 self._read_marks()
             else:
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -177,6 +178,9 @@ class SQLiteProjection(Projection):
         except sqlite3.DatabaseError as exc:
             self._abandon(fresh)
             raise _open_error(path, exc) from None
+        except ProjectionError:  # refused (another schema, damaged marks): closed, never left open
+            self._abandon(fresh)
+            raise
 
     def _abandon(self, fresh: bool) -> None:
         """A failed open: close the file, and delete it (with its journals) if this open made it."""
@@ -207,7 +211,10 @@ class SQLiteProjection(Projection):
             db.execute("CREATE INDEX IF NOT EXISTS records_irregular ON records (irregular) WHERE irregular = 1")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?), ('last_seq', 0), ('counted_from', 1)",
                        (SCHEMA_VERSION,))
-        schema = int(db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+        try:
+            schema = int(db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+        except (ValueError, TypeError) as exc:
+            raise ProjectionError(f"{self.path} is not a usable SQLite projection: schema {exc}") from None
         if schema > SCHEMA_VERSION:
             raise ProjectionError(f"{self.path} has projection schema {schema}; this tasklog reads {SCHEMA_VERSION}")
         if schema < SCHEMA_VERSION:
@@ -219,18 +226,23 @@ class SQLiteProjection(Projection):
         """The checkpoint and marks (read-only: the schema must be this tasklog's, nothing is upgraded)."""
         db = self._db
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        if int(meta.get("schema", 0)) != SCHEMA_VERSION:
+        if str(meta.get("schema", 0)) != str(SCHEMA_VERSION):
             raise ProjectionError(f"{self.path} has projection schema {meta.get('schema')}; reading it "
                                   f"without writing needs schema {SCHEMA_VERSION}")
-        self.last_seq = int(meta["last_seq"])
-        self.log_identity, self.pinned = meta.get("log_identity"), meta.get("pinned")
-        # Fed from a stream: "hub:<log identity>" -> "<seq> <hub name>", one row per hub.
-        self.hubs = {k[4:]: (v.split(" ", 1)[1], int(v.split(" ", 1)[0]))
-                     for k, v in meta.items() if k.startswith("hub:")}
-        since = meta.get("counted_from")
-        self.counted = Counted(Counter({(block, kind): n for block, kind, n in
-                                        db.execute("SELECT block, type, n FROM event_counts")}),
-                               None if since is None else int(since))
+        try:
+            self.last_seq = int(meta["last_seq"])
+            self.log_identity, self.pinned = meta.get("log_identity"), meta.get("pinned")
+            # Fed from a stream: "hub:<log identity>" -> "<seq> <hub name>", one row per hub.
+            self.hubs = {k[4:]: (v.split(" ", 1)[1], int(v.split(" ", 1)[0]))
+                         for k, v in meta.items() if k.startswith("hub:")}
+            since = None if meta.get("counted_from") is None else int(meta["counted_from"])
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise ProjectionError(f"{self.path} is not a usable SQLite projection: its marks are damaged "
+                                  f"({type(exc).__name__}: {exc})") from None
+        blocks = Counter({(block, kind): n for block, kind, n in db.execute("SELECT block, type, n FROM event_counts")})
+        if since is not None and sum(blocks.values()) != max(self.last_seq - since + 1, 0):
+            since = None  # counts that cannot be all of its events are not trusted: the log counts them
+        self.counted = Counted(blocks, since)
 
     def _upgrade(self, schema: int) -> None:
         # Older documents stay readable as they are (their datetimes were cut to milliseconds,
@@ -246,8 +258,7 @@ class SQLiteProjection(Projection):
                     if c not in have:
                         db.execute(f"ALTER TABLE records ADD COLUMN {c} TEXT")
                 rows = db.execute("SELECT msg_id, doc FROM records").fetchall()
-                db.executemany(f"UPDATE records SET {', '.join(c + ' = ?' for c in LIFE)}, "
-                               "irregular = MAX(irregular, ?) WHERE msg_id = ?",
+                db.executemany(f"UPDATE records SET {', '.join(c + ' = ?' for c in LIFE)} WHERE msg_id = ?",
                                [(*_life(decode_document(blob)), m) for m, blob in rows])
                 # Its events were not counted: from the next one on, if it holds none yet.
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('counted_from', "
@@ -308,8 +319,7 @@ class SQLiteProjection(Projection):
             if v is _IRREGULAR:
                 irregular, v = 1, None
             values.append(v)
-        *life, odd = _life(rec)
-        return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, max(irregular, odd), *values, *life,
+        return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, irregular, *values, *_life(rec),
                 encode_document(rec))
 
     def _store(self, records: Records, changed: set[str], last_seq: int) -> None:
@@ -392,14 +402,14 @@ class SQLiteProjection(Projection):
         epoch, us = _EPOCH, _US
         # Unpacked by name, not zipped with a table: this runs once per task of every view.
         for dropped, doc, msg_id, submitted, started, completed, *rest in rows:
-            if dropped:
-                yield TaskState(msg_id, dropped=True)
-            elif doc is not None:  # a value no column holds: the document says
+            if doc is not None:  # a value no column holds: the document says
                 yield task_of(decode_document(doc))
             else:
-                yield TaskState(msg_id, None if submitted is None else epoch + us * submitted,
-                                None if started is None else epoch + us * started,
-                                None if completed is None else epoch + us * completed, *rest)
+                task = TaskState(msg_id, None if submitted is None else epoch + us * submitted,
+                                 None if started is None else epoch + us * started,
+                                 None if completed is None else epoch + us * completed, *rest)
+                task.dropped = bool(dropped)
+                yield task
 
     def state_counts(self) -> Counter[str]:
         """Tasks by lifecycle state (see ``tasklog.lifecycle.STATES``), purged ones included."""

@@ -7,6 +7,7 @@ import errno
 import math
 import os
 import shutil
+import sqlite3
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
 
-from projections.readmodel import ReadModel, open_read_model
+from projections.readmodel import ReadModel, damaged, open_read_model
 
 from ..errors import InterfaceError, StorageFullError, TaskLogError
 from ..log import TaskLog
@@ -131,6 +132,8 @@ def _write_error(path: str, exc: OSError) -> TaskLogError:
 def _target(path: str) -> tuple[str, os.stat_result | None]:
     """The file ``-o PATH`` names, its symlinks followed, and what is there now (None: nothing);
     InterfaceError for a place it must not or cannot write."""
+    if not path:
+        raise InterfaceError("-o needs a file name (or - for standard output)")
     real = os.path.realpath(path)
     log_dir = _in_a_log(real)
     if log_dir is not None:  # `-o LOG/data.mdb` replaced the log's own file: the log was gone
@@ -215,12 +218,19 @@ def add_wait(p: argparse.ArgumentParser, also: str = "") -> None:
                    help=f"how long to wait for a server to answer before giving up (default 30{also})")
 
 
-def read_model(log: TaskLog, label: str = "catch-up") -> ReadModel:
-    """The log's read model, caught up (``projections.readmodel``); saying so on stderr when it is
-    not the Hub's though the Hub keeps one, or was folded in memory."""
+@contextmanager
+def read_model(log: TaskLog, label: str = "catch-up") -> Iterator[ReadModel]:
+    """The log's read model, caught up (``projections.readmodel``), closed when the block ends;
+    saying so on stderr when it is not the Hub's though the Hub keeps one, or was folded in memory.
+    A read model SQLite finds damaged while it is read is one line (and removed: built again next)."""
     model = open_read_model(log, label)
     if model.why_not_hub:
         print(f"tasklog: {model.why_not_hub}: answering from {model.path or 'memory'}", file=sys.stderr)
     if model.why_slow:
         print(f"tasklog: folded {model.folded:,} events in memory: {model.why_slow}", file=sys.stderr)
-    return model
+    try:
+        yield model
+    except sqlite3.DatabaseError as exc:
+        raise damaged(model, exc) from None
+    finally:
+        model.projection.close()

@@ -161,9 +161,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         if stop is not None and spec != "dict":
             raise InterfaceError("--to/--as-of build the dict projection; to keep a past state in a file, "
                                  "use `tasklog replay --to/--as-of` and query that file")
-        fresh = args.projection is None and stop is None
-        with read_model(log).projection if fresh else _answering(log, spec, stop) as proj:
-            _print_matches(proj, query, keys)
+        if args.projection is None and stop is None:
+            with read_model(log) as model:
+                _print_matches(model.projection, query, keys)
+        else:
+            with _answering(log, spec, stop) as proj:
+                _print_matches(proj, query, keys)
     return 0
 
 
@@ -212,8 +215,9 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(log=None)  # DEFAULT_LOG, unless a projection folded from a stream answers: then refused if given
     p.add_argument("--projection", metavar="SPEC", help=projections.SPEC_HELP + " (default: the log's read "
                    "model: the Hub's SQLite projection in the log directory, read-only, when there is one; "
-                   f"else {FILE} there, caught up from its checkpoint, or in ~/.cache/tasklog when the "
-                   "directory is read-only)")
+                   f"else {FILE} there, caught up from its checkpoint, or in $XDG_CACHE_HOME/tasklog "
+                   "(~/.cache/tasklog) when the directory is read-only, or in memory where neither can "
+                   "be written)")
     p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'; '
                    "- reads it from standard input, @FILE from a file")
     p.add_argument("--keys", metavar="A,B", help="fields to print (msg_id is always included)")
@@ -291,8 +295,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     terminating_interrupts()
     with TaskLog.open(args.log, readonly=True) as log:
         started = time.monotonic()
-        model = read_model(log)
-        with model.projection as proj:
+        with read_model(log) as model:
+            proj = model.projection
             where = f"{model.kind}: {model.path}" if model.path else "in memory: nowhere to keep it"
             print(f"read model ({where}) at event {proj.last_seq}: folded {model.folded:,} new events "
                   f"in {time.monotonic() - started:.2f} s")
@@ -313,4 +317,5 @@ SNAPSHOT = Command("snapshot", "write the folded records as of an event into the
                    "(replay starts from the newest snapshot; prune may then drop the events it covers)",
                    _snapshot_args, cmd_snapshot)
 INDEX = Command("index", f"build the log's read model ({FILE} in the log directory, or the Hub's projection), "
-                "or catch it up from its checkpoint: what query answers from", _index_args, cmd_index)
+                "or catch it up from its checkpoint: what query, stats, timeline and report answer from",
+                _index_args, cmd_index)

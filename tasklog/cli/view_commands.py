@@ -34,9 +34,8 @@ def _open_ro(args: argparse.Namespace) -> TaskLog:
 @contextmanager
 def _read_model_base(log: TaskLog, label: str) -> Iterator[Baseline]:
     """The tasks of the log's read model, caught up: where a view starts, the log's later events after."""
-    model = read_model(log, label)
-    with model.projection as proj:
-        yield Baseline(proj.last_seq, proj.task_states)
+    with read_model(log, label) as model:
+        yield Baseline(model.projection.last_seq, model.projection.task_states)
 
 
 # -- stats ----------------------------------------------------------------------------
@@ -45,8 +44,8 @@ def _read_model_base(log: TaskLog, label: str) -> Iterator[Baseline]:
 def _stats_of(log: TaskLog) -> verify.LogStats:
     """The log's figures from its read model; from its events where one cannot be read."""
     try:
-        with read_model(log, "stats").projection as proj:
-            return log_stats(log, proj)
+        with read_model(log, "stats") as model:
+            return log_stats(log, model.projection)
     except CorruptEventError as exc:  # counted from the events, the unreadable ones too
         print(f"tasklog: counting from the log's events: {exc}", file=sys.stderr)
     base = view_base(log, "stats")  # a pruned log's tasks start from its snapshot
@@ -120,11 +119,12 @@ def _timeline_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a one-file HTML report of the log (charts embedded): needs the report extra."""
+    terminating_interrupts()  # before matplotlib's import: a SIGTERM there killed it without a word
     report.check_extra()  # before a read model is built for nothing
     with _open_ro(args) as log, output_to(args.output) as out, _read_model_base(log, "report") as base:
         tasks = report.write_report(log, out, base=base)
     if args.output != "-":
-        print(f"report of {tasks:,} tasks -> {args.output}")
+        print(f"report of {tasks:,} task{'' if tasks == 1 else 's'} -> {args.output}")
     return 0
 
 

@@ -219,7 +219,8 @@ def _distribution(plt: Any, durations: array[float], what: str) -> tuple[str, st
 def _failures(plt: Any, tally: Tally) -> str | None:
     if not tally.failures:
         return None
-    names, values = zip(*tally.failures.most_common(12))
+    # Ties by name: the same chart whatever order the tasks came in.
+    names, values = zip(*sorted(tally.failures.items(), key=lambda kv: (-kv[1], kv[0]))[:12])
     fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * len(names)))
     ax.barh(names, values, color="#d62728")
     ax.invert_yaxis()

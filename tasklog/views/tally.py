@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from ..lifecycle import TaskState
-from ..records import FAILED_STATUSES
 
 __all__ = ["TaskRow", "Tally", "micros", "at", "TIMES", "TOP", "CHAINS"]
 
@@ -89,8 +88,8 @@ class Tally:
     ran_end: array[int] = field(default_factory=lambda: array("q"))
     ran_failed: bytearray = field(default_factory=bytearray)
     failures: Counter[str] = field(default_factory=Counter)
-    _slowest: list[tuple[float, int, TaskRow]] = field(default_factory=list)  # a heap of the TOP longest runs
-    chains: list[TaskRow] = field(default_factory=list)  # the first CHAINS resubmitted tasks
+    _slowest: list[tuple[float, _Desc, TaskRow]] = field(default_factory=list)  # a heap of the TOP longest runs
+    _chains: list[tuple[int, _Desc, TaskRow]] = field(default_factory=list)  # a heap of the CHAINS first
     resubmitted: int = 0
 
     def add(self, task: TaskState) -> None:
@@ -99,7 +98,7 @@ class Tally:
         # of every report (a million at a million tasks).
         self.tasks += 1
         status, submitted, started, completed = task.status, task.submitted, task.started, task.completed
-        failed = status in FAILED_STATUSES
+        failed = task.failed
         if task.dropped:
             self.dropped += 1
         elif completed is not None:
@@ -117,10 +116,19 @@ class Tally:
             self.failures[task.error or status or "?"] += 1
         if task.resubmitted:
             self.resubmitted += 1
-            if len(self.chains) < CHAINS:
-                self.chains.append(TaskRow.of(task))
+            self._chain(task)
         if start is not None:
             self._ran(task, sub, start, end, failed)
+
+    def _chain(self, task: TaskState) -> None:
+        """Keep the CHAINS resubmitted tasks submitted first (then by msg_id): the same ones whatever
+        order the tasks come in (the read model's and the log's differ)."""
+        key = (micros(task.submitted) if task.submitted is not None else -(1 << 62), task.msg_id)
+        entry = (-key[0], _Desc(key[1]), TaskRow.of(task))  # a max-heap of the earliest: its top goes first
+        if len(self._chains) < CHAINS:
+            heapq.heappush(self._chains, entry)
+        elif entry[:2] > self._chains[0][:2]:
+            heapq.heapreplace(self._chains, entry)
 
     def _ran(self, task: TaskState, sub: int | None, start: int, end: int | None, failed: bool) -> None:
         """Count the wait and run of a task that started (times in µs)."""
@@ -131,9 +139,11 @@ class Tally:
         if end >= start:
             run = (end - start) / 1e6
             self.runs.append(run)
-            if len(self._slowest) < TOP or run > self._slowest[0][0]:
-                entry = (run, self.tasks, TaskRow.of(task))
-                (heapq.heapreplace if len(self._slowest) == TOP else heapq.heappush)(self._slowest, entry)
+            entry = (run, _Desc(task.msg_id), TaskRow.of(task))  # ties: the smaller msg_id is slower
+            if len(self._slowest) < TOP:
+                heapq.heappush(self._slowest, entry)
+            elif entry[:2] > self._slowest[0][:2]:
+                heapq.heapreplace(self._slowest, entry)
         self.ran_engine.append(self.engines.setdefault(task.engine_uuid or "?", len(self.engines)))
         self.ran_start.append(start)
         self.ran_end.append(end)
@@ -141,5 +151,22 @@ class Tally:
 
     @property
     def slowest(self) -> list[TaskRow]:
-        """The TOP tasks that ran longest, longest first."""
-        return [row for _, _, row in sorted(self._slowest, key=lambda e: (-e[0], e[1]))]
+        """The TOP tasks that ran longest, longest first (ties by msg_id)."""
+        return [row for *_, row in sorted(self._slowest, key=lambda e: e[:2], reverse=True)]
+
+    @property
+    def chains(self) -> list[TaskRow]:
+        """The CHAINS resubmitted tasks submitted first, in that order."""
+        return [row for *_, row in sorted(self._chains, key=lambda e: e[:2], reverse=True)]
+
+
+class _Desc(str):
+    """A msg_id that sorts backwards: heap entries whose ties put the smaller id first."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: object) -> bool:
+        return str.__gt__(self, other)  # type: ignore[operator]
+
+    def __gt__(self, other: object) -> bool:
+        return str.__lt__(self, other)  # type: ignore[operator]

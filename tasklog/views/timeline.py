@@ -22,7 +22,6 @@ from ..baseline import Baseline
 from ..events import Complete, Drop, Event, Resubmit, Submit
 from ..lifecycle import Lifecycle, TaskState
 from ..log import TaskLog
-from ..records import FAILED_STATUSES
 
 __all__ = ["trace_events", "write_trace"]
 
@@ -133,7 +132,7 @@ def _ended(state: _State, task: TaskState) -> Generator[dict[str, Any], None, tu
     args: dict[str, Any] = {"msg_id": msg_id, "status": task.status}
     slice_: dict[str, Any] = {"ph": "X", "name": task.label or "task", "cat": "task", "pid": _ENGINES,
                               "tid": tid, "ts": start, "dur": max(end - start, 1), "args": args}
-    if task.status in FAILED_STATUSES:
+    if task.failed:
         slice_.update(cat="failed", cname="terrible")  # a colour Chrome's viewer names for failures
         args["error"] = task.error
     yield slice_
@@ -197,8 +196,8 @@ def _seed(state: _State, base: Baseline) -> _Trace:
     ended: dict[str, tuple[int, int, int]] = {}  # tasks in a resubmit that ran: (track, start, end)
     links: list[tuple[str, str]] = []  # (original, resubmission)
     for task in base.tasks():
-        if task.dropped:
-            continue
+        if task.dropped and task.completed is None:
+            continue  # purged in flight: a fold of the events drops it undrawn; one that ended is drawn
         msg_id = task.msg_id
         if task.resubmitted_from is not None:
             links.append((task.resubmitted_from, msg_id))

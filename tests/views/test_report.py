@@ -136,7 +136,7 @@ def _log_of(path: str, tasks: list[tuple[str, datetime, datetime, datetime, str,
 def _reported(path: str, page: Path, tasks: int) -> str:
     done = run_cli("report", "--log", path, "-o", str(page))
     assert (done.returncode, done.stderr) == (0, ""), done.stderr[-3000:]  # no traceback, no warning
-    assert done.stdout == f"report of {tasks:,} tasks -> {page}\n"
+    assert done.stdout == f"report of {tasks:,} task{'' if tasks == 1 else 's'} -> {page}\n"
     text = page.read_text()
     charts = re.findall(r"base64,([^']*)'", text)
     assert len(charts) == text.count("<img ") >= 4 and all(len(png) > 1000 for png in charts), text[-2000:]
