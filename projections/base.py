@@ -327,9 +327,9 @@ class Projection(ABC):
         with self._lock:
             return self._history()
 
-    def state_counts(self) -> Counter[str]:
-        """Tasks by lifecycle state (see ``tasklog.lifecycle.STATES``), purged ones included."""
-        return Counter(task.state for task in self.task_states())
+    def tasks_by(self, name: str) -> Counter[str | None]:
+        """Tasks, purged ones included, by ``state`` (see ``tasklog.lifecycle.STATES``) or another TaskState field."""
+        return Counter(getattr(task, name) for task in self.task_states())
 
     def task_states(self) -> Iterator[TaskState]:
         """Every task's lifecycle state (streamed where the backend can); purged ones where the backend keeps them."""

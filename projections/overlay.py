@@ -102,12 +102,12 @@ class Overlay(Projection):
                 yield task
         yield from (task_of(rec) for rec in mine.values() if rec is not None)
 
-    def state_counts(self) -> Counter[str]:
-        """The projection's tasks by state, with the overlay's records in place of theirs."""
-        out = self.inner.state_counts()
+    def tasks_by(self, name: str) -> Counter[str | None]:
+        """The projection's tasks by ``name``, with the overlay's records in place of theirs."""
+        out = self.inner.tasks_by(name)
         below = self.inner.records_of(set(self._records))
-        out.subtract(task_of(rec).state for rec in below.values() if rec is not None)
-        out.update(task_of(rec).state for rec in self._records.values() if rec is not None)
+        out.subtract(getattr(task_of(rec), name) for rec in below.values() if rec is not None)
+        out.update(getattr(task_of(rec), name) for rec in self._records.values() if rec is not None)
         return +out
 
     def close(self) -> None:

@@ -25,7 +25,8 @@ def log_stats(log: TaskLog, proj: Projection) -> LogStats:
     out = LogStats(events=max(last - start + 1, 0), first_seq=first, last_seq=last if first else 0,
                    start_seq=start)
     out.by_type = proj.counted.in_log(start, last, partial(event_types, log))
-    out.by_state = proj.state_counts()
+    out.by_state = proj.tasks_by("state")
+    out.by_engine, out.by_queue = proj.tasks_by("engine_uuid"), proj.tasks_by("queue")
     out = with_log_figures(out, log)
     # Named, not read: the read model holds the tasks (a damaged snapshot refused stats alone).
     out.tasks_from = max((seq for seq in out.snapshots if seq < start), default=None) if start > 1 else None

@@ -33,8 +33,10 @@ class LogStats:
     by_type: Counter[str] = field(default_factory=Counter)
     start_seq: int = 1
     snapshots: list[int] = field(default_factory=list)
-    #: Tasks by their state after the log's events (see STATES).
-    by_state: Counter[str] = field(default_factory=Counter)
+    #: Tasks by their state after the log's events (see STATES), by engine and by queue (None: none).
+    by_state: Counter[str | None] = field(default_factory=Counter)
+    by_engine: Counter[str | None] = field(default_factory=Counter)
+    by_queue: Counter[str | None] = field(default_factory=Counter)
     #: When the first and the last event still in the log were committed (UTC).
     first_commit: datetime | None = None
     last_commit: datetime | None = None
@@ -47,7 +49,15 @@ class LogStats:
                 "start_seq": self.start_seq, "snapshots": self.snapshots,
                 "disk_bytes": self.disk_bytes, "by_type": dict(sorted(self.by_type.items())),
                 "by_state": {s: self.by_state.get(s, 0) for s in STATES},
+                "by_engine": _named(self.by_engine), "by_queue": _named(self.by_queue),
                 "first_commit": self.first_commit, "last_commit": self.last_commit, "tasks_from": self.tasks_from}
+
+
+NONE = "(none)"  # how a task with no engine or queue is listed
+
+
+def _named(counts: Counter[str | None]) -> dict[str, int]:
+    return {NONE if k is None else k: n for k, n in sorted(counts.items(), key=lambda kv: str(kv[0]))}
 
 
 def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None = None) -> LogStats:
@@ -74,6 +84,8 @@ def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None 
     out.by_type = by_type
     out.tasks_from = None if base is None else base.seq
     out.by_state = Counter(task.state for task in life.tasks.values())
+    out.by_engine = Counter(task.engine_uuid for task in life.tasks.values())
+    out.by_queue = Counter(task.queue for task in life.tasks.values())
     return with_log_figures(out, log)
 
 

@@ -411,9 +411,16 @@ class SQLiteProjection(Projection):
                 task.dropped = bool(dropped)
                 yield task
 
-    def state_counts(self) -> Counter[str]:
-        """Tasks by lifecycle state (see ``tasklog.lifecycle.STATES``), purged ones included."""
-        return Counter(dict(self._db.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall()))
+    def tasks_by(self, name: str) -> Counter[str | None]:
+        """Tasks, purged ones included, by ``state`` or another TaskState field: one ``GROUP BY``
+        (a row whose column could not hold the value is read from its document)."""
+        if name not in _STATE_FIELDS and name not in LIFE:
+            return super().tasks_by(name)  # not a column: AttributeError for what a TaskState lacks
+        out: Counter[str | None] = Counter(dict(self._db.execute(
+            f"SELECT {name}, COUNT(*) FROM records WHERE irregular = 0 GROUP BY {name}").fetchall()))
+        odd = self._db.execute("SELECT doc FROM records WHERE irregular = 1")
+        out.update(getattr(task_of(decode_document(blob)), name) for (blob,) in odd)
+        return out
 
     def close(self) -> None:
         """Close the database file."""

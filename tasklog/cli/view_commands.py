@@ -20,7 +20,7 @@ from ..log import TaskLog
 from ..progress import Progress
 from ..stream.stopping import terminating_interrupts
 from ..views import report, timeline
-from ..views.jsonfmt import dumps
+from ..views.jsonfmt import dumps, printable
 from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, output_to, read_model, stop_seq
 
 __all__ = ["STATS", "TIMELINE", "REPORT"]
@@ -80,6 +80,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("tasks by state")
     for name in verify.STATES:
         print(f"  {name:12s} {st.by_state.get(name, 0):,}")
+    for title, counts in (("engine", st.by_engine), ("queue", st.by_queue)):
+        print(f"tasks by {title}")
+        for key, n in sorted(counts.items(), key=lambda kv: str(kv[0])):
+            print(f"  {printable(verify.NONE if key is None else key):12s} {n:,}")
     return 0
 
 

@@ -63,7 +63,7 @@ def _counted(path: str, base: Baseline | None = None) -> dict[str, Any]:
 
 
 def _same(cli: dict[str, Any], counted: dict[str, Any]) -> None:
-    keys = ("events", "first_seq", "last_seq", "start_seq", "by_type", "by_state")
+    keys = ("events", "first_seq", "last_seq", "start_seq", "by_type", "by_state", "by_engine", "by_queue")
     assert {k: cli[k] for k in keys} == {k: counted[k] for k in keys}
 
 
@@ -141,7 +141,7 @@ def test_task_states_are_the_lifecycles_on_every_backend(big: str, tmp_path: Pat
         with projections.open(spec) as proj:
             proj.apply(events)
             assert sorted(proj.task_states(), key=lambda t: t.msg_id) == truth, spec
-            assert proj.state_counts() == Counter(t.state for t in truth)
+            assert proj.tasks_by("state") == Counter(t.state for t in truth)
 
 
 def _trace(path: str, *extra: str) -> list[str]:
@@ -234,9 +234,9 @@ def test_a_read_only_projection_answers_as_of_one_commit_of_its_writer(tmp_path:
     writer = projections.open(f"sqlite:///{db}")
     writer.apply(events[:400])
     reader = projections.backends.sqlite.SQLiteProjection(db, readonly=True)
-    seen = (reader.last_seq, sum(reader.counted.blocks.values()), reader.state_counts(), reader.count({}))
+    seen = (reader.last_seq, sum(reader.counted.blocks.values()), reader.tasks_by("state"), reader.count({}))
     writer.apply(events[400:])  # committed while the reader reads
-    assert (reader.last_seq, sum(reader.counted.blocks.values()), reader.state_counts(), reader.count({})) == seen
+    assert (reader.last_seq, sum(reader.counted.blocks.values()), reader.tasks_by("state"), reader.count({})) == seen
     assert seen[:2] == (400, 400) and reader.count({}) < writer.count({})
     reader.close()
     writer.close()
