@@ -260,7 +260,8 @@ class SQLiteProjection(Projection):
                 rows = db.execute("SELECT msg_id, doc FROM records").fetchall()
                 db.executemany(f"UPDATE records SET {', '.join(c + ' = ?' for c in LIFE)} WHERE msg_id = ?",
                                [(*_life(decode_document(blob)), m) for m, blob in rows])
-                # Its events were not counted: from the next one on, if it holds none yet.
+                # Its events were never counted: counts are kept only if it holds none yet; else
+                # stats counts its events from the log until it is rebuilt (the readers' own is).
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('counted_from', "
                            "(SELECT CASE value WHEN 0 THEN 1 END FROM meta WHERE key = 'last_seq'))")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
