@@ -417,11 +417,14 @@ class SQLiteProjection(Projection):
         (a row whose column could not hold the value is read from its document)."""
         if name not in _STATE_FIELDS and name not in LIFE:
             return super().tasks_by(name)  # not a column: AttributeError for what a TaskState lacks
+        # The column's own index alone (a filter on another column read every row: a second at 1M
+        # events); then the few irregular rows moved to what their documents say.
         out: Counter[str | None] = Counter(dict(self._db.execute(
-            f"SELECT {name}, COUNT(*) FROM records WHERE irregular = 0 GROUP BY {name}").fetchall()))
-        odd = self._db.execute("SELECT doc FROM records WHERE irregular = 1")
-        out.update(getattr(task_of(decode_document(blob)), name) for (blob,) in odd)
-        return out
+            f"SELECT {name}, COUNT(*) FROM records GROUP BY {name}").fetchall()))
+        for column, blob in self._db.execute(f"SELECT {name}, doc FROM records WHERE irregular = 1"):
+            out[column] -= 1
+            out[getattr(task_of(decode_document(blob)), name)] += 1
+        return +out
 
     def close(self) -> None:
         """Close the database file."""
