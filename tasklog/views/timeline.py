@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
 from ..baseline import Baseline
@@ -29,8 +29,13 @@ _ENGINES, _QUEUE = 1, 2  # the two trace "processes"
 _Trace = Iterator[dict[str, Any]]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _us(when: datetime | None) -> int | None:
-    return None if when is None else int(when.timestamp() * 1_000_000)
+    # Exact whole microseconds (a float timestamp times a million came out a microsecond short).
+    return None if when is None else (when - _EPOCH) // _MICROSECOND
 
 
 @dataclass
@@ -128,7 +133,8 @@ def _ended(state: _State, task: TaskState) -> Generator[dict[str, Any], None, tu
     if start is None or end is None or (state.since is not None and start < state.since):
         return None
     tid, meta = state.track(task.engine_uuid)
-    yield from meta
+    if meta:  # each test here spares a generator per task: this runs for each of a million
+        yield from meta
     args: dict[str, Any] = {"msg_id": msg_id, "status": task.status}
     slice_: dict[str, Any] = {"ph": "X", "name": task.label or "task", "cat": "task", "pid": _ENGINES,
                               "tid": tid, "ts": start, "dur": max(end - start, 1), "args": args}
@@ -138,10 +144,11 @@ def _ended(state: _State, task: TaskState) -> Generator[dict[str, Any], None, tu
     yield slice_
     submitted = _us(task.submitted)
     if submitted is not None and submitted <= start:
-        ident = {"cat": "queue", "name": "queued", "pid": _QUEUE, "tid": 1, "id": msg_id}
-        yield {**ident, "ph": "b", "ts": submitted, "args": {"msg_id": msg_id}}
-        yield {**ident, "ph": "e", "ts": start}
-    yield from _flows(state, msg_id, tid, start)
+        yield {"cat": "queue", "name": "queued", "pid": _QUEUE, "tid": 1, "id": msg_id, "ph": "b", "ts": submitted,
+               "args": {"msg_id": msg_id}}
+        yield {"cat": "queue", "name": "queued", "pid": _QUEUE, "tid": 1, "id": msg_id, "ph": "e", "ts": start}
+    if state.linked:
+        yield from _flows(state, msg_id, tid, start)
     return tid, start
 
 

@@ -28,6 +28,7 @@ import signal
 import time
 from collections.abc import Generator
 from concurrent import futures
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import ipyparallel.tests as ipp_tests
@@ -88,18 +89,23 @@ def add_engines(n: int = 1, profile: str = "iptest", total: bool = False) -> lis
 
 
 def _reached(rc: Client, targets: list[int]) -> bool:
-    """Whether the direct and the broadcast schedulers both reach ``targets`` (one round trip each).
+    """Whether the direct, the broadcast and the control schedulers all reach ``targets`` (one
+    round trip each).
 
     An engine is listed once the Hub has registered it, which can be before its connections to the
     schedulers are up; a scheduler's ROUTER drops what it sends to an engine not yet connected, so
     a test's first message to a new engine was lost for good (``TestView::test_block_kwarg``'s
-    broadcast, unanswered, once in five clean runs). A lost probe is only sent again.
+    broadcast, unanswered, once in five clean runs; ``TestLoadBalancedView``'s setup, whose
+    ``clear`` goes by the control channel, once in the five clean runs after that). A lost probe is
+    only sent again.
     """
     probes = [rc[targets].execute("pass", block=False), rc.broadcast_view(targets).execute("pass", block=False)]
+    control = rc.clear(targets=targets, block=False)  # a new engine's namespace is empty: nothing lost
     try:
         for probe in probes:
             probe.get(timeout=2)
-    except error.TimeoutError:
+        control.result(timeout=2)
+    except (error.TimeoutError, FutureTimeout):
         return False
     return True
 
