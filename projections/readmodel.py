@@ -150,10 +150,14 @@ def _unfit(hub: SQLiteProjection, log: TaskLog) -> str | None:
             return (f"is at event {hub.last_seq}, past the log's last event {log.last_seq} (events an async "
                     "Hub lost in a crash; the Hub rebuilds it when it opens the log)")
         time.sleep(0.01)
+    if log.last_seq - hub.last_seq > _BEHIND:
+        # Folded over it in memory at every read, never kept: the readers' model keeps its catch-up.
+        return f"is {log.last_seq - hub.last_seq:,} events behind the log (no Hub keeps it current)"
     return None
 
 
 _AHEAD_WAIT = 2.0  # seconds: many times an async log's commit interval
+_BEHIND = 1 << 16  # events: a live Hub's write-behind is a thousand behind at most
 
 
 def damaged(model: ReadModel, exc: Exception) -> ProjectionError:

@@ -12,6 +12,7 @@ import base64
 import html
 import importlib
 import io
+import logging
 import warnings
 from array import array
 from collections.abc import Callable, Iterator
@@ -59,12 +60,20 @@ def check_extra() -> None:
 
 
 def _pyplot() -> Any:
+    # matplotlib logs a warning when it cannot write its cache directory (it makes a temporary
+    # one): the report says what it has to say in the report, never on stderr.
+    quiet = logging.getLogger("matplotlib")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     except ImportError:
         raise MissingExtraError("matplotlib", "report", "tasklog report") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    finally:
+        quiet.setLevel(level)
     return plt
 
 

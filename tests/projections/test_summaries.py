@@ -304,3 +304,20 @@ def test_the_logs_bytes_on_disk_are_its_own(tmp_path: Path) -> None:
         own = log.disk_bytes()
     assert _stats(path)["disk_bytes"] == own  # the read model the first stats builds is not the log's
     assert os.path.exists(os.path.join(path, readmodel.FILE)) and _stats(path)["disk_bytes"] == own
+
+
+def test_a_hubs_projection_far_behind_its_log_is_passed_by(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hub keeps it current: folded over it in memory at every read, its catch-up was never kept."""
+    path = _log_of(tmp_path / "log", 60)
+    with TaskLog.open(path, readonly=True) as log:
+        projections.replay(log, f"sqlite:///{os.path.join(path, readmodel.HUB_FILE)}").close()
+    with TaskLog.open(path) as log:
+        before = log.last_seq
+        log.append_many(list(simulate(20, seed=6)))
+        behind = log.last_seq - before
+    monkeypatch.setattr(readmodel, "_BEHIND", 50)  # a threshold: the test's log is small
+    with TaskLog.open(path, readonly=True) as log:
+        model = readmodel.open_read_model(log)
+        with model.projection as proj:
+            assert model.kind == "log directory" and f"is {behind:,} events behind the log" in str(model.why_not_hub)
+            assert proj.count({}) == projections.open("dict", log=log).count({})

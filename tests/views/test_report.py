@@ -15,7 +15,7 @@ import pytest
 from tasklog import InterfaceError, MissingExtraError, TaskLog
 from tasklog.views import report
 from tasklog.views.report import busy_fraction, collect, write_report
-from tests.support import run_cli
+from tests.support import child_env, run_cli
 
 # Recorded in the page itself: what its images did and every error the page met, then read back
 # from the DOM Chromium dumps once the page has loaded.
@@ -177,3 +177,15 @@ def test_report_is_quiet_whatever_the_names_say(tmp_path: Path) -> None:
               odd[(i + 1) % 5], {"status": "error", "ename": f"{odd[(i + 2) % 5]}{i}"}) for i in range(40)]
     _log_of(str(tmp_path / "log"), tasks)
     _reported(str(tmp_path / "log"), tmp_path / "odd.html", 40)
+
+
+def test_report_is_quiet_when_matplotlib_cannot_keep_its_cache(tmp_path: Path) -> None:
+    """matplotlib warns on stderr when its config directory cannot be written (it makes a temporary one)."""
+    path = str(tmp_path / "log")
+    _cluster_like(path)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    env = {**child_env(), "MPLCONFIGDIR": str(blocked / "mpl"), "XDG_CACHE_HOME": str(blocked)}
+    done = subprocess.run([sys.executable, "-m", "tasklog", "report", "--log", path, "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
