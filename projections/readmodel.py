@@ -69,10 +69,16 @@ class ReadModel:
     why_slow: str | None = None
     #: Why the Hub's projection in the log directory was not used (None: there is none, or it was).
     why_not_hub: str | None = None
+    #: Why a place before this one was passed by though it could keep it (another reader held it).
+    why_elsewhere: str | None = None
 
 
 class _Unusable(Exception):
     """This place cannot keep the read model (not the log's fault): the next place is tried."""
+
+
+class _Busy(_Unusable):
+    """Another reader has held this place's lock too long (a stopped process): the next place."""
 
 
 def cache_path(log: TaskLog) -> str:
@@ -88,18 +94,21 @@ def cache_path(log: TaskLog) -> str:
 
 def open_read_model(log: TaskLog, label: str = "catch-up") -> ReadModel:
     """The freshest persistent projection of ``log``, caught up (a progress bar on a terminal);
-    where none can be kept, the log folded in memory."""
+    where none can be kept, the log folded in memory. It is caught up under the read model's lock;
+    to catch it up again later, open it again (two processes catching one file up by themselves
+    would fold the same events twice)."""
     hub, why_not_hub = _hub(log, label)
     if hub is not None:
         return hub
-    reasons = []
+    reasons, busy = [], []
     for kind, path in (("log directory", os.path.join(log.path, FILE)), ("cache", cache_path(log))):
         try:
             model = _kept(log, path, kind, label)
         except _Unusable as why:
             reasons.append(f"{path}: {why}")
+            busy += [reasons[-1]] if isinstance(why, _Busy) else []
             continue
-        model.why_not_hub = why_not_hub
+        model.why_not_hub, model.why_elsewhere = why_not_hub, "; ".join(busy) or None
         return model
     proj = SQLiteProjection(":memory:")  # a dict of the records took five times the memory (issue 22)
     try:
@@ -142,6 +151,10 @@ def _unfit(hub: SQLiteProjection, log: TaskLog) -> str | None:
         return f"is pinned at event {hub.pinned} (a replay --to left it there)"
     if hub.log_identity not in (None, log.identity):
         return f"was built from another log ({hub.log_identity})"
+    if hub.counted.since is None:
+        # Upgraded from an older tasklog (its purged tasks known by id only, its events uncounted)
+        # or after a lost async commit: the readers' model answers every question whole.
+        return "keeps no count of its events (an older tasklog's file, or rewound after a lost commit)"
     deadline = time.monotonic() + _AHEAD_WAIT
     # An async Hub stores what it folded before the log's commit of it is visible: a moment later
     # the log holds it (a reader that took this for a crash built a read model beside a live Hub).
@@ -267,7 +280,7 @@ def _locked(path: str) -> Iterator[None]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EEXIST, "not a regular file")
-        fcntl.flock(fd, fcntl.LOCK_EX)  # flock, not fcntl's locks, which are SQLite's own
+        _wait_for_lock(fd)
         with suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
@@ -276,6 +289,25 @@ def _locked(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _wait_for_lock(fd: int) -> None:
+    """Take the read model's lock (flock, not fcntl's locks, which are SQLite's own), waiting for
+    the reader that holds it at most ``_LOCK_WAIT``: a stopped one (Ctrl-Z) held every other reader
+    for good, without a word."""
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise _Busy(f"another reader has been catching it up for over {_LOCK_WAIT:.0f} s") from None
+            time.sleep(0.05)
+
+
+_LOCK_WAIT = 60.0  # seconds: a first build at a million events takes about 50
 
 
 def _catch_up(proj: Projection, log: TaskLog, label: str) -> int:

@@ -53,11 +53,10 @@ class LogStats:
                 "first_commit": self.first_commit, "last_commit": self.last_commit, "tasks_from": self.tasks_from}
 
 
-NONE = "(none)"  # how a task with no engine or queue is listed
-
-
-def _named(counts: Counter[str | None]) -> dict[str, int]:
-    return {NONE if k is None else k: n for k, n in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+def _named(counts: Counter[str | None]) -> list[tuple[str | None, int]]:
+    # Pairs, not an object: no key could stand for "none" that an engine could not be named (an
+    # engine called "(none)" was merged with the tasks that have no engine).
+    return sorted(counts.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
 
 
 def stats(log: TaskLog, progress: Progress | None = None, base: Baseline | None = None) -> LogStats:

@@ -224,8 +224,9 @@ def read_model(log: TaskLog, label: str = "catch-up") -> Iterator[ReadModel]:
     saying so on stderr when it is not the Hub's though the Hub keeps one, or was folded in memory.
     A read model SQLite finds damaged while it is read is one line (and removed: built again next)."""
     model = open_read_model(log, label)
-    if model.why_not_hub:
-        print(f"tasklog: {model.why_not_hub}: answering from {model.path or 'memory'}", file=sys.stderr)
+    for why in (model.why_not_hub, model.why_elsewhere):
+        if why:
+            print(f"tasklog: {why}: answering from {model.path or 'memory'}", file=sys.stderr)
     if model.why_slow:
         print(f"tasklog: folded {model.folded:,} events in memory: {model.why_slow}", file=sys.stderr)
     try:

@@ -80,10 +80,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("tasks by state")
     for name in verify.STATES:
         print(f"  {name:12s} {st.by_state.get(name, 0):,}")
-    for title, counts in (("engine", st.by_engine), ("queue", st.by_queue)):
+    figures = st.as_dict()
+    for title in ("engine", "queue"):
         print(f"tasks by {title}")
-        for key, n in sorted(counts.items(), key=lambda kv: str(kv[0])):
-            print(f"  {printable(verify.NONE if key is None else key):12s} {n:,}")
+        for key, n in figures[f"by_{title}"]:
+            print(f"  {f'(no {title})' if key is None else printable(key, quoted=not key):12s} {n:,}")
     return 0
 
 

@@ -30,6 +30,7 @@ __all__ = ["TaskRow", "busy_fraction", "check_extra", "collect", "states", "writ
 
 _GANTT_MAX = 4000  # tasks drawn one bar each; past that, the busy fraction per engine and time bin
 _BINS = 240  # time bins of that busy fraction: about one per 3 pixels of the chart
+_ROWS = 40  # engines drawn a row each at most: past it, a busy fraction image, every k-th one named
 
 
 def states(log: TaskLog, progress: Callable[[int], None] | None = None,
@@ -143,9 +144,12 @@ def _engines(plt: Any, tally: Tally) -> tuple[str, str]:
     """The engines chart and its alt text, which says which of its two forms it took."""
     names = sorted(tally.engines)
     n = len(tally.ran_engine)
-    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * max(len(names), 1)))
+    # A row per engine, up to _ROWS: 10,000 engine ids (a new one at each restart) drew a PNG
+    # 216,057 pixels tall in two minutes.
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * min(max(len(names), 1), _ROWS)))
     first, last = (min(tally.ran_start), max(tally.ran_end)) if n else (0, 0)
-    if n <= _GANTT_MAX:
+    bars = n <= _GANTT_MAX and len(names) <= _ROWS
+    if bars:
         ran = _ran(tally)
         for i, engine in enumerate(names):
             mine = [(start, end, failed) for e, start, end, failed in ran if e == engine]
@@ -160,12 +164,13 @@ def _engines(plt: Any, tally: Tally) -> tuple[str, str]:
                           extent=(mdates.date2num(at(first)), mdates.date2num(at(last)), -0.5, len(names) - 0.5))
         ax.xaxis_date()
         fig.colorbar(shown, ax=ax, label="busy", pad=0.01)
-        ax.set_title(f"Engines over time: busy fraction ({n:,} tasks)")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels([e[:12] for e in names])
+        ax.set_title(f"Engines over time: busy fraction ({n:,} tasks, {len(names):,} engines)")
+    every = -(-len(names) // _ROWS)  # past _ROWS engines, every k-th one named
+    ax.set_yticks(range(0, len(names), every))
+    ax.set_yticklabels([e[:12] for e in names[::every]])
     ax.grid(alpha=0.3, axis="x")
-    _time_axis(ax, (at(first), at(last)) if n else None, 0.05 if n <= _GANTT_MAX else 0)
-    return _png(fig), "engines: one bar per task" if n <= _GANTT_MAX else "engines: busy fraction"
+    _time_axis(ax, (at(first), at(last)) if n else None, 0.05 if bars else 0)
+    return _png(fig), "engines: one bar per task" if bars else "engines: busy fraction"
 
 
 def _ran(tally: Tally) -> list[tuple[str, datetime, datetime, bool]]:

@@ -34,8 +34,11 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def _us(when: datetime | None) -> int | None:
-    # Exact whole microseconds (a float timestamp times a million came out a microsecond short).
-    return None if when is None else (when - _EPOCH) // _MICROSECOND
+    # Exact whole microseconds (a float timestamp times a million came out a microsecond short);
+    # a time without a zone (``--since`` as typed) is local time, as everywhere in the CLI.
+    if when is None:
+        return None
+    return ((when if when.tzinfo is not None else when.astimezone()) - _EPOCH) // _MICROSECOND
 
 
 @dataclass

@@ -6,6 +6,7 @@ and the same report rows as from the events."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +323,35 @@ def test_a_hubs_projection_far_behind_its_log_is_passed_by(tmp_path: Path, monke
         with model.projection as proj:
             assert model.kind == "log directory" and f"is {behind:,} events behind the log" in str(model.why_not_hub)
             assert proj.count({}) == projections.open("dict", log=log).count({})
+
+
+def test_a_reader_that_holds_the_lock_too_long_is_passed_by_saying_so(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped reader (Ctrl-Z on a first build) held every other reader for good, without a word."""
+    path = _log_of(tmp_path / "log", 30)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(readmodel, "_LOCK_WAIT", 0.3)  # a threshold: a minute in use
+    held = os.open(os.path.join(path, readmodel.FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the stopped reader holds it
+    try:
+        with TaskLog.open(path, readonly=True) as log:
+            model = readmodel.open_read_model(log)
+            with model.projection as proj:
+                assert model.kind == "cache" and "another reader has been catching it up" in str(model.why_elsewhere)
+                assert proj.count({}) == projections.open("dict", log=log).count({})
+    finally:
+        os.close(held)
+
+
+def test_stats_lists_an_engine_named_like_no_engine_apart_and_since_takes_local_time(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    with TaskLog.open(path) as log:
+        for m in ("t0", "t1", "t2", "t3"):
+            log.submit(m)
+        log.start("t3", "(none)")
+    doc = _stats(path)
+    assert doc["by_engine"] == [[None, 3], ["(none)", 1]] == _counted(path)["by_engine"]
+    text = run_cli("stats", "--log", path, check=True).stdout
+    assert "(no engine)  3" in text and "(none)       1" in text
+    naive = datetime.now().replace(microsecond=0).isoformat()  # no zone: local time, as --as-of takes it
+    assert run_cli("timeline", "--log", path, "--since", naive, "-o", "-", check=True).stdout.startswith("{")
