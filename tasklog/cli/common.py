@@ -23,8 +23,8 @@ from ..log import TaskLog
 from ..store import MARKER
 from ..stream import wire
 
-__all__ = ["Command", "DEFAULT_LOG", "add_log", "iso_time", "removed_on_failure", "local_file", "positive", "at_least",
-           "output_to", "seconds", "add_servers", "add_wait", "read_model"]
+__all__ = ["Command", "DEFAULT_LOG", "add_log", "add_output", "iso_time", "removed_on_failure", "local_file",
+           "positive", "at_least", "output_to", "seconds", "add_servers", "add_wait", "read_model"]
 
 DEFAULT_LOG = "./tasklog-data"
 
@@ -43,6 +43,12 @@ def add_log(parser: argparse.ArgumentParser) -> None:
     """The --log argument, the same in every command."""
     parser.add_argument("--log", default=DEFAULT_LOG, metavar="DIR",
                         help=f"the log directory (default {DEFAULT_LOG})")
+
+
+def add_output(parser: argparse.ArgumentParser, default: str, what: str) -> None:
+    """The -o argument of a command that writes a file (``-`` for standard output)."""
+    parser.add_argument("-o", "--output", default=default, metavar="FILE",
+                        help=f"where to write the {what} (default {default}; - for standard output)")
 
 
 def at_least(low: int) -> Callable[[str], int]:

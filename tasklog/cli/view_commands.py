@@ -21,7 +21,7 @@ from ..progress import Progress
 from ..stream.stopping import terminating_interrupts
 from ..views import report, timeline
 from ..views.jsonfmt import dumps, printable
-from .common import AS_OF_HELP, Command, add_log, at_least, iso_time, output_to, read_model, stop_seq
+from .common import AS_OF_HELP, Command, add_log, add_output, at_least, iso_time, output_to, read_model, stop_seq
 
 __all__ = ["STATS", "TIMELINE", "REPORT"]
 
@@ -108,15 +108,19 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             base_at = view_base(log, f"timeline up to event {stop}", stop)
             with output_to(args.output) as out:
                 n = timeline.write_trace(log, out, stop, since, base_at)
-    if args.output != "-":
-        print(f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    _wrote(args.output, f"{n:,} trace events -> {args.output} (open it in https://ui.perfetto.dev or chrome://tracing)")
     return 0
+
+
+def _wrote(output: str, line: str) -> None:
+    """Say what was written, unless it went to standard output (where it would be mixed in)."""
+    if output != "-":
+        print(line)
 
 
 def _timeline_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
-    p.add_argument("-o", "--output", default="timeline.json", metavar="FILE",
-                   help="where to write the trace (default timeline.json; - for standard output)")
+    add_output(p, "timeline.json", "trace")
     p.add_argument("--to", type=at_least(0), metavar="SEQ", help="up to this event")
     p.add_argument("--as-of", metavar="ISO_TIME", help=AS_OF_HELP)
     p.add_argument("--since", metavar="ISO_TIME", help="only tasks started at or after this time")
@@ -128,15 +132,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     report.check_extra()  # before a read model is built for nothing
     with _open_ro(args) as log, output_to(args.output) as out, _read_model_base(log, "report") as base:
         tasks = report.write_report(log, out, base=base)
-    if args.output != "-":
-        print(f"report of {tasks:,} task{'' if tasks == 1 else 's'} -> {args.output}")
+    _wrote(args.output, f"report of {tasks:,} task{'' if tasks == 1 else 's'} -> {args.output}")
     return 0
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     add_log(p)
-    p.add_argument("-o", "--output", default="report.html", metavar="FILE",
-                   help="where to write the report (default report.html; - for standard output)")
+    add_output(p, "report.html", "report")
 
 
 REPORT = Command("report", "write a one-file HTML report: throughput, engines, waits and run times, failures, "
