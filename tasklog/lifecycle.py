@@ -94,7 +94,7 @@ class TaskState:
         kept = {key: record.get(key) for key in _RECORD_KEYS}
         content = record.get("result_content")
         if isinstance(content, dict):
-            kept["result_content"] = {k: content[k] for k in ("status", "ename") if k in content}
+            kept["result_content"] = {k: content[k] for k in _REPLY if k in content}
         return kept
 
 
@@ -125,10 +125,14 @@ def _set(state: TaskState, key: str, value: Any) -> None:
     setattr(state, key, value)
 
 
+# What a state reads of a reply's content: its key -> the state's field.
+_REPLY = {"status": "reply_status", "ename": "reply_error"}
+
+
 def _reply(state: TaskState, content: Any) -> None:
     said = content if isinstance(content, dict) else {}
-    _set(state, "reply_status", said.get("status"))
-    _set(state, "reply_error", said.get("ename"))
+    for key, name in _REPLY.items():
+        _set(state, name, said.get(key))
 
 
 def _submit(state: TaskState, ev: Submit) -> None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import IO, Any
 
 from ..baseline import Baseline
 from ..events import Complete, Drop, Event, Resubmit, Submit
+from ..fields import utc
 from ..lifecycle import Lifecycle, TaskState
 from ..log import TaskLog
+from .tally import micros
 
 __all__ = ["trace_events", "write_trace"]
 
@@ -29,16 +31,12 @@ _ENGINES, _QUEUE = 1, 2  # the two trace "processes"
 _Trace = Iterator[dict[str, Any]]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def _us(when: datetime | None) -> int | None:
     # Exact whole microseconds (a float timestamp times a million came out a microsecond short);
     # a time without a zone (``--since`` as typed) is local time, as everywhere in the CLI.
     if when is None:
         return None
-    return ((when if when.tzinfo is not None else when.astimezone()) - _EPOCH) // _MICROSECOND
+    return micros(when if when.tzinfo is not None else utc(when))
 
 
 @dataclass

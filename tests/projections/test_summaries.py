@@ -100,8 +100,11 @@ def test_every_path_that_folds_keeps_the_counts(big: str, tmp_path: Path) -> Non
         events = list(log.read())
     truth = Counter(ev.type for _, ev in events)
     hub = WriteBehind(projections.open(f"sqlite:///{tmp_path / 'hub.db'}"), batch=500)
+    life = Lifecycle()
     for seq, ev in events[:-700]:
         hub.apply_one(seq, ev)  # as a Hub feeds its projection, one event per call
+        life.apply(ev)
+    assert hub.tasks_by("state") == Counter(task.state for task in life.tasks.values())  # pending ones too
     hub.close()
     with projections.open(f"sqlite:///{tmp_path / 'hub.db'}") as reopened:
         assert reopened.counted.since == 1 and reopened.last_seq == events[-701][0]
