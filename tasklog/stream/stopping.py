@@ -22,20 +22,24 @@ T = TypeVar("T")
 
 
 def until_stopped(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None = None,
-              on_stop: Callable[[], None] | None = None) -> T:
+              on_stop: Callable[[], None] | None = None, grace: float = 0.0) -> T:
     """Run the coroutine ``run``; SIGINT or SIGTERM cancels it wherever it waits and raises
-    KeyboardInterrupt. ``on_eof``: called when standard input ends; ``on_stop``: on a signal."""
-    interrupted: list[int] = []
+    KeyboardInterrupt. ``on_eof``: called when standard input ends; ``on_stop``: on a signal;
+    ``grace``: seconds the first signal leaves ``run`` to end by itself before it is cancelled
+    (a second signal cancels at once)."""
+    interrupted: list[float] = []  # when each signal's cancelling starts (the loop's clock)
 
     async def main() -> T | None:
         loop = asyncio.get_running_loop()
         task = loop.create_task(run)
 
         def interrupt(*_: Any) -> None:
-            interrupted.append(1)
-            if on_stop is not None:
+            first = not interrupted
+            interrupted.append(loop.time() + (grace if first else 0.0))
+            if first and on_stop is not None:
                 on_stop()
-            loop.call_soon_threadsafe(task.cancel)
+            if min(interrupted) <= loop.time():
+                loop.call_soon_threadsafe(task.cancel)
         # Not loop.add_signal_handler: a handler that only asked the work to stop left a shipper
         # that could not connect deaf to every signal (issue 20).
         before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -56,16 +60,17 @@ def until_stopped(run: Coroutine[Any, Any, T], on_eof: Callable[[], None] | None
     return cast(T, result)
 
 
-async def _until_done(task: asyncio.Task[T], interrupted: list[int]) -> T:
+async def _until_done(task: asyncio.Task[T], interrupted: list[float]) -> T:
     """Await ``task``, cancelling it again while it runs on after a signal.
 
     One cancel was not enough: a follow catching up folded to the end of the stream after a
     SIGINT (issue 20, item 8), the cancel swallowed by the client's wait_for or turned into an
     error its fetch treats as transient.
     """
+    loop = asyncio.get_running_loop()
     while not task.done():
         await asyncio.wait({task}, timeout=0.25)
-        if interrupted and not task.done():
+        if interrupted and min(interrupted) <= loop.time() and not task.done():
             task.cancel()
     return task.result()
 
