@@ -10,15 +10,15 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from tasklog.events import Event
-from tasklog.lifecycle import TaskState
 
-from . import catchup, counts, frames, hubs
+from . import catchup, counts, hubs, paging
 from .catchup import gc_paused
+from .derived import Derived, TaskTimes
 from .errors import ProjectionError
 from .fold import (
     BUFFER_KEYS,
@@ -34,10 +34,11 @@ from .fold import (
     settle,
     touched,
 )
+from .paging import Cursor, Page
 from .parse import parse, parse_keys
 from .query import Logical, fields_of, public_copy, select
 
-__all__ = ["Projection", "Records", "BUFFER_MODES", "STREAM_ORIGIN"]
+__all__ = ["Projection", "Records", "TaskTimes", "BUFFER_MODES", "STREAM_ORIGIN"]
 
 #: How a projection keeps buffers: "ref" (the default: the number of the event that carried them,
 #: read back from the log when a record is returned) or "inline" (the bytes, for a projection
@@ -51,7 +52,8 @@ STREAM_ORIGIN = "nats stream "
 _RESTORE_CHUNK = 5000
 
 
-class Projection(ABC):
+
+class Projection(Derived, ABC):
     """Folds events into TaskRecords and answers queries; subclasses store them."""
 
     spec = ""
@@ -126,7 +128,7 @@ class Projection(ABC):
         """Persist the ``changed`` records and the per-hub checkpoints ``hubs`` together (where ``keeps_hubs``)."""
         raise NotImplementedError
 
-    def _save_marks(self) -> None:  # noqa: B027 (a no-op default: only persistent backends store them)
+    def _save_marks(self) -> None:
         """Store ``log_identity`` and ``pinned`` beside the checkpoint."""
 
     def clear(self) -> None:
@@ -165,7 +167,7 @@ class Projection(ABC):
     def _count(self, node: Logical) -> int:
         return len(self._find(node, ["msg_id"]))
 
-    def close(self) -> None:  # noqa: B027 (a no-op default: only some backends hold resources)
+    def close(self) -> None:
         """Release the storage."""
 
     # -- applying ---------------------------------------------------------------
@@ -303,9 +305,25 @@ class Projection(ABC):
                 return [self.resolve_buffers(rec) for rec in found]
             return found
 
-    def to_dataframe(self, query: Any = None, keys: Any = None) -> Any:
-        """The records matching ``query`` as a pandas DataFrame indexed by msg_id (needs ``tasklog[frames]``)."""
-        return frames.to_dataframe(self, query, keys)
+    def find_page(self, query: Any = None, keys: Any = None, sort: str = "submitted", descending: bool = True,
+                  limit: int = 100, after: Cursor | None = None) -> Page:
+        """One page of a query's matches ordered by ``sort`` then msg_id, past cursor ``after`` (``paging``)."""
+        node = query if isinstance(query, Logical) else parse(query)
+        selected = parse_keys(keys)
+        paging.check_page(sort, limit, after)
+        self._reading()
+        with self._lock:
+            if self._reads_references(node):
+                hits = select(self._find(Logical("$and"), None), node, None, self.resolve_buffers)
+                return paging.page_of(hits, sort, descending, limit, after).only(selected)
+            page = self._page(node, sort, descending, limit, after)
+            if selected is None or any(k in selected for k in BUFFER_KEYS):
+                page = Page([self.resolve_buffers(rec) for rec in page.records], page.after)
+        return page.only(selected)
+
+    def _page(self, node: Logical, sort: str, descending: bool, limit: int, after: Cursor | None) -> Page:
+        """A page of the matches of ``node`` (whole records): sorted in memory, unless a backend can do better."""
+        return paging.page_of(self._find(node, None), sort, descending, limit, after)
 
     def count(self, query: Any = None) -> int:
         """How many records match ``query`` (a MongoDB-style query, or a tree from ``parse``)."""
@@ -326,21 +344,6 @@ class Projection(ABC):
         self._reading()
         with self._lock:
             return self._history()
-
-    def tasks_by(self, name: str) -> Counter[str | None]:
-        """Tasks, purged ones included, by ``state`` (see ``tasklog.lifecycle.STATES``) or another TaskState field."""
-        return Counter(getattr(task, name) for task in self.task_states())
-
-    def task_states(self) -> Iterator[TaskState]:
-        """Every task's lifecycle state (streamed where the backend can); purged ones where the backend keeps them."""
-        self._reading()
-        for rec in self.find_records({}):
-            yield TaskState.of_record(rec["msg_id"], rec)
-
-    def stats(self) -> dict[str, Any]:
-        """Applied events, the checkpoint, and the anomalies met (events about unknown or dropped tasks)."""
-        return {"spec": self.spec, "last_seq": self.last_seq, "applied": self.applied,
-                "records": self.count({}), "anomalies": dict(self.anomalies)}
 
     def __enter__(self) -> Projection:
         return self

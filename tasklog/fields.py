@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, get_type_hints
 
 from .errors import EncodeError, EventError, InterfaceError
@@ -26,6 +26,10 @@ __all__ = [
     "str_keys",
     "utc",
     "utcnow",
+    "EPOCH",
+    "MICROSECOND",
+    "micros",
+    "at_micros",
     "checks_of",
     "compile_validator",
     "name_bad_field",
@@ -43,6 +47,21 @@ Check = Callable[[Any], Any]
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(timezone.utc)
+
+
+#: Times kept as whole numbers count MICROSECONDs since EPOCH (SQLite's columns, the views' arrays).
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(when: datetime) -> int:
+    """``when`` (aware) as whole microseconds since the epoch (exact, for every year a datetime holds)."""
+    return (when - EPOCH) // MICROSECOND
+
+
+def at_micros(us: int) -> datetime:
+    """The aware datetime ``us`` microseconds after the epoch."""
+    return EPOCH + MICROSECOND * us
 
 
 def utc(value: datetime) -> datetime:

@@ -16,21 +16,24 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import msgpack
 
 from tasklog.errors import StorageFullError, TaskLogError
+from tasklog.fields import at_micros
 from tasklog.lifecycle import TaskState
-from tasklog.records import INDEXED_FIELDS
+from tasklog.records import FAILED_STATUSES, INDEXED_FIELDS
 
-from ..base import Projection, Records
+from ..base import Projection, Records, TaskTimes
 from ..catchup import gc_paused
 from ..counts import Counted
 from ..errors import ProjectionError
 from ..fold import RECORD_KEYS, is_tombstone, strip_hidden, task_of
-from ..query import Cond, Logical, Node, compile_predicate
+from ..paging import Cursor, Page, cut
+from ..query import Logical, compile_predicate
+from .sqlquery import COLUMNS, EPOCH, IRREGULAR, MICROSECOND, column_value, compile_sql, keyset
 
 __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document", "remove_database"]
 
@@ -40,12 +43,7 @@ __all__ = ["SQLiteProjection", "COLUMNS", "encode_document", "decode_document", 
 # 4: a ``state`` column (the task's lifecycle state, for tasks by state) and the events folded,
 #    counted by block and type (``projections.counts``), kept with the checkpoint.
 SCHEMA_VERSION = 4
-# Typed columns and the Python type their values must have to be stored there: the indexed
-# fields, and two more that queries and `keys` read without unpacking a document.
-COLUMNS: dict[str, type] = {**INDEXED_FIELDS, "received": datetime, "resubmitted": str}
 INDEXED = tuple(INDEXED_FIELDS)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _CHUNK = 500
 
 
@@ -69,22 +67,6 @@ def _open_error(path: str, exc: sqlite3.DatabaseError) -> TaskLogError:
     return ProjectionError(f"{path} is not a usable SQLite projection: {exc}")
 
 
-def _us(value: datetime) -> int:
-    return (value - _EPOCH) // _US
-
-
-_US = timedelta(microseconds=1)
-
-
-def _column_value(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if COLUMNS[name] is datetime:
-        return _us(value) if isinstance(value, datetime) else _IRREGULAR
-    return value if isinstance(value, str) else _IRREGULAR
-
-
-_IRREGULAR = object()
 # Columns named: a file made by an earlier version keeps its own column order.
 # A task's lifecycle (``tasklog.lifecycle.TaskState``) beside its record: tasks by state, and the
 # views' rows, read without unpacking a document.
@@ -245,26 +227,8 @@ class SQLiteProjection(Projection):
         self.counted = Counted(blocks, since)
 
     def _upgrade(self, schema: int) -> None:
-        # Older documents stay readable as they are (their datetimes were cut to milliseconds,
-        # which the columns then hold exactly in microseconds); the mark stops an older tasklog
-        # from misreading what is written from now on. One transaction: all or nothing.
-        with self._transaction() as db:
-            if schema < 3:
-                times = [c for c, t in COLUMNS.items() if t is datetime]
-                db.execute("UPDATE records SET " + ", ".join(f"{c} = {c} * 1000" for c in times))
-            if schema < 4:
-                have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
-                for c in LIFE:
-                    if c not in have:
-                        db.execute(f"ALTER TABLE records ADD COLUMN {c} TEXT")
-                rows = db.execute("SELECT msg_id, doc FROM records").fetchall()
-                db.executemany(f"UPDATE records SET {', '.join(c + ' = ?' for c in LIFE)} WHERE msg_id = ?",
-                               [(*_life(decode_document(blob)), m) for m, blob in rows])
-                # Its events were never counted: counts are kept only if it holds none yet; else
-                # stats counts its events from the log until it is rebuilt (the readers' own is).
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('counted_from', "
-                           "(SELECT CASE value WHEN 0 THEN 1 END FROM meta WHERE key = 'last_seq'))")
-            db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+        with self._transaction() as db:  # one transaction: all or nothing
+            _upgrade(db, schema)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -316,8 +280,8 @@ class SQLiteProjection(Projection):
         irregular = 0
         values = []
         for name in COLUMNS:
-            v = _column_value(name, rec.get(name))
-            if v is _IRREGULAR:
+            v = column_value(name, rec.get(name))
+            if v is IRREGULAR:
                 irregular, v = 1, None
             values.append(v)
         return (rec["msg_id"], rec["_seq"], 1 if is_tombstone(rec) else 0, irregular, *values, *_life(rec),
@@ -346,11 +310,13 @@ class SQLiteProjection(Projection):
                 db.executemany(_COUNT, counted)
 
     def _where(self, node: Logical) -> tuple[str, list[Any], bool]:
-        compiled = _compile(node)
+        compiled = compile_sql(node)
         if compiled is None:
             return "dropped = 0", [], False
         sql, params, exact = compiled
-        return f"dropped = 0 AND (({sql}) OR irregular = 1)", params, exact and not self._has_irregular()
+        if not self._has_irregular():  # as it is almost always: the planner may then use the column's index
+            return f"dropped = 0 AND ({sql})", params, exact
+        return f"dropped = 0 AND (({sql}) OR irregular = 1)", params, False
 
     def _has_irregular(self) -> bool:
         return self._db.execute("SELECT 1 FROM records WHERE irregular = 1 LIMIT 1").fetchone() is not None
@@ -380,9 +346,34 @@ class SQLiteProjection(Projection):
         for msg_id, *values in rows:
             rec = {"msg_id": msg_id}
             for name, is_time, v in zip(cols, times, values):
-                rec[name] = _EPOCH + _US * v if is_time and v is not None else v
+                rec[name] = at_micros(v) if is_time and v is not None else v
             out.append(rec)
         return out
+
+    def _page(self, node: Logical, sort: str, descending: bool, limit: int, after: Cursor | None) -> Page:
+        # ORDER BY the sort field's column (an index) and LIMIT: a page reads about its own rows,
+        # where the generic page sorted every match in Python. The evaluator checks what SQL cannot.
+        where, params, exact = self._where(node)
+        if after is not None:
+            more, values = keyset(sort, after, descending)
+            where, params = f"{where} AND ({more})", [*params, *values]
+        order = "DESC" if descending else "ASC"
+        sql = f"SELECT doc FROM records WHERE {where} ORDER BY {sort} {order}, msg_id {order}"
+        if exact:
+            sql, params = f"{sql} LIMIT ?", [*params, limit + 1]
+        match = None if exact else compile_predicate(node)
+        found: list[dict[str, Any]] = []
+        for (blob,) in self._db.execute(sql, params):
+            doc = decode_document(blob)
+            if match is None or match(doc):
+                found.append(strip_hidden(doc))
+                if len(found) > limit:
+                    break
+        return cut(found, sort, limit)
+
+    def interrupt(self) -> None:
+        """Stop the query this file runs in another thread (it raises sqlite3.OperationalError there)."""
+        self._db.interrupt()
 
     def _count(self, node: Logical) -> int:
         where, params, exact = self._where(node)
@@ -400,7 +391,7 @@ class SQLiteProjection(Projection):
         """Every task's lifecycle state, purged ones included, streamed from the columns."""
         rows = self._db.execute(f"SELECT dropped, CASE irregular WHEN 1 THEN doc END, {', '.join(_STATE_FIELDS)} "
                                 "FROM records")
-        epoch, us = _EPOCH, _US
+        epoch, us = EPOCH, MICROSECOND
         # Unpacked by name, not zipped with a table: this runs once per task of every view.
         for dropped, doc, msg_id, submitted, started, completed, *rest in rows:
             if doc is not None:  # a value no column holds: the document says
@@ -411,6 +402,12 @@ class SQLiteProjection(Projection):
                                  None if completed is None else epoch + us * completed, *rest)
                 task.dropped = bool(dropped)
                 yield task
+
+    def task_times(self) -> Iterator[TaskTimes]:
+        """``Projection.task_times`` straight from the columns (a value of another type is None)."""
+        failed = ", ".join(f"'{s}'" for s in sorted(FAILED_STATUSES))  # TaskState.failed, whatever came after
+        return iter(self._db.execute(f"SELECT msg_id, submitted, started, completed, reply_status IN ({failed}), "
+                                     "engine_uuid FROM records WHERE dropped = 0"))
 
     def tasks_by(self, name: str) -> Counter[str | None]:
         """Tasks, purged ones included, by ``state`` or another TaskState field: one ``GROUP BY``
@@ -431,60 +428,24 @@ class SQLiteProjection(Projection):
         self._db.close()
 
 
-# -- compiling the parsed query to a SQL prefilter -------------------------------
-
-def _typed(name: str, value: Any) -> Any:
-    """The column value for an operand, or _IRREGULAR when SQL cannot compare it exactly."""
-    if value is None:
-        return _IRREGULAR
-    want = COLUMNS[name]
-    if want is datetime:
-        return _us(value) if isinstance(value, datetime) else _IRREGULAR
-    return value if isinstance(value, str) else _IRREGULAR
-
-
-def _compile_cond(c: Cond) -> tuple[str, list[Any], bool] | None:
-    if c.path != "msg_id" and c.path not in COLUMNS:
-        return None
-    name = c.path
-
-    def typed(v: Any) -> Any:
-        if name == "msg_id":
-            return v if isinstance(v, str) else _IRREGULAR
-        return _typed(name, v)
-    if c.op == "$eq" and c.arg is None and name != "msg_id":
-        return f"{name} IS NULL", [], True
-    if c.op in _SQL_OPS:
-        v = typed(c.arg)
-        return None if v is _IRREGULAR else (f"{name} {_SQL_OPS[c.op]} ?", [v], True)
-    if c.op == "$in":
-        vals = [typed(a) for a in c.arg if a is not None]
-        if any(v is _IRREGULAR for v in vals):
-            return None
-        parts = [f"{name} IN ({','.join('?' * len(vals))})"] if vals else []
-        if len(vals) < len(c.arg) and name != "msg_id":
-            parts.append(f"{name} IS NULL")
-        return (" OR ".join(parts), vals, True) if parts else ("0", [], True)
-    if c.op == "$glob" and name != "msg_id" and COLUMNS.get(name) is str and "[" not in c.arg:
-        return f"{name} GLOB ?", [c.arg], True  # '*' and '?' mean the same to GLOB and fnmatch
-    return None
-
-
-def _compile(node: Node) -> tuple[str, list[Any], bool] | None:
-    """SQL that selects a superset of the matches (exact=True when it selects exactly them)."""
-    if isinstance(node, Cond):
-        return _compile_cond(node)
-    if not isinstance(node, Logical) or node.op == "$nor":
-        return None
-    parts = [_compile(c) for c in node.children]
-    if node.op == "$or":
-        if not parts or any(p is None for p in parts):
-            return None
-        done = [p for p in parts if p is not None]
-        return (" OR ".join(f"({s})" for s, _, _ in done), [x for _, ps, _ in done for x in ps],
-                all(e for _, _, e in done))
-    kept = [p for p in parts if p is not None]
-    if not kept:
-        return ("1", [], True) if not parts else None
-    exact = len(kept) == len(parts) and all(e for _, _, e in kept)
-    return " AND ".join(f"({s})" for s, _, _ in kept), [x for _, ps, _ in kept for x in ps], exact
+def _upgrade(db: sqlite3.Connection, schema: int) -> None:
+    """Bring a file of an older schema to this one, inside the caller's transaction."""
+    # Older documents stay readable as they are (their datetimes were cut to milliseconds,
+    # which the columns then hold exactly in microseconds); the mark stops an older tasklog
+    # from misreading what is written from now on.
+    if schema < 3:
+        times = [c for c, t in COLUMNS.items() if t is datetime]
+        db.execute("UPDATE records SET " + ", ".join(f"{c} = {c} * 1000" for c in times))
+    if schema < 4:
+        have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        for c in LIFE:
+            if c not in have:
+                db.execute(f"ALTER TABLE records ADD COLUMN {c} TEXT")
+        rows = db.execute("SELECT msg_id, doc FROM records").fetchall()
+        db.executemany(f"UPDATE records SET {', '.join(c + ' = ?' for c in LIFE)} WHERE msg_id = ?",
+                       [(*_life(decode_document(blob)), m) for m, blob in rows])
+        # Its events were never counted: counts are kept only if it holds none yet; else
+        # stats counts its events from the log until it is rebuilt (the readers' own is).
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('counted_from', "
+                   "(SELECT CASE value WHEN 0 THEN 1 END FROM meta WHERE key = 'last_seq'))")
+    db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))

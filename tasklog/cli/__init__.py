@@ -21,14 +21,15 @@ from .common import Command
 from .feed_commands import FOLLOW
 from .log_commands import PRUNE, STORY, TAIL, VERIFY
 from .projection_commands import DEMO, INDEX, QUERY, REPLAY, SNAPSHOT
+from .serve_commands import SERVE
 from .stream_commands import RESTORE, SHIP
-from .view_commands import REPORT, STATS, TIMELINE
+from .view_commands import EXPORT, REPORT, STATS, TIMELINE
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, VERIFY, QUERY, INDEX, REPLAY,
+COMMANDS: tuple[Command, ...] = (DEMO, STATS, STORY, TAIL, TIMELINE, REPORT, EXPORT, VERIFY, QUERY, INDEX, REPLAY,
                                  SNAPSHOT, PRUNE,
-                                 SHIP, FOLLOW, RESTORE)
+                                 SERVE, SHIP, FOLLOW, RESTORE)
 
 
 class _Parser(argparse.ArgumentParser):

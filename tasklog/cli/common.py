@@ -14,17 +14,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
+from projections.errors import QueryError
 from projections.readmodel import ReadModel, damaged, open_read_model
 
 from ..errors import InterfaceError, StorageFullError, TaskLogError
 from ..log import TaskLog
 from ..store import MARKER
 from ..stream import wire
+from ..views.jsonfmt import loads
 
 __all__ = ["Command", "DEFAULT_LOG", "add_log", "add_output", "iso_time", "removed_on_failure", "local_file",
-           "positive", "at_least", "output_to", "seconds", "add_servers", "add_wait", "read_model"]
+           "positive", "at_least", "output_to", "seconds", "add_servers", "add_wait", "read_model",
+           "read_query"]
 
 DEFAULT_LOG = "./tasklog-data"
 
@@ -74,6 +77,22 @@ def iso_time(value: str, flag: str, what: str = "an ISO time") -> datetime:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InterfaceError(f"{flag} needs {what} like 2026-11-25T14:02:00Z, got {value!r}") from None
+
+
+def read_query(text: str) -> dict[str, Any]:
+    """QUERY as given: Extended JSON, ``-`` for standard input, or ``@FILE``."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            with open(text[1:]) as f:
+                text = f.read()
+        except OSError as exc:
+            raise InterfaceError(f"cannot read the query from {text[1:]}: {exc.strerror}") from None
+    query = loads(text)
+    if not isinstance(query, dict):
+        raise QueryError("QUERY must be a JSON object")
+    return query
 
 
 def local_file(spec: str) -> str | None:

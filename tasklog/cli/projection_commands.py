@@ -15,7 +15,6 @@ from typing import Any
 
 import projections
 from projections import snapshot
-from projections.errors import QueryError
 from projections.fold import describe
 from projections.live import attach
 from projections.readmodel import FILE
@@ -27,7 +26,7 @@ from ..log import DURABILITY, TaskLog
 from ..progress import Progress
 from ..stream.feed import stream_fed
 from ..stream.stopping import terminating_interrupts
-from ..views.jsonfmt import dumps, loads
+from ..views.jsonfmt import dumps
 from .common import (
     AS_OF_HELP,
     DEFAULT_LOG,
@@ -37,6 +36,7 @@ from .common import (
     local_file,
     positive,
     read_model,
+    read_query,
     removed_on_failure,
     stop_seq,
 )
@@ -130,26 +130,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 # -- query --------------------------------------------------------------------------
 
 
-def _read_query(text: str) -> dict[str, Any]:
-    """QUERY as given: Extended JSON, ``-`` for standard input, or ``@FILE``."""
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        try:
-            with open(text[1:]) as f:
-                text = f.read()
-        except OSError as exc:
-            raise InterfaceError(f"cannot read the query from {text[1:]}: {exc.strerror}") from None
-    query = loads(text)
-    if not isinstance(query, dict):
-        raise QueryError("QUERY must be a JSON object")
-    return query
-
-
 def cmd_query(args: argparse.Namespace) -> int:
     """Catch the projection up from the log (or build it as of --to/--as-of), then print the matches."""
     terminating_interrupts()  # SIGTERM mid-build: the read model it made is removed, as on Ctrl-C
-    query = _read_query(args.query)
+    query = read_query(args.query)
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     if args.projection == "none":
         raise InterfaceError(f"{_NO_RECORDS}: query needs dict, sqlite:///PATH or mongodb://HOST/DB")

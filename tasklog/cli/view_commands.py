@@ -1,4 +1,4 @@
-"""Commands that show what a log holds: stats, timeline, report. They answer from the log's read
+"""Commands that show what a log holds: stats, timeline, report, export. They answer from the log's read
 model (``projections.readmodel``), caught up first, so they fold only the events since it was;
 the views then read its tasks' states as a ``Baseline`` (``--to``/``--as-of`` read the log itself
 from the snapshot a prune left, as of that event)."""
@@ -6,24 +6,37 @@ from the snapshot a prune left, as of that event)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from projections.parse import parse, parse_keys
 from projections.snapshot import view_base
 from projections.summary import log_stats
 
 from .. import verify
 from ..baseline import Baseline
-from ..errors import CorruptEventError
+from ..errors import CorruptEventError, InterfaceError
 from ..log import TaskLog
 from ..progress import Progress
 from ..stream.stopping import terminating_interrupts
-from ..views import report, timeline
+from ..views import export, report, timeline
 from ..views.jsonfmt import dumps, printable
-from .common import AS_OF_HELP, Command, add_log, add_output, at_least, iso_time, output_to, read_model, stop_seq
+from .common import (
+    AS_OF_HELP,
+    Command,
+    add_log,
+    add_output,
+    at_least,
+    iso_time,
+    output_to,
+    read_model,
+    read_query,
+    stop_seq,
+)
 
-__all__ = ["STATS", "TIMELINE", "REPORT"]
+__all__ = ["STATS", "TIMELINE", "REPORT", "EXPORT"]
 
 
 def _open_ro(args: argparse.Namespace) -> TaskLog:
@@ -141,6 +154,56 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     add_output(p, "report.html", "report")
 
 
+# -- export ---------------------------------------------------------------------------
+
+
+def _export_format(fmt: str | None, output: str) -> str:
+    """The format asked for, or the one the -o file's extension names."""
+    if fmt is not None:
+        return fmt
+    guessed = os.path.splitext(output)[1].lstrip(".").lower()
+    if guessed not in export.FORMATS:
+        where = "standard output has no file name" if output == "-" else f"-o {output} has none of their extensions"
+        raise InterfaceError(f"give --format parquet, jsonl or csv: {where}")
+    return guessed
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the records matching QUERY to a file (Parquet, JSON Lines or CSV), a batch at a time."""
+    fmt = _export_format(args.format, args.output)
+    export.check_format(fmt)  # before a read model is built for nothing
+    query = read_query(args.query)
+    keys = parse_keys([k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None)
+    parse(query)  # a bad query is one line before any file is made
+    if fmt == "parquet" and args.output == "-" and sys.stdout.isatty():
+        raise InterfaceError("Parquet is binary: give -o FILE, or pipe standard output elsewhere")
+    with _open_ro(args) as log, output_to(args.output) as out, read_model(log, "export") as model:
+        out.flush()
+        shown = sys.stderr.isatty() and not (args.output == "-" and sys.stdout.isatty())  # not mixed in
+        bar = Progress(None, "export", "rec", enabled=shown)
+        records = model.projection.iter_records(query, keys=keys, batch=export.BATCH)
+        n = export.write_records(records, fmt, out.buffer, args.buffers, bar.update, keys)
+        bar.close()
+        out.buffer.flush()
+    if args.output != "-":
+        print(f"exported {n:,} record{'' if n == 1 else 's'} to {args.output} ({fmt})", file=sys.stderr)
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    add_log(p)
+    p.add_argument("query", metavar="QUERY", help='Extended JSON, e.g. \'{"completed": null}\'; '
+                   "- reads it from standard input, @FILE from a file")
+    p.add_argument("--format", choices=export.FORMATS,
+                   help="the file's format (default: the -o file's extension, .parquet, .jsonl or .csv)")
+    add_output(p, "-", "records")
+    p.add_argument("--keys", metavar="A,B", help="fields to write (msg_id is always included)")
+    p.add_argument("--buffers", action="store_true",
+                   help="write the buffers' bytes (default: how many and their total size)")
+
+
+EXPORT = Command("export", "write the records matching a query to a Parquet, JSON Lines or CSV file, "
+                 "in bounded memory", _export_args, cmd_export)
 REPORT = Command("report", "write a one-file HTML report: throughput, engines, waits and run times, failures, "
                  "the slowest tasks, resubmissions", _report_args, cmd_report)
 TIMELINE = Command("timeline", "write the cluster's timeline (engine tracks, queue waits, failures, resubmits) "

@@ -35,6 +35,7 @@ from projections.writebehind import WriteBehind
 from ..errors import LogBusyError, StorageError, same_kind
 from ..events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids, validate
 from ..log import DURABILITY, TaskLog
+from ..serve.run import ServeChild
 from ..stream.ship import Shipping
 
 __all__ = ["TaskLogDB", "record_events"]
@@ -152,6 +153,13 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                       "to, from a child process (`tasklog ship --follow`; needs tasklog[nats]); empty: off.")
     ship_stream = Unicode("TASKLOG", config=True, help="The JetStream stream ship_to publishes to.")
     ship_hub = Unicode("", config=True, help="This Hub's name in the stream (default: its log's identity).")
+    serve_port = Int(-1, config=True, help="Serve the live dashboard (`tasklog serve`, needs tasklog[serve]) on "
+                     "this port from a child process, read-only; 0: any free port; -1 (default): off. Its URL, "
+                     "with the token, is logged.")
+    serve_host = Unicode("127.0.0.1", config=True, help="The address serve_port listens on (default: this "
+                         "machine only).")
+    serve_token = Unicode("", config=True, help="The dashboard's token (default: $TASKLOG_SERVE_TOKEN, else a "
+                          "random one, logged with its URL).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -173,6 +181,7 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         self.tasklog.on_loss(self._on_loss)
         self.maintenance = Maintenance(self.tasklog, policy).start()
         self.shipping = self._start_shipping()
+        self.serving = self._start_serving()
         # The Hub never calls close(): stopping the controller ends its loop, then the process.
         atexit.register(self.close)
         self.log.info("tasklog at %s: events %d..%d, projection %s (%s durability)", path,
@@ -198,6 +207,16 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
             return None
         try:
             return Shipping(self.tasklog.path, self.ship_to, self.ship_stream, self.ship_hub or None, self.log).start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_serving(self) -> ServeChild | None:
+        if self.serve_port < 0:
+            return None
+        try:
+            return ServeChild(self.tasklog.path, self.serve_host, self.serve_port, self.serve_token or None,
+                              self.log).start()
         except BaseException:
             self.close()
             raise
@@ -367,6 +386,9 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
         if not self.tasklog.closed:
             self.maintenance.stop()
             shipping = getattr(self, "shipping", None)  # None, or not yet set when opening failed
+            serving = getattr(self, "serving", None)
+            if serving is not None:
+                serving.stop()
             with ExitStack() as last_first:  # each runs, even when one before it raised
                 last_first.callback(self.records.close)
                 last_first.callback(self.tasklog.close)

@@ -8,28 +8,20 @@ import heapq
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
+from ..fields import EPOCH as _EPOCH
+from ..fields import MICROSECOND as _US
+from ..fields import at_micros as at
+from ..fields import micros
 from ..lifecycle import TaskState
 
 __all__ = ["TaskRow", "Tally", "micros", "at", "TIMES", "TOP", "CHAINS"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
 #: The times the throughput chart counts (TaskState's fields of those names).
 TIMES = ("submitted", "started", "completed")
 TOP = 10  # slowest tasks listed
 CHAINS = 20  # resubmissions listed
-
-
-def micros(when: datetime) -> int:
-    """``when`` as whole microseconds since the epoch (exact, for every year a datetime holds)."""
-    return (when - _EPOCH) // _US
-
-
-def at(us: int) -> datetime:
-    """The datetime of ``micros``."""
-    return _EPOCH + _US * us
 
 
 @dataclass(slots=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -279,3 +281,27 @@ def test_a_pinned_projection_follows_the_hub_again(tmp_path: Any) -> None:
         db.close()
     with projections.open(spec) as after:
         assert after.pinned is None and after.last_seq == 6
+
+
+def test_a_hub_can_serve_its_dashboard_from_a_child(tmp_path: Any, caplog: Any) -> None:
+    """serve_port starts `tasklog serve` beside the Hub: its URL logged, the Hub's records live, gone on close."""
+    from tests.support.served import TOKEN, Served
+
+    caplog.set_level(logging.INFO, "hub-with-dashboard")
+    db = TaskLogDB(location=str(tmp_path), serve_port=0, serve_token=TOKEN, log=logging.getLogger("hub-with-dashboard"))
+    try:
+        assert db.serving is not None and db.serving.url is not None
+        assert db.serving.url in caplog.text and db.serving.url.startswith("http://127.0.0.1:")
+        rec = _request(Session())
+        db.add_record(rec["msg_id"], rec)
+        db.update_record(rec["msg_id"], {"engine_uuid": "e1"})
+        served = Served(db.serving.url.split("/?token=")[0], db.serving.url, None)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 20
+        while not served.api("/api/tasks", q="{}")["records"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [row] = served.api("/api/tasks", q="{}")["records"]
+        assert row["msg_id"] == rec["msg_id"] and row["engine_uuid"] == "e1"
+        assert served.get("/api/tasks", token="wrong-token-0123456789").status == 403
+    finally:
+        db.close()
+    assert db.serving.returncode is not None

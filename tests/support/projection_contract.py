@@ -19,6 +19,7 @@ from bson.regex import Regex
 
 import projections
 from projections.errors import QueryError
+from projections.paging import SORTABLE
 from projections.parse import MAX_DEPTH
 from tasklog import Annotate, Complete, Drop, Output, Resubmit, Start, Submit, TaskLog
 from tests.support import stored
@@ -345,3 +346,57 @@ class ProjectionContract:
             query = _nested(op, MAX_DEPTH)
             want = sorted(d["msg_id"] for d in reference.find(query, {"msg_id": 1}))
             assert _ids(proj.find_records(query)) == want, op
+
+    # -- pages (``projections.paging``): the same order on every backend ------------------------
+
+    @pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+    @pytest.mark.parametrize("sort", list(SORTABLE))
+    def test_pages_walk_every_match_once_in_order(self, proj: projections.Projection, sort: str,
+                                                  descending: bool) -> None:
+        for query in PAGE_QUERIES:
+            want = [r["msg_id"] for r in sorted(proj.find_records(query), key=lambda r: _order(r, sort),
+                                                 reverse=descending)]
+            got, after, pages = [], None, 0
+            while True:
+                page = proj.find_page(query, keys=["label"], sort=sort, descending=descending, limit=3, after=after)
+                assert len(page.records) <= 3 and all(set(r) <= {"msg_id", "label"} for r in page.records)
+                got += [r["msg_id"] for r in page.records]
+                pages += 1
+                if page.after is None:
+                    break
+                after = page.after
+            assert got == want, f"{proj.spec}: {query} by {sort}"
+            assert pages == max(-(-len(want) // 3), 1) or (len(want) % 3 == 0 and pages == len(want) // 3 + 1)
+
+    def test_a_page_holds_whole_records_and_every_match_streams(self, proj: projections.Projection) -> None:
+        page = proj.find_page({"msg_id": "task-03"})
+        assert page.records == [proj.get_record("task-03")] and page.after is None
+        assert sorted(r["msg_id"] for r in proj.iter_records({}, keys=["msg_id"], batch=2)) == \
+            _ids(proj.find_records({}))
+
+    @pytest.mark.parametrize(("sort", "limit", "after"), [("stdout", 10, None), ("submitted", 0, None),
+                                                          ("submitted", True, None), ("label", 10, (5, "x")),
+                                                          ("submitted", 10, ("2026", "x")), ("label", 10, "x")])
+    def test_bad_pages_raise(self, proj: projections.Projection, sort: str, limit: Any, after: Any) -> None:
+        with pytest.raises(QueryError):
+            proj.find_page({}, sort=sort, limit=limit, after=after)
+
+    def test_task_times_are_the_task_states(self, proj: projections.Projection) -> None:
+        def us(t: datetime | None) -> int | None:
+            return None if t is None else (t - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+        want = {(s.msg_id, us(s.submitted), us(s.started), us(s.completed), s.failed, s.engine_uuid)
+                for s in proj.task_states() if not s.dropped}
+        assert {(*row[:4], bool(row[4]), row[5]) for row in proj.task_times()} == want
+        assert "task-06" not in {row[0] for row in proj.task_times()}
+
+
+PAGE_QUERIES: list[dict[str, Any]] = [{}, {"engine_uuid": {"$in": ["engine-1", "engine-2"]}}, {"completed": None},
+                                      {"score": {"$gt": 0}}, {"label": {"$glob": "job-*"}}]
+
+
+def _order(record: dict[str, Any], sort: str) -> tuple[Any, ...]:
+    """The documented order: a value of the field's type, else null; nulls first; then msg_id."""
+    value = record.get(sort)
+    if not isinstance(value, SORTABLE[sort]):
+        return (0, "", record["msg_id"])
+    return (1, value, record["msg_id"])

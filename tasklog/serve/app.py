@@ -1,0 +1,225 @@
+"""The web application: the pages (static files shipped in the package), the JSON API they
+read (Extended JSON, as the CLI prints), the live feed of commits (server-sent events),
+``/metrics`` and the export download. Everything it serves is read-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from projections.errors import QueryError
+from projections.paging import MAX_LIMIT, Cursor
+
+from ..errors import TaskLogError
+from ..fields import at_micros, micros, utcnow
+from ..views.jsonfmt import dumps, loads
+from . import answers, lanes
+from .guard import Guard
+from .metrics import exposition
+from .server import QueryTimeout, Server
+
+__all__ = ["build_app", "MAX_QUERY_BYTES", "PAGE_LIMIT"]
+
+STATIC = Path(__file__).with_name("static")
+#: The longest query text the API takes (a query is a filter, not a payload).
+MAX_QUERY_BYTES = 16 * 1024
+#: The most records one page of the API holds.
+PAGE_LIMIT = 1000
+_PAGES = {"/": "overview.html", "/tasks": "tasks.html", "/timeline": "timeline.html", "/hubs": "hubs.html"}
+_KEEPALIVE = 15.0
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(dumps(obj), status_code=status, media_type="application/json")
+
+
+def _errors(handler: Callable[[Server, Request], Any]) -> Callable[[Request], Any]:
+    """A handler whose TaskLogErrors are answers: 400 for a bad request, 404, 503 for a timeout."""
+    async def wrapped(request: Request) -> Response:
+        server: Server = request.app.state.server
+        try:
+            return await handler(server, request)  # type: ignore[no-any-return]
+        except QueryTimeout as exc:
+            return _json({"error": str(exc), "hint": exc.hint}, 503)
+        except LookupError as exc:
+            return _json({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
+        except TaskLogError as exc:
+            return _json({"error": str(exc)}, 400)
+        except Exception:  # a bug: its traceback on the server's stderr, one line to the page
+            traceback.print_exc()
+            return _json({"error": f"tasklog serve failed answering {request.url.path}: see its standard error"}, 500)
+    return wrapped
+
+
+def _query(request: Request) -> dict[str, Any]:
+    text = request.query_params.get("q", "") or "{}"
+    if len(text.encode()) > MAX_QUERY_BYTES:
+        raise QueryError(f"the query is longer than {MAX_QUERY_BYTES:,} bytes")
+    query = loads(text)
+    if not isinstance(query, dict):
+        raise QueryError("the query must be a JSON object")
+    return query
+
+
+def _keys(request: Request) -> list[str] | None:
+    text = request.query_params.get("keys", "")
+    return [k.strip() for k in text.split(",") if k.strip()] or None
+
+
+def _cursor(text: str | None) -> Cursor | None:
+    """The ``after`` cursor of a page, as the API gave it: base64 of JSON [value, msg_id, is-a-time]."""
+    if not text:
+        return None
+    try:
+        value, msg_id, is_time = json.loads(base64.urlsafe_b64decode(text.encode() + b"==").decode())
+        return (at_micros(value) if is_time else value), msg_id
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
+        raise QueryError("a cursor the API did not give") from None
+
+
+def _encode_cursor(after: Cursor | None) -> str | None:
+    # A time as whole microseconds: Extended JSON keeps milliseconds, and a page's cursor cut to
+    # them skipped the tasks submitted in the same millisecond after it.
+    if after is None:
+        return None
+    value, msg_id = after
+    is_time = isinstance(value, datetime)
+    raw = json.dumps([micros(value) if is_time else value, msg_id, is_time])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _limit(request: Request) -> int:
+    text = request.query_params.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= PAGE_LIMIT:
+        raise QueryError(f"limit must be a whole number from 1 to {PAGE_LIMIT} (an export has no limit)")
+    return min(int(text), MAX_LIMIT)
+
+
+async def api_tasks(server: Server, request: Request) -> Response:
+    """A page of tasks: ?q=QUERY&keys=A,B&sort=FIELD|-FIELD&limit=N&after=CURSOR."""
+    query, keys, limit = _query(request), _keys(request), _limit(request)
+    sort = request.query_params.get("sort", "-submitted")
+    after = _cursor(request.query_params.get("after"))
+    out = await server.run(lambda: answers.page(server.source, query, keys, sort.lstrip("-"), sort.startswith("-"),
+                                                limit, after))
+    out["after"] = _encode_cursor(out["after"])
+    if request.query_params.get("count") == "1":
+        out["count"] = await server.run(lambda: server.source.projection.count(query))
+    return _json(out)
+
+
+async def api_task(server: Server, request: Request) -> Response:
+    """One task: record, story, resubmit chain."""
+    msg_id = request.path_params["msg_id"]
+    return _json(await server.run(lambda: answers.task(server.source, msg_id)))
+
+
+async def api_overview(server: Server, request: Request) -> Response:
+    """The overview's figures."""
+    return _json(await server.run(lambda: answers.overview(server.source, server.arrays())))
+
+
+async def api_timeline(server: Server, request: Request) -> Response:
+    """Engines against time: ?start=US&stop=US&width=PIXELS."""
+    params = request.query_params
+    try:
+        start = int(params["start"]) if params.get("start") else None
+        stop = int(params["stop"]) if params.get("stop") else None
+        width = int(params.get("width", "1000"))
+    except ValueError:
+        raise QueryError("start and stop are microseconds since the epoch, width a number of pixels") from None
+    now = micros(utcnow())
+    return _json(await server.run(lambda: lanes.lanes(server.arrays(), start, stop, width, now)))
+
+
+async def api_hubs(server: Server, request: Request) -> Response:
+    """Each hub's checkpoint (a stream-fed projection)."""
+    return _json(await server.run(lambda: answers.hubs(server.source)))
+
+
+async def api_stats(server: Server, request: Request) -> Response:
+    """What ``tasklog stats --json`` prints."""
+    return _json(await server.run(server.stats, timeout=max(server.query_timeout, 60.0)))
+
+
+async def metrics(server: Server, request: Request) -> Response:
+    """Prometheus' text exposition format."""
+    body, kind = await server.run(lambda: exposition(server), timeout=max(server.query_timeout, 60.0))
+    return Response(body, media_type=kind)
+
+
+async def api_export(server: Server, request: Request) -> Response:
+    """The tasks a query matches as a file: ?q=QUERY&format=parquet|jsonl|csv&keys=A,B."""
+    from ..views.export import FORMATS, write_records  # pyarrow: only when asked for
+
+    query, keys, fmt = _query(request), _keys(request), request.query_params.get("format", "parquet")
+    if fmt not in FORMATS:
+        raise QueryError(f"format must be one of {', '.join(FORMATS)}")
+    fd, path = tempfile.mkstemp(prefix="tasklog-export-", suffix=f".{fmt}")
+
+    def write() -> None:
+        with os.fdopen(fd, "wb") as out:
+            write_records(server.source.projection.iter_records(query, keys=keys), fmt, out)
+    try:
+        await server.run(write, timeout=max(server.query_timeout, 600.0))
+    except BaseException:
+        os.unlink(path)
+        raise
+    return FileResponse(path, filename=f"tasks.{fmt}", background=BackgroundTask(os.unlink, path))
+
+
+async def live(server: Server, request: Request) -> Response:
+    """Server-sent events: ``commit`` with the folded sequence number, whenever one lands."""
+    queue = server.listen()
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield f"event: commit\ndata: {max(server.seq, 0)}\n\n"
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    seq = await asyncio.wait_for(queue.get(), _KEEPALIVE)
+                    yield f"event: commit\ndata: {seq}\n\n"
+                    continue
+                yield ": still here\n\n"
+        finally:
+            server.unlisten(queue)
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+
+def _page(name: str) -> Callable[[Request], Any]:
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / name, media_type="text/html")
+    return page
+
+
+def build_app(server: Server, token: str) -> Guard:
+    """The application, behind its guard."""
+    routes: list[Route | Mount] = [Route(path, _page(name)) for path, name in _PAGES.items()]
+    routes += [Route("/task/{msg_id:path}", _page("task.html")),
+               Route("/api/tasks", _errors(api_tasks)), Route("/api/task/{msg_id:path}", _errors(api_task)),
+               Route("/api/overview", _errors(api_overview)), Route("/api/timeline", _errors(api_timeline)),
+               Route("/api/hubs", _errors(api_hubs)), Route("/api/stats", _errors(api_stats)),
+               Route("/api/export", _errors(api_export)), Route("/api/live", _errors(live)),
+               Route("/metrics", _errors(metrics)), Mount("/static", StaticFiles(directory=STATIC))]
+    app = Starlette(routes=routes)
+    app.state.server = server
+    app.state.started = time.time()
+    return Guard(app, token)

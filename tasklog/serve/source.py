@@ -1,0 +1,135 @@
+"""What the server reads: a log's read model, or a projection folded from a stream of hubs,
+opened again whenever something new was committed, so every answer is as of one commit.
+
+All of it runs on one worker thread (``tasklog.serve.worker``): a projection is not shared
+between threads, and one query at a time is what two cores can give without slowing a Hub.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import projections
+from projections.backends.sqlite import SQLiteProjection
+from projections.base import Projection
+from projections.readmodel import open_read_model
+
+from ..errors import InterfaceError, TaskLogError
+from ..log import TaskLog
+
+__all__ = ["Source"]
+
+# The commit-to-visible latencies kept for /metrics (the newest).
+_KEPT_LATENCIES = 10_000
+
+
+class Source:
+    """The log (or stream-fed projection) the server answers from, caught up on ``refresh``."""
+
+    def __init__(self, log_dir: str | None, spec: str | None) -> None:
+        if (log_dir is None) == (spec is None):
+            raise InterfaceError("serve needs a log (--log) or a projection folded from a stream (--projection)")
+        self.log = TaskLog.open(log_dir, readonly=True) if log_dir is not None else None
+        self.spec = spec
+        self.model: Projection | None = None
+        #: Why the read model is not the Hub's or was folded in memory (shown on the overview).
+        self.notes: list[str] = []
+        #: Seconds from an event's commit to the moment the server answered with it.
+        self.latencies: deque[float] = deque(maxlen=_KEPT_LATENCIES)
+        #: When each hub's checkpoint last moved (stream-fed), for its lag.
+        self.hub_moved: dict[str, tuple[int, float]] = {}
+        self._file_mark: tuple[float, int] | None = None
+
+    @property
+    def projection(self) -> Projection:
+        """What answers now (refresh first)."""
+        if self.model is None:
+            raise TaskLogError("the server has not read its source yet")
+        return self.model
+
+    def refresh(self) -> bool:
+        """Open what answers again if something was committed since; whether it changed."""
+        if self.log is not None:
+            return self._refresh_log(self.log)
+        return self._refresh_projection()
+
+    def _refresh_log(self, log: TaskLog) -> bool:
+        last = log.last_seq
+        if self.model is not None and last == self.model.last_seq:
+            return False
+        opened = open_read_model(log, "serve")
+        notes = [why for why in (opened.why_not_hub, opened.why_elsewhere, opened.why_slow) if why]
+        if notes != self.notes:
+            for why in notes:
+                print(f"tasklog serve: {why}", file=sys.stderr)
+        self.notes = notes
+        self._swap(opened.projection)
+        self._note_latency(log, opened.projection.last_seq)
+        return True
+
+    def _note_latency(self, log: TaskLog, seq: int) -> None:
+        if seq > 0:
+            when = log.committed_at([seq]).get(seq)
+            if when is not None:
+                self.latencies.append(max(time.time() - when.timestamp(), 0.0))
+
+    def _refresh_projection(self) -> bool:
+        assert self.spec is not None
+        path = self.spec[len("sqlite:///"):] if self.spec.startswith("sqlite:///") else None
+        if path is not None:  # a file another process (tasklog follow) keeps: read-only, reopened when it moves
+            mark = _file_mark(path)
+            if self.model is not None and mark == self._file_mark:
+                return False
+            self._file_mark = mark
+            self._swap(SQLiteProjection(path, readonly=True))
+        elif self.model is None:  # MongoDB: one connection, always current
+            self._swap(projections.open(self.spec))
+        else:
+            return False
+        now = time.time()
+        for identity, (_, seq) in self.projection.hubs.items():
+            if self.hub_moved.get(identity, (None, 0.0))[0] != seq:
+                self.hub_moved[identity] = (seq, now)
+        return True
+
+    def _swap(self, fresh: Projection) -> None:
+        old, self.model = self.model, fresh
+        if old is not None:
+            old.close()
+
+    def figures(self) -> dict[str, Any]:
+        """Where the answers come from and how far behind the log they are."""
+        proj = self.projection
+        out: dict[str, Any] = {"folded_seq": proj.last_seq, "notes": list(self.notes), "projection": proj.spec}
+        if self.log is not None:
+            out.update(log=self.log.path, last_seq=self.log.last_seq, start_seq=self.log.start_seq)
+        return out
+
+    def close(self) -> None:
+        """Close what is open."""
+        self._swap_out()
+        if self.log is not None:
+            self.log.close()
+
+    def _swap_out(self) -> None:
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+
+def _file_mark(path: str) -> tuple[float, int]:
+    """What changes when a SQLite file (WAL mode: the -wal beside it) is written."""
+    marks = []
+    for name in (path, f"{path}-wal"):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            continue
+        marks.append((st.st_mtime, st.st_size))
+    if not marks:
+        raise InterfaceError(f"{path}: no such projection (start `tasklog follow` to make it)")
+    return max(m[0] for m in marks), sum(m[1] for m in marks)
