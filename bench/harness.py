@@ -15,11 +15,12 @@ SIZES: dict[str, dict[str, list[int]]] = {
     # events per run, by scenario family; "quick" takes about 8 minutes on 2 cores
     "quick": {"events": [10_000, 100_000], "one_sync": [1_000], "replay": [100_000], "records": [100_000],
               "mongo_events": [5_000], "baseline_tasks": [1_000, 5_000], "mongo_tasks": [500],
-              "live_events": [10_000], "memory_events": [1_000_000], "read_events": [100_000]},
+              "live_events": [10_000], "memory_events": [1_000_000], "read_events": [100_000],
+              "serve_events": [100_000]},
     "full": {"events": [10_000, 100_000, 1_000_000], "one_sync": [2_000], "replay": [1_000_000],
              "records": [100_000, 1_000_000], "mongo_events": [100_000], "baseline_tasks": [5_000, 20_000],
              "mongo_tasks": [1_000], "live_events": [100_000], "memory_events": [1_000_000],
-             "read_events": [100_000, 1_000_000]},
+             "read_events": [100_000, 1_000_000], "serve_events": [1_000_000]},
 }[PROFILE]
 
 

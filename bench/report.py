@@ -49,6 +49,10 @@ def _ratios(benches: list[dict[str, Any]], b: dict[str, Any]) -> list[str]:
 
 def _figure(b: dict[str, Any]) -> str:
     info = b["extra_info"]
+    if "p95_ms" in info:  # a distribution of answer times against a ceiling
+        first = f", first {info['first_ms']} ms" if "first_ms" in info else ""
+        return (f"p50 {info['p50_ms']} ms, p95 {info['p95_ms']} ms, p99 {info['p99_ms']} ms, max {info['max_ms']} ms "
+                f"(ceiling {info['ceiling_ms']} ms{first})")
     if "peak_rss_mb" in info and "limit_mb" in info:
         return f"peak RSS {info['peak_rss_mb']} MB (limit {info['limit_mb']} MB)"
     if "peak_rss_mb" in info:  # a command timed as a user runs it

@@ -15,10 +15,17 @@ from tasklog.lifecycle import TaskState
 from . import frames
 from .paging import Cursor, Page
 
-__all__ = ["Derived", "TaskTimes"]
+__all__ = ["Derived", "TaskTimes", "times_of"]
 
 #: A task's msg_id, submitted, started and completed times (µs since the epoch), whether it failed, its engine.
 TaskTimes = tuple[str, int | None, int | None, int | None, bool, str | None]
+
+
+def times_of(t: TaskState) -> TaskTimes:
+    """A task's state as ``task_times`` gives it."""
+    return (t.msg_id, None if t.submitted is None else micros(t.submitted),
+            None if t.started is None else micros(t.started),
+            None if t.completed is None else micros(t.completed), t.failed, t.engine_uuid)
 
 
 class Derived:
@@ -61,11 +68,7 @@ class Derived:
     def task_times(self) -> Iterator[TaskTimes]:
         """Each task's msg_id, submitted, started and completed times in µs since the epoch, whether
         it failed, and its engine: what charts of a whole cluster read (purged tasks left out)."""
-        for t in self.task_states():
-            if not t.dropped:
-                yield (t.msg_id, None if t.submitted is None else micros(t.submitted),
-                       None if t.started is None else micros(t.started),
-                       None if t.completed is None else micros(t.completed), t.failed, t.engine_uuid)
+        return (times_of(t) for t in self.task_states() if not t.dropped)
 
     def tasks_by(self, name: str) -> Counter[str | None]:
         """Tasks, purged ones included, by ``state`` (see ``tasklog.lifecycle.STATES``) or another TaskState field."""

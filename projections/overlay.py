@@ -17,10 +17,13 @@ from typing import Any
 
 from tasklog.lifecycle import TaskState
 
-from .base import Projection, Records
+from . import paging
+from .base import Projection, Records, TaskTimes
 from .counts import Counted
+from .derived import times_of
 from .errors import ProjectionError
-from .fold import is_tombstone, strip_hidden, task_of
+from .fold import is_tombstone, task_of
+from .paging import MAX_LIMIT, Cursor, Page
 from .query import Logical, compile_predicate, public_copy
 
 __all__ = ["Overlay"]
@@ -80,7 +83,27 @@ class Overlay(Projection):
         hits = [r for r in mine.values() if r is not None and not is_tombstone(r) and match(r)]
         if keys is None:
             return below + [public_copy(r) for r in hits]
-        return below + [strip_hidden({k: r[k] for k in ("msg_id", *keys) if k in r}) for r in hits]
+        # Copies: a caller's change to a list it was handed changed the overlay's record (the contract's keys test).
+        return below + [public_copy({k: r[k] for k in ("msg_id", *keys) if k in r}) for r in hits]
+
+    def _page(self, node: Logical, sort: str, descending: bool, limit: int, after: Cursor | None) -> Page:
+        # The projection's own pages (its index, LIMIT) without the tasks the overlay holds, merged
+        # with the overlay's matches: a page of a Hub's million tasks sorted them all in Python.
+        mine = self._records
+        match = compile_predicate(node)
+        own = paging.page_of([public_copy(r) for r in mine.values() if r is not None and not is_tombstone(r)
+                              and match(r)], sort, descending, limit + 1, after).records
+        below: list[dict[str, Any]] = []
+        cursor = after
+        while len(below) <= limit:
+            page = self.inner.find_page(node, sort=sort, descending=descending, limit=min(limit + 1, MAX_LIMIT),
+                                        after=cursor)
+            below += [r for r in page.records if r["msg_id"] not in mine]
+            if page.after is None:
+                break
+            cursor = page.after
+        both = sorted(below + own, key=lambda r: paging.order_key(r, sort), reverse=descending)
+        return paging.cut(both[:limit + 1], sort, limit)
 
     def _history(self) -> list[str]:
         both = {r["msg_id"]: r.get("submitted") for r in self.inner.find_records({}, ["msg_id", "submitted"])}
@@ -101,6 +124,12 @@ class Overlay(Projection):
             if task.msg_id not in mine:
                 yield task
         yield from (task_of(rec) for rec in mine.values() if rec is not None)
+
+    def task_times(self) -> Iterator[TaskTimes]:
+        """The projection's tasks' times (its columns), with the overlay's in place of theirs."""
+        mine = self._records
+        yield from (row for row in self.inner.task_times() if row[0] not in mine)
+        yield from (times_of(task_of(rec)) for rec in mine.values() if rec is not None and not is_tombstone(rec))
 
     def tasks_by(self, name: str) -> Counter[str | None]:
         """The projection's tasks by ``name``, with the overlay's records in place of theirs."""

@@ -19,7 +19,7 @@ from tasklog.records import INDEXED_FIELDS
 
 from .errors import QueryError
 
-__all__ = ["SORTABLE", "MAX_LIMIT", "Page", "Cursor", "check_page", "sort_value", "page_of", "cut"]
+__all__ = ["SORTABLE", "MAX_LIMIT", "Page", "Cursor", "check_page", "sort_value", "order_key", "page_of", "cut"]
 
 #: The fields a page can be sorted by.
 SORTABLE: dict[str, type] = {"msg_id": str, **INDEXED_FIELDS}
@@ -64,6 +64,11 @@ def sort_value(record: dict[str, Any], sort: str) -> Any:
     """The value ``record`` is sorted by: its field, or None when it is not of the field's type."""
     value = record.get(sort)
     return value if isinstance(value, SORTABLE[sort]) else None
+
+
+def order_key(record: dict[str, Any], sort: str) -> tuple[Any, ...]:
+    """Where ``record`` comes in ascending order by ``sort``, then msg_id."""
+    return _key(sort_value(record, sort), record["msg_id"])
 
 
 def _key(value: Any, msg_id: str) -> tuple[Any, ...]:

@@ -311,9 +311,13 @@ _LOCK_WAIT = 60.0  # seconds: a first build at a million events takes about 50
 
 
 def _catch_up(proj: Projection, log: TaskLog, label: str) -> int:
-    bar = Progress(max(log.last_seq - proj.last_seq, 0), label)
+    # To the log's end as it is now, not as it grows: a reader chasing a producer at full speed
+    # answered only once the producer stopped (the dashboard showed no commit for a whole demo
+    # run). One ahead of the log (a crash lost its events) is left to catch_up, which rebuilds it.
+    end = log.last_seq
+    bar = Progress(max(end - proj.last_seq, 0), label)
     try:
-        return snapshot.catch_up(proj, log, progress=bar.update)
+        return snapshot.catch_up(proj, log, stop=end if proj.last_seq <= end else None, progress=bar.update)
     finally:
         bar.close()
 

@@ -22,8 +22,9 @@ from tasklog.events import Event
 from tasklog.lifecycle import TaskState
 
 from . import counts
-from .base import Projection, Records
+from .base import Projection, Records, TaskTimes
 from .fold import Anomalies, apply_event, refer_buffers, settle, targets
+from .paging import Cursor, Page
 from .query import Logical
 
 __all__ = ["WriteBehind"]
@@ -177,6 +178,15 @@ class WriteBehind(Projection):
     def _count(self, node: Logical) -> int:
         self.flush()
         return self.inner.count(node)
+
+    def _page(self, node: Logical, sort: str, descending: bool, limit: int, after: Cursor | None) -> Page:
+        self.flush()
+        return self.inner.find_page(node, sort=sort, descending=descending, limit=limit, after=after)
+
+    def task_times(self) -> Iterator[TaskTimes]:
+        """The projection's tasks' times, after a flush."""
+        self.flush()
+        return self.inner.task_times()
 
     def _history(self) -> list[str]:
         self.flush()

@@ -27,11 +27,11 @@ __all__ = ["Server", "QueryTimeout"]
 
 T = TypeVar("T")
 # How often the refresh loop looks for new commits (a commit shows in an open page within this and a fetch).
-POLL = 0.2
+POLL = 0.1
 # After this many seconds without a request or a live page, new commits wait for the next request.
 _IDLE = 30.0
 # A page listening gets at most this many commit notices a second (each makes it fetch again).
-_NOTICE_EVERY = 0.5
+_NOTICE_EVERY = 0.25
 
 
 class QueryTimeout(TaskLogError):
@@ -74,8 +74,13 @@ class Server:
 
     def arrays(self) -> Arrays:
         """The task table as of the source's projection (worker thread)."""
-        self.table.update(self.source.projection, self.source.log)
+        self._update_table()
         return self.table.arrays()
+
+    def _update_table(self) -> None:
+        proj = self.source.projection
+        ids = self.source.touched.take(self.table.seq, proj.last_seq)
+        self.table.update(proj, self.source.log, ids)
 
     def stats(self) -> dict[str, Any]:
         """What ``tasklog stats --json`` prints for the log (worker thread); a stream-fed projection's figures."""
@@ -122,7 +127,7 @@ class Server:
     def _refreshed(self) -> int:
         self.source.refresh()
         if self._listeners:
-            self.table.update(self.source.projection, self.source.log)
+            self._update_table()
         return self.source.projection.last_seq
 
     def close(self) -> None:

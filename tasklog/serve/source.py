@@ -8,6 +8,7 @@ between threads, and one query at a time is what two cores can give without slow
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections import deque
@@ -16,9 +17,12 @@ from typing import Any
 import projections
 from projections.backends.sqlite import SQLiteProjection
 from projections.base import Projection
+from projections.fold import touched
+from projections.overlay import Overlay
 from projections.readmodel import open_read_model
 
 from ..errors import InterfaceError, TaskLogError
+from ..events import Event
 from ..log import TaskLog
 
 __all__ = ["Source"]
@@ -43,6 +47,9 @@ class Source:
         #: When each hub's checkpoint last moved (stream-fed), for its lag.
         self.hub_moved: dict[str, tuple[int, float]] = {}
         self._file_mark: tuple[float, int] | None = None
+        self._rebase = Rebase("none", 0)
+        #: The tasks the events folded here touched, for the task table.
+        self.touched = Touched()
 
     @property
     def projection(self) -> Projection:
@@ -58,18 +65,37 @@ class Source:
         return self._refresh_projection()
 
     def _refresh_log(self, log: TaskLog) -> bool:
+        # The new events are folded in memory over the read model (an Overlay), a few hundred at a
+        # time; the read model itself is opened again now and then (a Hub keeps its file current; a
+        # `tasklog index` child catches the readers' file up). Opening it again at every commit, a
+        # producer at full speed kept the page without news for seconds (each open folded into SQLite).
         last = log.last_seq
-        if self.model is not None and last == self.model.last_seq:
+        if self.model is not None and last == self.model.last_seq and not self._rebase.ready():
             return False
+        if self.model is None or self._rebase.ready() or self._rebase.due(self.model.last_seq):
+            self._open(log)
+        else:
+            for chunk in log.read_chunks(self.model.last_seq + 1, last + 1):
+                self.model.apply(chunk)
+                self.touched.note(chunk)
+            self._rebase.maybe_start(log, self.model.last_seq)
+        self._note_latency(log, self.projection.last_seq)
+        return True
+
+    def _open(self, log: TaskLog) -> None:
         opened = open_read_model(log, "serve")
         notes = [why for why in (opened.why_not_hub, opened.why_elsewhere, opened.why_slow) if why]
         if notes != self.notes:
             for why in notes:
                 print(f"tasklog serve: {why}", file=sys.stderr)
         self.notes = notes
-        self._swap(opened.projection)
-        self._note_latency(log, opened.projection.last_seq)
-        return True
+        proj = opened.projection
+        if opened.kind != "memory" and not isinstance(proj, Overlay):
+            proj = Overlay(proj)  # the readers' file stays as it is: a `tasklog index` child moves it on
+            proj.read_from(log)  # buffers kept by reference are read back from the log
+        self._swap(proj)
+        self._rebase = Rebase(opened.kind, proj.last_seq)
+        self.touched.lost()  # what the open folded was not seen here
 
     def _note_latency(self, log: TaskLog, seq: int) -> None:
         if seq > 0:
@@ -111,6 +137,7 @@ class Source:
 
     def close(self) -> None:
         """Close what is open."""
+        self._rebase.stop()
         self._swap_out()
         if self.log is not None:
             self.log.close()
@@ -119,6 +146,74 @@ class Source:
         if self.model is not None:
             self.model.close()
             self.model = None
+
+
+class Touched:
+    """The msg_ids the events folded since ``since`` touched (None: not known: read the log for them)."""
+
+    def __init__(self) -> None:
+        self.since: int | None = None
+        self.ids: set[str] = set()
+
+    def note(self, chunk: list[tuple[int, Event]]) -> None:
+        """Add what a folded chunk touched."""
+        if self.since is not None:
+            self.ids |= touched(chunk)
+
+    def lost(self) -> None:
+        """Events were folded without being seen here."""
+        self.since, self.ids = None, set()
+
+    def take(self, since: int, now: int) -> set[str] | None:
+        """The ids touched from event ``since`` + 1 to ``now`` (None: not known); then start again at ``now``."""
+        ids = self.ids if self.since == since else None
+        self.since, self.ids = now, set()
+        return ids
+
+
+class Rebase:
+    """When the read model under the in-memory overlay is opened again, and the child that moves it on."""
+
+    #: The most events folded in memory over a read model before it is moved on.
+    EVENTS = 50_000
+    #: A Hub's file is opened again this often (seconds): the Hub has stored what the overlay holds.
+    HUB_SECONDS = 5.0
+
+    def __init__(self, kind: str, seq: int) -> None:
+        self.kind, self.seq, self.at = kind, seq, time.monotonic()
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def due(self, seq: int) -> bool:
+        """Whether to open the read model again now (a Hub's file, or memory past the bound)."""
+        if self.kind == "hub":
+            return time.monotonic() - self.at > self.HUB_SECONDS or seq - self.seq > self.EVENTS
+        return False
+
+    def maybe_start(self, log: TaskLog, seq: int) -> None:
+        """Start a `tasklog index` child when the overlay over the readers' file holds too much."""
+        if self.kind in ("log directory", "cache") and self._child is None and seq - self.seq > self.EVENTS:
+            self._child = subprocess.Popen([sys.executable, "-m", "tasklog", "index", "--log", log.path],
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE)
+
+    def ready(self) -> bool:
+        """Whether the child finished (failed: said, and tried again later)."""
+        child = self._child
+        if child is None or child.poll() is None:
+            return False
+        if child.returncode != 0:
+            assert child.stderr is not None
+            print(f"tasklog serve: catching the read model up failed: {child.stderr.read().decode().strip()}",
+                  file=sys.stderr)
+            self._child, self.seq = None, self.seq + self.EVENTS  # not again at once
+            return False
+        return True
+
+    def stop(self) -> None:
+        """End the child, if any (the next reader goes on from where it got)."""
+        if self._child is not None and self._child.poll() is None:
+            self._child.terminate()
+            self._child.wait()
 
 
 def _file_mark(path: str) -> tuple[float, int]:

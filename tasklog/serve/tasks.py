@@ -18,16 +18,14 @@ from typing import Any
 import numpy as np
 
 from projections.base import Projection
-from projections.fold import touched
+from projections.derived import times_of
+from projections.fold import is_tombstone, touched
 
-from ..fields import micros
 from ..lifecycle import TaskState
 from ..log import TaskLog
 
 __all__ = ["TaskTable", "Arrays"]
 
-# The fields a task's state is read from when it changed (no buffers: they would be read back from the log).
-_STATE_KEYS = ["submitted", "started", "completed", "engine_uuid", "result_content", "resubmitted"]
 _CHUNK = 500
 # Past this many new events, reading every task again is cheaper than reading what they touched.
 _WHOLE = 200_000
@@ -71,8 +69,9 @@ class TaskTable:
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
 
-    def update(self, proj: Projection, log: TaskLog | None) -> None:
-        """Bring the table to the projection's checkpoint: the tasks touched since, or all again."""
+    def update(self, proj: Projection, log: TaskLog | None, ids: set[str] | None = None) -> None:
+        """Bring the table to the projection's checkpoint: the tasks touched since (``ids``, else
+        read from the log), or all again."""
         if proj.last_seq == self.seq and not (log is None and proj.hubs != self._hubs):
             return
         behind = proj.last_seq - self.seq
@@ -84,23 +83,22 @@ class TaskTable:
                 self._put(*row)
             self._read_at, self._hubs = time.monotonic(), dict(proj.hubs)
         else:
-            ids = touched(log.read(self.seq + 1, proj.last_seq + 1))
-            self._reread(proj, ids)
+            self._reread(proj, touched(log.read(self.seq + 1, proj.last_seq + 1)) if ids is None else ids)
         self.seq = proj.last_seq
 
     def _reread(self, proj: Projection, ids: Iterable[str]) -> None:
+        # The stored records by id (an overlay's from its dict): a query per chunk scanned every
+        # record an overlay held, for each chunk (seconds per refresh under a producer at full speed).
         ordered = sorted(ids)
         for i in range(0, len(ordered), _CHUNK):
             chunk = ordered[i:i + _CHUNK]
-            found = {r["msg_id"]: r for r in proj.find_records({"msg_id": {"$in": chunk}}, keys=_STATE_KEYS)}
+            found = proj.records_of(set(chunk))
             for msg_id in chunk:
                 rec = found.get(msg_id)
-                if rec is None:  # purged, or never submitted: not charted
+                if rec is None or is_tombstone(rec):  # purged, or never submitted: not charted
                     self._drop(msg_id)
                     continue
-                t = TaskState.of_record(msg_id, rec)
-                sub, start, end = (None if v is None else micros(v) for v in (t.submitted, t.started, t.completed))
-                self._put(msg_id, sub, start, end, t.failed, t.engine_uuid)
+                self._put(*times_of(TaskState.of_record(msg_id, rec)))
 
     def _put(self, msg_id: str, submitted: int | None, started: int | None, completed: int | None,
              failed: bool, engine: str | None) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 import projections
+from projections import snapshot
+from projections.backends.sqlite import SQLiteProjection
+from projections.overlay import Overlay
 from projections.writebehind import WriteBehind
 from tasklog import TaskLog
 from tests.support.projection_contract import ProjectionContract
@@ -27,3 +30,16 @@ class TestWriteBehindOverSQLite(ProjectionContract):
         for seq, event in log.read():
             proj.apply_one(seq, event)
         return proj
+
+
+class TestOverlayOverSQLite(ProjectionContract):
+    @classmethod
+    def make(cls, log: TaskLog, tmp: Path, request: pytest.FixtureRequest) -> projections.Projection:
+        """A Hub's file as a reader sees it: half the log stored, read-only, the rest folded in memory over it."""
+        path = tmp / "records.db"
+        with projections.open(f"sqlite:///{path}") as writer:
+            snapshot.catch_up(writer, log, stop=log.last_seq // 2)
+        overlay = Overlay(SQLiteProjection(str(path), readonly=True))
+        snapshot.catch_up(overlay, log)
+        assert overlay.inner.last_seq == log.last_seq // 2 and overlay.last_seq == log.last_seq
+        return overlay
