@@ -22,22 +22,24 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-base
 	$(BIN)/tasklog demo --log $(LOG) --tasks $(TASKS)
 
-# The report's check opens it in a real headless Chromium (Debian's package), installed when missing.
-# A failed install does not stop the suite: the browser test then fails alone, saying why.
+# The report's check and the dashboard's tests open pages in a real headless Chromium and drive it
+# through its WebDriver (Debian's chromium and chromium-driver), installed when missing. A failed
+# install does not stop the suite: the browser tests then fail alone, saying why.
 chromium:
-	@command -v chromium >/dev/null || { s=""; [ "$$(id -u)" = 0 ] || s=sudo; \
-	  $$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
-	  || echo "make: could not install chromium (apt-get); the report's browser test will fail" >&2
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { s=""; [ "$$(id -u)" = 0 ] || s=sudo; \
+	  $$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+	  >/dev/null; } || echo "make: could not install chromium and chromium-driver (apt-get); the browser tests will fail" >&2
 
 # The README's pictures, remade from a demo log with a fixed seed (needs chromium, as the tests do).
 SHOTS := bench/charts/screenshots
-screenshots: $(VENV)/.installed-report chromium
+screenshots: $(VENV)/.installed-test chromium
 	rm -rf $(SHOTS)/demo-log && mkdir -p $(SHOTS)
 	cd $(SHOTS) && $(CURDIR)/$(BIN)/tasklog demo --log demo-log --tasks 2000 --seed 7 --projection none
 	cd $(SHOTS) && $(CURDIR)/$(BIN)/tasklog report --log demo-log -o report.html
 	cd $(SHOTS) && $(CURDIR)/$(BIN)/tasklog timeline --log demo-log -o timeline.json
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --virtual-time-budget=5000 \
 	  --window-size=1060,1050 --screenshot=$(CURDIR)/$(SHOTS)/report.png file://$(CURDIR)/$(SHOTS)/report.html
+	$(BIN)/python -m bench.dashboard_shots $(SHOTS)/demo-log $(SHOTS)
 	rm -rf $(SHOTS)/demo-log $(SHOTS)/report.html
 
 # compileall first: with PYTHONDONTWRITEBYTECODE set (as in our containers), every `python -m
