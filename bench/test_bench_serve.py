@@ -171,18 +171,19 @@ def test_the_server_peak_rss(benchmark: Any, served: tuple[Served, str, int]) ->
     benchmark.extra_info.update(peak_rss_mb=round(hwm / 1024, 1), limit_mb=RSS_MB)
 
 
-def _viewer(url: str, stop: threading.Event) -> None:
-    """A person watching: the overview and the tasks page fetched again at each notice."""
-    base = url.split("/?token=")[0]
-    served = Served(base, url, None)  # type: ignore[arg-type]
-    req = urllib.request.Request(base + "/api/live", headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(req, timeout=120) as feed:
-        for raw in feed:
-            if stop.is_set():
-                return
-            if raw.startswith(b"data: "):
-                served.get("/api/overview")
-                served.get("/api/tasks", {"q": "{}"})
+# A person watching, in a process of its own (as a browser is: a thread here took the GIL from the
+# Hub's calls): the overview and the tasks page fetched again at each commit notice.
+_VIEWER = """
+import sys, urllib.request
+base, token = sys.argv[1], sys.argv[2]
+def get(path):
+    req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + token})
+    return urllib.request.urlopen(req, timeout=120)
+for raw in get("/api/live"):
+    if raw.startswith(b"data: "):
+        get("/api/overview").read()
+        get("/api/tasks?q=%7B%7D").read()
+"""
 
 
 @pytest.mark.parametrize("dashboard", ["off", "watched"])
@@ -190,17 +191,17 @@ def test_a_hub_beside_the_dashboard(benchmark: Any, dashboard: str) -> None:
     """The Hub's calls through TaskLogDB (SQLite), with its dashboard child watched or none."""
     n = sizes("baseline_tasks")[-1] * 4
     msgs = _messages(n)
-    made: list[tuple[str, TaskLogDB, threading.Event]] = []
+    made: list[tuple[str, TaskLogDB, subprocess.Popen[bytes] | None]] = []
 
     def setup() -> tuple[tuple[TaskLogDB], dict[str, Any]]:
         tmp = tempfile.mkdtemp(prefix="bench-serve-hub-")
         db = TaskLogDB(location=tmp, projection="sqlite", log=_QUIET,
                        serve_port=0 if dashboard == "watched" else -1, serve_token=TOKEN)
-        stop = threading.Event()
-        if db.serving is not None:
-            threading.Thread(target=_viewer, args=(db.serving.url, stop), daemon=True).start()
+        viewer = None
+        if db.serving is not None and db.serving.url is not None:
+            viewer = subprocess.Popen([sys.executable, "-c", _VIEWER, db.serving.url.split("/?token=")[0], TOKEN])
             time.sleep(1)
-        made.append((tmp, db, stop))
+        made.append((tmp, db, viewer))
         return (db,), {}
 
     def run(db: TaskLogDB) -> None:
@@ -209,7 +210,9 @@ def test_a_hub_beside_the_dashboard(benchmark: Any, dashboard: str) -> None:
     record(benchmark, n, "async log: synced every 5 ms", "dashboard", role=f"hub_dashboard_{dashboard}",
            unit="tasks", baseline="hub_dashboard_off")
     benchmark.pedantic(run, setup=setup, rounds=3)
-    for tmp, db, stop in made:
-        stop.set()
+    for tmp, db, viewer in made:
+        if viewer is not None:
+            viewer.kill()
+            viewer.wait()
         db.close()
         shutil.rmtree(tmp, ignore_errors=True)

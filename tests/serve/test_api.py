@@ -234,3 +234,30 @@ def test_a_stream_fed_projection_shows_each_hub(tmp_path: Path, demo_log: str) -
         while time.monotonic() < deadline and not s.api("/api/tasks", q=dumps({"msg_id": "fed-late"}))["records"]:
             time.sleep(0.2)
         assert s.api("/api/tasks", q=dumps({"msg_id": "fed-late"}))["records"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_download_of_the_query_is_what_tasklog_query_prints(served: Served, demo_log: str, fmt: str) -> None:
+    import io
+
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    query = {"engine_uuid": {"$in": ["engine-1", "engine-3"]}}
+    want = _query_cli(demo_log, query, "msg_id,submitted,engine_uuid,label")
+    answer = served.get("/api/export", {"q": dumps(query), "format": fmt, "keys": "submitted,engine_uuid,label"})
+    assert answer.status == 200 and f'filename="tasks.{fmt}"' in answer.headers["Content-Disposition"]
+    if fmt == "jsonl":
+        rows = [loads(line) for line in answer.body.decode().splitlines()]
+    else:
+        table = (pyarrow.parquet.read_table(io.BytesIO(answer.body)) if fmt == "parquet"
+                 else pyarrow.csv.read_csv(io.BytesIO(answer.body)))
+        rows = table.to_pylist()
+    got = sorted(rows, key=lambda r: r["msg_id"])
+    assert [r["msg_id"] for r in got] == [r["msg_id"] for r in want]
+    assert [r["engine_uuid"] for r in got] == [r["engine_uuid"] for r in want]
+    if fmt == "parquet":  # tz-aware times, to the microsecond the CLI prints to the millisecond
+        assert all(abs((g["submitted"] - w["submitted"]).total_seconds()) < 0.001 for g, w in zip(got, want))
+        assert all(g["submitted"].tzinfo is not None for g in got)
+    bad = served.get("/api/export", {"q": "{}", "format": "xlsx"})
+    assert bad.status == 400 and "format" in bad.json()["error"]
