@@ -7,7 +7,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import projections
 
@@ -26,20 +26,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_extra()
     from ..serve.app import build_app
     from ..serve.guard import TOKEN_ENV, new_token
-    from ..serve.run import check_token, serve
+    from ..serve.run import check_token, listen, serve
     from ..serve.server import Server
-    from ..serve.source import Source
 
     terminating_interrupts()
     token = check_token(args.token or os.environ.get(TOKEN_ENV) or new_token())
     if args.log is not None and (args.projection or args.source):
         raise InterfaceError("give --log, or --projection/--source (a stream-fed view), not both")
-    with _stream_follower(args) as spec:
-        source = Source(args.log or (None if spec else DEFAULT_LOG), spec)
-        server = Server(source, args.query_timeout)
+    with _stream_follower(args) as spec, closing(listen(args.host, args.port)) as sock:  # a taken port: at once
+        server = Server(args.log or (None if spec else DEFAULT_LOG), spec, args.query_timeout)
         try:
-            server.run_now(source.refresh)  # a log that cannot be read fails here, before the URL is printed
-            serve(build_app(server, token), args.host, args.port, token, sys.stdout, server.watch, args.stop_on_eof)
+            server.run_now("refresh")  # a log that cannot be read fails here, before the URL is printed
+            serve(build_app(server, token), sock, token, sys.stdout, server.watch, server.closing, args.stop_on_eof)
         finally:
             server.close()
     return 0

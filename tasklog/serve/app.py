@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,11 +32,11 @@ from projections.paging import MAX_LIMIT, Cursor
 
 from ..errors import InterfaceError, TaskLogError
 from ..fields import at_micros, micros, utcnow
+from ..views.export import FORMATS
 from ..views.jsonfmt import dumps, loads
-from . import answers, lanes
 from .guard import Guard
-from .metrics import exposition
-from .server import QueryTimeout, Server
+from .server import CLOSED, Server
+from .worker import QueryTimeout, WorkerFailed
 
 __all__ = ["build_app", "MAX_QUERY_BYTES", "PAGE_LIMIT"]
 
@@ -46,6 +47,9 @@ MAX_QUERY_BYTES = 16 * 1024
 PAGE_LIMIT = 1000
 _PAGES = {"/": "overview.html", "/tasks": "tasks.html", "/timeline": "timeline.html", "/hubs": "hubs.html"}
 _KEEPALIVE = 15.0
+_INTEGER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits only: str.isdigit took "²", which int() refused (a 500)
+_MAX_MICROS = 2**62
+_NARROW = "narrow the query: an indexed field (submitted, started, completed, engine_uuid, client_uuid, label, queue)"
 _EXPORT_TIMEOUT = 1800.0
 
 
@@ -54,18 +58,20 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 
 def _errors(handler: Callable[[Server, Request], Any]) -> Callable[[Request], Any]:
-    """A handler whose TaskLogErrors are answers: 400 for a bad request, 404, 503 for a timeout."""
+    """A handler whose errors are answers: 400 for a bad request, 404, 503 for a timeout, 500 for a bug."""
     async def wrapped(request: Request) -> Response:
         server: Server = request.app.state.server
         try:
             return await handler(server, request)  # type: ignore[no-any-return]
         except QueryTimeout as exc:
-            return _json({"error": str(exc), "hint": exc.hint}, 503)
+            return _json({"error": exc.args[0], "hint": _NARROW}, 503)
         except LookupError as exc:
             return _json({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
+        except WorkerFailed as exc:
+            return _json({"error": exc.args[0]}, 500)
         except TaskLogError as exc:
-            return _json({"error": str(exc)}, 400)
-        except Exception:  # a bug: its traceback on the server's stderr, one line to the page
+            return _json({"error": exc.args[0] if exc.args else str(exc)}, 400)
+        except Exception:  # a bug here: its traceback on the server's stderr, one line to the page
             traceback.print_exc()
             return _json({"error": f"tasklog serve failed answering {request.url.path}: see its standard error"}, 500)
     return wrapped
@@ -110,82 +116,82 @@ def _encode_cursor(after: Cursor | None) -> str | None:
 
 def _limit(request: Request) -> int:
     text = request.query_params.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= PAGE_LIMIT:
+    if not _INTEGER.fullmatch(text) or not 1 <= int(text) <= PAGE_LIMIT:
         raise QueryError(f"limit must be a whole number from 1 to {PAGE_LIMIT} (an export has no limit)")
     return min(int(text), MAX_LIMIT)
 
 
 async def api_tasks(server: Server, request: Request) -> Response:
-    """A page of tasks: ?q=QUERY&keys=A,B&sort=FIELD|-FIELD&limit=N&after=CURSOR."""
+    """A page of tasks: ?q=QUERY&keys=A,B&sort=FIELD|-FIELD&limit=N&after=CURSOR&count=1."""
     query, keys, limit = _query(request), _keys(request), _limit(request)
     sort = request.query_params.get("sort", "-submitted")
     after = _cursor(request.query_params.get("after"))
-    out = await server.run(lambda: answers.page(server.source, query, keys, sort.lstrip("-"), sort.startswith("-"),
-                                                limit, after))
+    out = await server.run("page", query=query, keys=keys, sort=sort.lstrip("-"), descending=sort.startswith("-"),
+                           limit=limit, after=after)
     out["after"] = _encode_cursor(out["after"])
     if request.query_params.get("count") == "1":
-        out["count"] = await server.run(lambda: server.source.projection.count(query))
+        out["count"] = await server.run("count", query=query)
     return _json(out)
 
 
 async def api_task(server: Server, request: Request) -> Response:
     """One task: record, story, resubmit chain."""
-    msg_id = request.path_params["msg_id"]
-    return _json(await server.run(lambda: answers.task(server.source, msg_id)))
+    return _json(await server.run("task", msg_id=request.path_params["msg_id"]))
 
 
 async def api_overview(server: Server, request: Request) -> Response:
     """The overview's figures."""
-    return _json(await server.run(lambda: answers.overview(server.source, server.arrays())))
+    return _json(await server.run("overview"))
+
+
+def _micros_param(params: Any, name: str) -> int | None:
+    text = params.get(name)
+    if not text:
+        return None
+    if not _INTEGER.fullmatch(text) or abs(int(text)) > _MAX_MICROS:
+        raise QueryError(f"{name} is a whole number of microseconds since the epoch, got {text[:40]!r}")
+    return int(text)
 
 
 async def api_timeline(server: Server, request: Request) -> Response:
     """Engines against time: ?start=US&stop=US&width=PIXELS."""
     params = request.query_params
-    try:
-        start = int(params["start"]) if params.get("start") else None
-        stop = int(params["stop"]) if params.get("stop") else None
-        width = int(params.get("width", "1000"))
-    except ValueError:
-        raise QueryError("start and stop are microseconds since the epoch, width a number of pixels") from None
-    now = micros(utcnow())
-    return _json(await server.run(lambda: lanes.lanes(server.arrays(), start, stop, width, now)))
+    width = params.get("width", "1000")
+    if not _INTEGER.fullmatch(width) or not 1 <= int(width) <= 100_000:
+        raise QueryError(f"width is a number of pixels, 1 to 100,000, got {width[:40]!r}")
+    return _json(await server.run("timeline", start=_micros_param(params, "start"), stop=_micros_param(params, "stop"),
+                                  width=int(width), now=micros(utcnow())))
 
 
 async def api_hubs(server: Server, request: Request) -> Response:
     """Each hub's checkpoint (a stream-fed projection)."""
-    return _json(await server.run(lambda: answers.hubs(server.source)))
+    return _json(await server.run("hubs"))
 
 
 async def api_stats(server: Server, request: Request) -> Response:
     """What ``tasklog stats --json`` prints."""
-    return _json(await server.run(server.stats, timeout=max(server.query_timeout, 60.0)))
+    return _json(await server.run("stats", timeout=max(server.query_timeout, 60.0)))
 
 
 async def metrics(server: Server, request: Request) -> Response:
     """Prometheus' text exposition format."""
-    body, kind = await server.run(lambda: exposition(server), timeout=max(server.query_timeout, 60.0))
+    body, kind = await server.run("metrics", timeout=max(server.query_timeout, 60.0))
     return Response(body, media_type=kind)
 
 
 async def api_export(server: Server, request: Request) -> Response:
     """The tasks a query matches as a file: ?q=QUERY&format=parquet|jsonl|csv&keys=A,B."""
-    from ..views.export import FORMATS, write_records  # pyarrow: only when asked for
-
     query, keys, fmt = _query(request), _keys(request), request.query_params.get("format", "parquet")
     if fmt not in FORMATS:
         raise QueryError(f"format must be one of {', '.join(FORMATS)}")
     fd, path = tempfile.mkstemp(prefix="tasklog-export-", suffix=f".{fmt}")
-
-    def write() -> None:
-        with os.fdopen(fd, "wb") as out:
-            write_records(server.source.projection.iter_records(query, keys=keys), fmt, out)
+    os.close(fd)
     try:
-        if server.source.log is not None:  # in a child: a million tasks took the worker for half a minute
-            os.close(fd)
-            await _export_child(server.source.log.path, query, keys, fmt, path)
+        log = await server.run("log_path")
+        if log is not None:  # in a child: a million tasks took the reader for half a minute
+            await _export_child(log, query, keys, fmt, path)
         else:
-            await server.run(write, timeout=_EXPORT_TIMEOUT)
+            await server.run("export", timeout=_EXPORT_TIMEOUT, query=query, keys=keys, fmt=fmt, path=path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -222,6 +228,8 @@ async def live(server: Server, request: Request) -> Response:
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
                     seq = await asyncio.wait_for(queue.get(), _KEEPALIVE)
+                    if seq == CLOSED:  # the server stops: end the stream, so it is not waited for
+                        return
                     yield f"event: commit\ndata: {seq}\n\n"
                     continue
                 yield ": still here\n\n"

@@ -23,6 +23,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: The cookie's name, with the server's port after it: one per server on a host (a shared name
+#: made two dashboards on one machine log each other out).
 COOKIE = "tasklog-token"
 #: The environment variable that sets the token (``--token`` wins).
 TOKEN_ENV = "TASKLOG_SERVE_TOKEN"
@@ -52,7 +54,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given, in_url = self._given(scope)
+        given, in_url = self._given(scope, _cookie(scope))
         if given is None or not hmac.compare_digest(given.encode(), self.token):
             await _refuse(send, "missing" if given is None else "wrong")
             return
@@ -67,7 +69,7 @@ class Guard:
         await self.app(scope, receive, guarded)
 
     @staticmethod
-    def _given(scope: Scope) -> tuple[str | None, bool]:
+    def _given(scope: Scope, cookie: str) -> tuple[str | None, bool]:
         """The token a request carries, and whether it came in the URL."""
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if "token" in query:
@@ -83,9 +85,15 @@ class Guard:
                     jar.load(value.decode("latin-1"))
                 except Exception:
                     continue
-                if COOKIE in jar:
-                    return jar[COOKIE].value, False
+                if cookie in jar:
+                    return jar[cookie].value, False
         return None, False
+
+
+def _cookie(scope: Scope) -> str:
+    """The token cookie's name for the server answering ``scope``."""
+    server = scope.get("server")
+    return f"{COOKIE}-{server[1]}" if server else COOKIE
 
 
 async def _refuse(send: Send, why: str) -> None:
@@ -101,7 +109,7 @@ async def _redirect_with_cookie(scope: Scope, send: Send, token: str) -> None:
     rest = [(k, v) for k, v in urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))
             if k != "token"]
     location = urllib.parse.quote(scope["path"]) + ("?" + urllib.parse.urlencode(rest) if rest else "")
-    cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+    cookie = f"{_cookie(scope)}={token}; Path=/; HttpOnly; SameSite=Strict"
     await send({"type": "http.response.start", "status": 303,
                 "headers": [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode()), *HEADERS]})
     await send({"type": "http.response.body", "body": b""})

@@ -16,15 +16,18 @@ import numpy as np
 from projections.summary import log_stats
 
 from ..errors import InterfaceError
+from ..lifecycle import STATES
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .source import Source
+    from .tasks import Arrays
 
 __all__ = ["exposition", "METRICS"]
 
 #: Every metric: name -> (type, help). README's table is made from the same names.
 METRICS: dict[str, tuple[str, str]] = {
-    "tasklog_events": ("counter", "Events in the log, by type (after a prune: those it still holds)."),
+    # A gauge, not a counter: a prune removes events, and a counter must never go down.
+    "tasklog_log_events": ("gauge", "Events the log holds, by type (a prune removes the oldest)."),
     "tasklog_tasks": ("gauge", "Tasks by lifecycle state (pending, running, completed, failed, resubmitted, dropped)."),
     "tasklog_task_queue_wait_seconds": ("histogram", "Seconds from a task's submission to its start."),
     "tasklog_task_run_seconds": ("histogram", "Seconds from a task's start to its completion."),
@@ -42,15 +45,15 @@ _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 3
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def exposition(server: Server) -> tuple[bytes, str]:
-    """The metrics as Prometheus' text format, and its content type (worker thread)."""
+def exposition(source: Source, arrays: Arrays) -> tuple[bytes, str]:
+    """The metrics of ``source`` (its task table ``arrays``) in Prometheus' text format, and its content type."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.exposition import CONTENT_TYPE_LATEST
     except ImportError:
         raise InterfaceError("/metrics needs prometheus_client: pip install 'tasklog[serve]'") from None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(list(_families(server))))
+    registry.register(_Collector(list(_families(source, arrays))))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -62,12 +65,11 @@ class _Collector:
         return self.families
 
 
-def _families(server: Server) -> Iterator[Any]:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+def _families(source: Source, arrays: Arrays) -> Iterator[Any]:
+    from prometheus_client.core import GaugeMetricFamily
 
-    source, arrays = server.source, server.arrays()
     proj = source.projection
-    events = CounterMetricFamily("tasklog_events", METRICS["tasklog_events"][1], labels=["type"])
+    events = GaugeMetricFamily("tasklog_log_events", METRICS["tasklog_log_events"][1], labels=["type"])
     tasks = GaugeMetricFamily("tasklog_tasks", METRICS["tasklog_tasks"][1], labels=["state"])
     if source.log is not None:
         st = log_stats(source.log, proj)
@@ -82,9 +84,9 @@ def _families(server: Server) -> Iterator[Any]:
         by_state = st.by_state
     else:
         by_state = proj.tasks_by("state")
-        yield from _hub_families(server)
-    for state, n in sorted(by_state.items(), key=lambda kv: str(kv[0])):
-        tasks.add_metric([str(state)], n)
+        yield from _hub_families(source)
+    for state in STATES:  # every state, none left out for being 0 (an alert on "running" would see no series)
+        tasks.add_metric([state], by_state.get(state, 0))
     yield tasks
     yield _gauge("tasklog_folded_seq", proj.last_seq)
     yield _histogram("tasklog_task_queue_wait_seconds", arrays.started, arrays.submitted, _DURATION_BUCKETS)
@@ -110,7 +112,7 @@ def _from_values(name: str, values: np.ndarray[Any, Any], buckets: tuple[float, 
     return HistogramMetricFamily(name, METRICS[name][1], buckets=pairs, sum_value=float(values.sum()))
 
 
-def _hub_families(server: Server) -> Iterator[Any]:
+def _hub_families(source: Source) -> Iterator[Any]:
     from prometheus_client.core import GaugeMetricFamily
 
     checkpoint = GaugeMetricFamily("tasklog_hub_checkpoint", METRICS["tasklog_hub_checkpoint"][1],
@@ -118,8 +120,8 @@ def _hub_families(server: Server) -> Iterator[Any]:
     age = GaugeMetricFamily("tasklog_hub_checkpoint_age_seconds", METRICS["tasklog_hub_checkpoint_age_seconds"][1],
                             labels=["hub", "log"])
     now = time.time()
-    for identity, (name, seq) in sorted(server.source.projection.hubs.items()):
+    for identity, (name, seq) in sorted(source.projection.hubs.items()):
         checkpoint.add_metric([name, identity], seq)
-        age.add_metric([name, identity], now - server.source.hub_moved.get(identity, (seq, now))[1])
+        age.add_metric([name, identity], now - source.hub_moved.get(identity, (seq, now))[1])
     yield checkpoint
     yield age

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from ..errors import InterfaceError, MissingExtraError
 
-__all__ = ["serve", "check_token", "require_extra", "ServeChild", "LOOPBACK"]
+__all__ = ["serve", "listen", "check_token", "require_extra", "ServeChild", "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
@@ -42,7 +42,7 @@ def require_extra() -> None:
         raise MissingExtraError(", ".join(missing), "serve", "tasklog serve")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A listening socket (``port`` 0: any free one); InterfaceError for an address that cannot be had."""
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -56,23 +56,28 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise InterfaceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock
 
 
-def serve(app: Any, host: str, port: int, token: str, announce: TextIO, watch: Callable[[], Any],
-          stop_on_eof: bool = False) -> None:
-    """Serve ``app`` on ``host:port`` until interrupted (or, with ``stop_on_eof``, standard input ends)."""
+def serve(app: Any, sock: socket.socket, token: str, announce: TextIO, watch: Callable[[], Any],
+          on_exit: Callable[[], None], stop_on_eof: bool = False) -> None:
+    """Serve ``app`` on ``sock`` until interrupted (or, with ``stop_on_eof``, standard input ends);
+    ``on_exit`` is called from the signal handler (it ends the live feeds, which are not waited for)."""
     import uvicorn
 
-    sock = _bind(host, port)
+    host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"http://{shown}:{sock.getsockname()[1]}/?token={token}", file=announce, flush=True)
+    print(f"http://{shown}:{port}/?token={token}", file=announce, flush=True)
     if _public(host):
         print(f"tasklog serve: listening on {host}: whoever can reach it and has the token reads every task",
               file=sys.stderr)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+
+    class Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            on_exit()
+    server = Uvicorn(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                    timeout_graceful_shutdown=3))
 
     async def main() -> None:
         watcher = asyncio.create_task(watch())
@@ -84,10 +89,7 @@ def serve(app: Any, host: str, port: int, token: str, announce: TextIO, watch: C
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-    try:
-        asyncio.run(main())
-    finally:
-        sock.close()
+    asyncio.run(main())
 
 
 def _public(host: str) -> bool:

@@ -24,6 +24,7 @@ from projections.readmodel import open_read_model
 from ..errors import InterfaceError, TaskLogError
 from ..events import Event
 from ..log import TaskLog
+from ..store import MARKER
 
 __all__ = ["Source"]
 
@@ -69,6 +70,13 @@ class Source:
         # time; the read model itself is opened again now and then (a Hub keeps its file current; a
         # `tasklog index` child catches the readers' file up). Opening it again at every commit, a
         # producer at full speed kept the page without news for seconds (each open folded into SQLite).
+        if not os.path.exists(os.path.join(log.path, MARKER)):
+            # Answering from a deleted log's open files went on for as long as it ran, silently,
+            # and kept the disk space they held: closed, and said at each read.
+            self._rebase.stop()
+            self._swap_out()
+            log.close()
+            raise InterfaceError(f"the log at {log.path} was removed while it was served")
         last = log.last_seq
         if self.model is not None and last == self.model.last_seq and not self._rebase.ready():
             return False

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
 import threading
 import time
 import urllib.request
@@ -75,14 +79,16 @@ def test_every_request_needs_the_token(served: Served, path: str) -> None:
 def test_the_token_in_the_url_becomes_a_cookie_and_leaves_the_url(served: Served) -> None:
     answer = served.get("/tasks", {"token": TOKEN, "q": "{}"}, token=None)
     assert answer.status == 303 and answer.headers["Location"] == "/tasks?q=%7B%7D"
-    cookie = answer.headers["Set-Cookie"]
-    assert cookie.startswith(f"tasklog-token={TOKEN};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    page = served.get("/tasks", token=None, headers={"Cookie": f"tasklog-token={TOKEN}"})
+    cookie, port = answer.headers["Set-Cookie"], served.base.rsplit(":", 1)[1]
+    assert cookie.startswith(f"tasklog-token-{port}={TOKEN};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    page = served.get("/tasks", token=None, headers={"Cookie": f"tasklog-token-{port}={TOKEN}"})
     assert page.status == 200 and b'data-page="tasks"' in page.body
     for name, value in [("Content-Security-Policy", "script-src 'self'"), ("X-Content-Type-Options", "nosniff"),
                         ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY")]:
         assert value in page.headers[name]
-    assert served.get("/tasks", token=None, headers={"Cookie": "tasklog-token=bad; other=1"}).status == 403
+    assert served.get("/tasks", token=None, headers={"Cookie": f"tasklog-token-{port}=bad; other=1"}).status == 403
+    # Another server's cookie (another port) is not this one's: two dashboards never log each other out.
+    assert served.get("/tasks", token=None, headers={"Cookie": f"tasklog-token-1={TOKEN}"}).status == 403
 
 
 @pytest.mark.parametrize("query", [{}, {"engine_uuid": "engine-1"}, {"completed": None},
@@ -113,12 +119,20 @@ def test_pages_follow_the_sort_and_the_cursor_both_ways(served: Served, demo_log
     ({"q": json.dumps({"label": "x" * 20000})}, "longer than"), ({"sort": "stdout"}, "cannot sort"),
     ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "ten"}, "limit"),
     ({"after": "!!"}, "cursor"), ({"after": "WzEsMl0"}, "cursor"), ({"keys": "a.b"}, "top-level"),
+    ({"limit": "\u00b2"}, "limit"),  # str.isdigit says yes, int() says no: was a 500
 ])
 def test_a_bad_request_is_one_line_and_400(served: Served, params: dict[str, str], says: str) -> None:
     answer = served.get("/api/tasks", params)
     assert answer.status == 400, answer.body
     error = answer.json()["error"]
     assert says in error and "\n" not in error
+
+
+@pytest.mark.parametrize("params", [{"start": "-100000000000000000000"}, {"stop": "1e9"}, {"width": "0"},
+                                    {"width": "\u00b2"}, {"start": "x"}])
+def test_a_bad_timeline_window_is_400(served: Served, params: dict[str, str]) -> None:
+    answer = served.get("/api/timeline", params)
+    assert answer.status == 400 and "\n" not in answer.json()["error"]
 
 
 def test_a_task_with_its_story_lineage_and_buffer_sizes(served: Served, demo_log: str) -> None:
@@ -139,10 +153,9 @@ def test_metrics_parse_and_agree_with_tasklog_stats(served: Served, demo_log: st
     answer = served.get("/metrics")
     assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(answer.body.decode())}
-    events = {s.labels["type"]: s.value for s in families["tasklog_events"].samples if s.name.endswith("_total")}
+    events = {s.labels["type"]: s.value for s in families["tasklog_log_events"].samples}
     assert events == stats["by_type"]
-    assert {s.labels["state"]: s.value for s in families["tasklog_tasks"].samples} == \
-        {k: v for k, v in stats["by_state"].items() if v}
+    assert {s.labels["state"]: s.value for s in families["tasklog_tasks"].samples} == stats["by_state"]
     assert families["tasklog_log_size_bytes"].samples[0].value == stats["disk_bytes"]
     assert families["tasklog_log_last_seq"].samples[0].value == stats["last_seq"]
     ran = len(_query_cli(demo_log, {"completed": {"$ne": None}, "started": {"$ne": None}}, "msg_id"))
@@ -192,10 +205,25 @@ def test_a_commit_reaches_an_open_feed_and_the_next_page(served: Served, demo_lo
     assert row["label"] == "<img src=x onerror=alert(1)>" and row["engine_uuid"] == "engine-live"
 
 
-def test_a_query_past_the_time_allowed_is_stopped(demo_log: str) -> None:
-    with serving("--log", demo_log, "--query-timeout", "0.000001") as slow:
-        answer = slow.get("/api/tasks", {"q": dumps({"stdout": {"$regex": "step"}})})
-        assert answer.status == 503 and "took longer" in answer.json()["error"]
+def test_a_query_past_the_time_allowed_is_stopped_and_nothing_waits_on_it(tmp_path: Path) -> None:
+    """A regular expression that backtracks for hours, evaluated in Python: the reader is killed at
+    --query-timeout, and meanwhile the server answers everything that does not read."""
+    log = str(tmp_path / "log")
+    run_cli("demo", "--log", log, "--tasks", "50", "--seed", "2", "--projection", "none", check=True)
+    with TaskLog.open(log) as writer:
+        writer.append(Submit("backtracking", {"msg_id": "backtracking"}, {}, {}, [], "c", "task", utcnow(),
+                             "a" * 40 + "!"))
+    with serving("--log", log, "--query-timeout", "2") as slow:
+        answers: list[Any] = []
+        query = {"q": dumps({"label": {"$regex": "^(a+)+$"}})}
+        asking = threading.Thread(target=lambda: answers.append(slow.get("/api/tasks", query)), daemon=True)
+        asking.start()
+        time.sleep(0.5)
+        assert slow.get("/static/tasklog.css").status == 200 and slow.get("/", token=None).status == 403
+        assert not answers  # answered while the query still ran
+        asking.join(120)
+        assert answers[0].status == 503 and "took longer than 2 s" in answers[0].json()["error"]
+        assert slow.api("/api/hubs")["fed"] is False  # a new reader answers the next read
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -254,6 +282,7 @@ def test_a_download_of_the_query_is_what_tasklog_query_prints(served: Served, de
                  else pyarrow.csv.read_csv(io.BytesIO(answer.body)))
         rows = table.to_pylist()
     got = sorted(rows, key=lambda r: r["msg_id"])
+    assert set(got[0]) <= {"msg_id", "submitted", "engine_uuid", "label", "_irregular"}  # the keys asked for
     assert [r["msg_id"] for r in got] == [r["msg_id"] for r in want]
     assert [r["engine_uuid"] for r in got] == [r["engine_uuid"] for r in want]
     if fmt == "parquet":  # tz-aware times, to the microsecond the CLI prints to the millisecond
@@ -261,3 +290,43 @@ def test_a_download_of_the_query_is_what_tasklog_query_prints(served: Served, de
         assert all(g["submitted"].tzinfo is not None for g in got)
     bad = served.get("/api/export", {"q": "{}", "format": "xlsx"})
     assert bad.status == 400 and "format" in bad.json()["error"]
+
+
+def test_a_signal_stops_the_server_with_live_pages_open(demo_log: str) -> None:
+    """SIGINT and SIGTERM end it at once, open feeds or not, with no traceback."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with serving("--log", demo_log) as s:
+            feeds = [urllib.request.urlopen(urllib.request.Request(s.base + "/api/live", headers={
+                "Authorization": f"Bearer {TOKEN}"}), timeout=30) for _ in range(3)]
+            assert all(f.readline().startswith(b"event: commit") for f in feeds)
+            s.proc.send_signal(sig)
+            assert s.proc.wait(20) in (0, 130, -sig)
+            err = s.proc.stderr.read() if s.proc.stderr else ""
+            assert "Traceback" not in err and "CancelledError" not in err, err
+            for f in feeds:
+                f.close()
+
+
+def test_a_log_removed_while_served_is_said_and_let_go(tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    run_cli("demo", "--log", log, "--tasks", "30", "--seed", "4", "--projection", "none", check=True)
+    with serving("--log", log) as s:
+        assert s.api("/api/tasks", q="{}")["records"]
+        assert [p for p in _open_files(s.proc.pid) if p.startswith(log)]
+        shutil.rmtree(log)
+        answer = s.get("/api/tasks", {"q": "{}"})
+        assert answer.status == 400 and "was removed while it was served" in answer.json()["error"]
+        assert not [p for p in _open_files(s.proc.pid) if p.startswith(log)]  # its reader's too
+
+
+def _open_files(pid: int) -> list[str]:
+    """The files ``pid`` and its children hold open."""
+    out, kids = [], []
+    for tid in os.listdir(f"/proc/{pid}/task"):  # the reader is started from a thread: its child
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    for p in [pid, *kids]:
+        for fd in os.listdir(f"/proc/{p}/fd"):
+            with contextlib.suppress(OSError):
+                out.append(os.readlink(f"/proc/{p}/fd/{fd}"))
+    return out

@@ -16,7 +16,7 @@ import projections
 from projections.overlay import Overlay
 from tasklog import TaskLog
 from tasklog.demo import simulate
-from tasklog.serve.server import Server
+from tasklog.serve.reading import Reading
 from tasklog.serve.source import Rebase, Source
 from tasklog.serve.tasks import TaskTable
 from tests.support import child_env
@@ -50,13 +50,13 @@ def _last(path: str) -> int:
 def test_new_commits_are_folded_in_memory_and_the_table_follows_them(tmp_path: Any) -> None:
     path = str(tmp_path / "log")
     _write(path, "demo(200, 1)")
-    source = Source(path, None)
-    server = Server(source)
+    reading = Reading(path, None)
+    source = reading.source
     try:
-        server.run_now(source.refresh)
+        reading.refresh()
         before = source.projection.inner.last_seq  # type: ignore[attr-defined]
         assert isinstance(source.projection, Overlay)
-        server.run_now(server.arrays)
+        reading.arrays()
         victim = source.projection.find_page({}, sort="msg_id", limit=1).records[0]["msg_id"]
         _write(path, "demo(100, 2)\nnow = utcnow()\n"
                "log.append_many([Submit('extra', {'msg_id': 'extra'}, {}, {}, [], 'c', 'task', now), "
@@ -64,15 +64,15 @@ def test_new_commits_are_folded_in_memory_and_the_table_follows_them(tmp_path: A
                "Complete('extra-2', {}, {'status': 'error'}, {}, [], now, now, now, 'engine-y')])\n"
                f"log.append(Drop([{victim!r}]))")
         last = _last(path)
-        assert server.run_now(source.refresh) and source.projection.last_seq == last
+        assert reading.refresh() == last
         assert source.projection.inner.last_seq == before  # type: ignore[attr-defined]  # folded in memory
         fresh = TaskTable()
         fresh.update(source.projection, None)
-        assert _columns(server.run_now(server.arrays)) == _columns(fresh.arrays())
+        assert _columns(reading.arrays()) == _columns(fresh.arrays())
         rows = {r[0]: r for r in _columns(fresh.arrays())}
         assert victim not in rows and rows["extra-2"][4] is True and rows["extra-2"][5] == "engine-y"
     finally:
-        server.close()
+        reading.close()
 
 
 def test_the_readers_model_is_moved_on_by_a_child(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,18 +100,15 @@ def test_the_table_equals_a_fresh_read_after_many_small_refreshes(tmp_path: Any)
     path = str(tmp_path / "log")
     total = len(list(simulate(300, seed=5)))
     _write(path, "demo(300, 5, 0, 100)")
-    source = Source(path, None)
-    server = Server(source)
+    reading = Reading(path, None)
     try:
-        server.run_now(source.refresh)
+        reading.refresh()
         for i in range(100, total, 137):
             _write(path, f"demo(300, 5, {i}, {i + 137})")
-            server.run_now(source.refresh)
-            if i % 2:
-                server.run_now(server.arrays)
+            reading.refresh(table=bool(i % 2))
         fresh = TaskTable()
-        fresh.update(source.projection, None)
-        got, want = server.run_now(server.arrays), fresh.arrays()
+        fresh.update(reading.source.projection, None)
+        got, want = reading.arrays(), fresh.arrays()
         assert _columns(got) == _columns(want) and np.array_equal(np.sort(got.started), np.sort(want.started))
     finally:
-        server.close()
+        reading.close()

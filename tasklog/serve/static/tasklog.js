@@ -21,7 +21,9 @@ TL.api = async (path, params) => {
   const url = new URL(path, location.origin);
   for (const [k, v] of Object.entries(params || {})) if (v !== null && v !== undefined && v !== "") url.searchParams.set(k, v);
   const res = await fetch(url, {credentials: "same-origin", headers: {Accept: "application/json"}});
-  const body = TL.parse(await res.text());
+  const text = await res.text();
+  let body;
+  try { body = TL.parse(text); } catch (err) { throw new Error(text.split("\n")[0] || res.statusText); }  // a 403 is text
   if (!res.ok) throw new Error(body.error || res.statusText);
   return body;
 };
@@ -158,7 +160,9 @@ TL.pages.tasks = () => {
 };
 
 TL.pages.task = () => {
-  const id = decodeURIComponent(location.pathname.slice("/task/".length));
+  const raw = location.pathname.slice("/task/".length);
+  let id = raw;
+  try { id = decodeURIComponent(raw); } catch (err) { id = raw; }  // "/task/a%zz": not an escape, the id as written
   document.getElementById("title").textContent = "Task " + id;
   TL.live(async () => {
     const t = await TL.api("/api/task/" + encodeURIComponent(id));
