@@ -6,13 +6,14 @@ faster overrides it (SQLite reads states and times from its columns and counts w
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tasklog.fields import micros
 from tasklog.lifecycle import TaskState
 
 from . import frames
+from .fold import is_tombstone
 from .paging import Cursor, Page
 
 __all__ = ["Derived", "TaskTimes", "times_of"]
@@ -40,6 +41,9 @@ class Derived:
         def count(self, query: Any = None) -> int:
             """How many records match a query (``Projection``'s)."""
 
+        def records_of(self, msg_ids: set[str]) -> dict[str, dict[str, Any] | None]:
+            """The stored records of ``msg_ids`` (``Projection``'s)."""
+
         def find_records(self, query: Any = None, keys: Any = None) -> list[dict[str, Any]]:
             """Records matching a query (``Projection``'s)."""
 
@@ -65,10 +69,14 @@ class Derived:
         for rec in self.find_records({}):
             yield TaskState.of_record(rec["msg_id"], rec)
 
-    def task_times(self) -> Iterator[TaskTimes]:
+    def task_times(self, msg_ids: Collection[str] | None = None) -> Iterator[TaskTimes]:
         """Each task's msg_id, submitted, started and completed times in µs since the epoch, whether
-        it failed, and its engine: what charts of a whole cluster read (purged tasks left out)."""
-        return (times_of(t) for t in self.task_states() if not t.dropped)
+        it failed, and its engine: what charts of a whole cluster read (purged tasks left out);
+        only those of ``msg_ids`` if given."""
+        if msg_ids is None:
+            return (times_of(t) for t in self.task_states() if not t.dropped)
+        stored = self.records_of(set(msg_ids))
+        return (times_of(TaskState.of_record(m, r)) for m, r in stored.items() if r is not None and not is_tombstone(r))
 
     def tasks_by(self, name: str) -> Counter[str | None]:
         """Tasks, purged ones included, by ``state`` (see ``tasklog.lifecycle.STATES``) or another TaskState field."""

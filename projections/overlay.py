@@ -11,7 +11,7 @@ checkpoint was read is never folded twice.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -125,11 +125,13 @@ class Overlay(Projection):
                 yield task
         yield from (task_of(rec) for rec in mine.values() if rec is not None)
 
-    def task_times(self) -> Iterator[TaskTimes]:
+    def task_times(self, msg_ids: Collection[str] | None = None) -> Iterator[TaskTimes]:
         """The projection's tasks' times (its columns), with the overlay's in place of theirs."""
         mine = self._records
-        yield from (row for row in self.inner.task_times() if row[0] not in mine)
-        yield from (times_of(task_of(rec)) for rec in mine.values() if rec is not None and not is_tombstone(rec))
+        below = None if msg_ids is None else [m for m in msg_ids if m not in mine]
+        yield from (row for row in self.inner.task_times(below) if row[0] not in mine)
+        ours = mine.values() if msg_ids is None else (mine[m] for m in msg_ids if m in mine)
+        yield from (times_of(task_of(rec)) for rec in ours if rec is not None and not is_tombstone(rec))
 
     def tasks_by(self, name: str) -> Counter[str | None]:
         """The projection's tasks by ``name``, with the overlay's records in place of theirs."""

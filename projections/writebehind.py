@@ -14,7 +14,7 @@ storage): anything that takes a projection takes it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -183,10 +183,10 @@ class WriteBehind(Projection):
         self.flush()
         return self.inner.find_page(node, sort=sort, descending=descending, limit=limit, after=after)
 
-    def task_times(self) -> Iterator[TaskTimes]:
+    def task_times(self, msg_ids: Collection[str] | None = None) -> Iterator[TaskTimes]:
         """The projection's tasks' times, after a flush."""
         self.flush()
-        return self.inner.task_times()
+        return self.inner.task_times(msg_ids)
 
     def _history(self) -> list[str]:
         self.flush()

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from datetime import datetime
@@ -409,11 +409,16 @@ class SQLiteProjection(Projection):
                 task.dropped = bool(dropped)
                 yield task
 
-    def task_times(self) -> Iterator[TaskTimes]:
+    def task_times(self, msg_ids: Collection[str] | None = None) -> Iterator[TaskTimes]:
         """``Projection.task_times`` straight from the columns (a value of another type is None)."""
         failed = ", ".join(f"'{s}'" for s in sorted(FAILED_STATUSES))  # TaskState.failed, whatever came after
-        return iter(self._db.execute(f"SELECT msg_id, submitted, started, completed, reply_status IN ({failed}), "
-                                     "engine_uuid FROM records WHERE dropped = 0"))
+        sql = (f"SELECT msg_id, submitted, started, completed, reply_status IN ({failed}), engine_uuid "
+               "FROM records WHERE dropped = 0")
+        if msg_ids is None:
+            return iter(self._db.execute(sql))
+        ids = list(msg_ids)
+        return (row for i in range(0, len(ids), _CHUNK) for row in self._db.execute(
+            f"{sql} AND msg_id IN ({','.join('?' * len(ids[i:i + _CHUNK]))})", ids[i:i + _CHUNK]))
 
     def tasks_by(self, name: str) -> Counter[str | None]:
         """Tasks, purged ones included, by ``state`` or another TaskState field: one ``GROUP BY``

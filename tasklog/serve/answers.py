@@ -13,21 +13,19 @@ from typing import Any
 import numpy as np
 
 from projections.base import Projection
+from projections.fold import is_tombstone
 from projections.paging import Cursor
 
 from ..errors import InterfaceError
 from ..lifecycle import STATES, TaskState
-from ..records import FAILED_STATUSES
 from ..views.story import story
 from .source import Source
 from .tasks import Arrays
 
-__all__ = ["page", "task", "lineage", "sized", "overview", "hubs", "FAILED_QUERY", "TABLE_KEYS"]
+__all__ = ["page", "task", "lineage", "sized", "overview", "hubs", "TABLE_KEYS"]
 
 #: The columns the tasks table shows unless asked for others.
 TABLE_KEYS = ["msg_id", "submitted", "started", "completed", "engine_uuid", "client_uuid", "queue", "label"]
-#: A failed task's record (``tasklog.records.FAILED_STATUSES``).
-FAILED_QUERY = {"result_content.status": {"$in": sorted(FAILED_STATUSES)}}
 _BUCKETS = 60
 # Durations charted on a log scale, from 100 µs to about 28 hours.
 _EDGES = np.logspace(-4, 5, 37)
@@ -38,13 +36,11 @@ def overview(source: Source, times: Arrays) -> dict[str, Any]:
     """Tasks by state, throughput over time, queue wait and run time, failures, engines busy."""
     proj = source.projection
     states = proj.tasks_by("state")
-    failures = proj.find_page(FAILED_QUERY, keys=["engine_uuid", "completed", "label", "result_content"],
-                              sort="completed", limit=10).records
     return {"source": source.figures(), "tasks": times.n,
             "states": {s: states.get(s, 0) for s in STATES},
             "throughput": _throughput(times), "wait": _durations(times.started, times.submitted),
             "run": _durations(times.completed, times.started), "engines": _busy(times),
-            "failures": [_failure(r) for r in failures]}
+            "failures": _latest_failures(proj, times)}
 
 
 def _throughput(t: Arrays) -> dict[str, Any]:
@@ -91,6 +87,17 @@ def _busy(t: Arrays) -> dict[str, Any]:
     known = np.unique(t.engine[t.engine >= 0]).size
     return {"engines": int(known), "busy": len(now), "running": int(running.sum()),
             "top": [[e, n] for e, n in sorted(now.items(), key=lambda en: (-en[1], en[0]))[:_ENGINES_LISTED]]}
+
+
+def _latest_failures(proj: Projection, t: Arrays, most: int = 10) -> list[dict[str, Any]]:
+    """The tasks that failed last, from the task table: a query for them read every record of a
+    cluster that never failed (0.75 s an overview, at every commit, beside a Hub)."""
+    failed = np.flatnonzero(t.failed)
+    latest = failed[np.argsort(-t.completed[failed], kind="stable")[:most]]
+    ids = [t.ids[int(t.rows[i])] for i in latest]
+    stored = proj.records_of(set(ids))
+    return [_failure({**rec, "msg_id": m}) for m in ids  # read, never changed: no copy
+            if (rec := stored.get(m)) is not None and not is_tombstone(rec)]
 
 
 def _failure(rec: dict[str, Any]) -> dict[str, Any]:

@@ -388,6 +388,8 @@ class ProjectionContract:
                 for s in proj.task_states() if not s.dropped}
         assert {(*row[:4], bool(row[4]), row[5]) for row in proj.task_times()} == want
         assert "task-06" not in {row[0] for row in proj.task_times()}
+        some = ["task-01", "task-05", "task-06", "ghost", "never", "task-05b"]  # a purged one, an unknown one
+        assert {(*row[:4], bool(row[4]), row[5]) for row in proj.task_times(some)} == {w for w in want if w[0] in some}
 
 
 PAGE_QUERIES: list[dict[str, Any]] = [{}, {"engine_uuid": {"$in": ["engine-1", "engine-2"]}}, {"completed": None},
