@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,6 @@ from tests.support import run_cli
 from tests.support.served import TOKEN, Served, serving
 
 KEYS = "msg_id,submitted,completed,engine_uuid,label"
-
-
-@pytest.fixture(scope="module")
-def demo_log(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A demo log of 300 tasks (its events as a Hub under load writes them)."""
-    path = str(tmp_path_factory.mktemp("served") / "log")
-    run_cli("demo", "--log", path, "--tasks", "300", "--seed", "11", "--projection", "none", check=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def served(demo_log: str) -> Iterator[Served]:
-    with serving("--log", demo_log) as s:
-        yield s
 
 
 def _query_cli(log: str, query: dict[str, Any], keys: str = KEYS) -> list[dict[str, Any]]:

@@ -15,26 +15,13 @@ from tasklog.fields import utcnow
 from tasklog.views.jsonfmt import dumps, loads
 from tests.support import run_cli
 from tests.support.browser import chromium, console, wait_for
-from tests.support.served import TOKEN, Served, serving
+from tests.support.served import TOKEN, Served
 
 pytestmark = pytest.mark.xdist_group("browser")
 
 ROWS = "return [...document.querySelectorAll('#tasks tbody tr')].map(tr => [...tr.cells].map(c => c.textContent))"
 HEADS = "return [...document.querySelectorAll('#tasks thead th')].map(th => th.textContent)"
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
-
-
-@pytest.fixture(scope="module")
-def demo_log(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("browsed") / "log")
-    run_cli("demo", "--log", path, "--tasks", "300", "--seed", "5", "--projection", "none", check=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def served(demo_log: str) -> Iterator[Served]:
-    with serving("--log", demo_log) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

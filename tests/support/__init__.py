@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "PROCS", "run_cli", "projection_spec", "stored", "mounted_tmpfs", "readonly_bind", "child_env"]
+__all__ = ["REPO", "PROCS", "run_cli", "make_demo_log", "projection_spec", "stored", "mounted_tmpfs", "readonly_bind",
+           "child_env"]
 
 #: The repository's root; a child process started by a test finds tasklog and tests there.
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,13 @@ def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"tasklog {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def make_demo_log(factory: pytest.TempPathFactory, name: str, tasks: int, seed: int) -> str:
+    """A new log of the demo's ``tasks`` tasks (its events as a Hub under load writes them)."""
+    path = str(factory.mktemp(name) / "log")
+    run_cli("demo", "--log", path, "--tasks", str(tasks), "--seed", str(seed), "--projection", "none", check=True)
+    return path
 
 
 def projection_spec(kind: str, tmp: Path, request: pytest.FixtureRequest, mongo_fixture: str = "mongo_uri") -> str:

@@ -22,7 +22,7 @@ import pytest
 from tasklog import InterfaceError, TaskLog
 from tasklog.views import export
 from tasklog.views.jsonfmt import dumps, loads
-from tests.support import child_env, run_cli
+from tests.support import child_env, make_demo_log, run_cli
 
 TIMES = ("submitted", "started", "completed", "received")
 QUERY = '{"label": {"$glob": "job-1*"}}'
@@ -31,9 +31,7 @@ QUERY = '{"label": {"$glob": "job-1*"}}'
 @pytest.fixture(scope="module")
 def demo_log(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A demo log of a little more than one batch of tasks (so two Parquet row groups)."""
-    path = str(tmp_path_factory.mktemp("export") / "log")
-    run_cli("demo", "--log", path, "--tasks", "2100", "--seed", "5", "--projection", "none", check=True)
-    return path
+    return make_demo_log(tmp_path_factory, "export", 2100, 5)
 
 
 def _query(log: str, query: str, *more: str) -> list[dict[str, Any]]:
