@@ -36,7 +36,7 @@ from ..views.export import FORMATS
 from ..views.jsonfmt import dumps, loads
 from .guard import Guard
 from .server import CLOSED, Server
-from .worker import QueryTimeout, WorkerFailed
+from .worker import QueryTimeout, ReaderLost, Worker, WorkerFailed
 
 __all__ = ["build_app", "MAX_QUERY_BYTES", "PAGE_LIMIT"]
 
@@ -50,7 +50,7 @@ _KEEPALIVE = 15.0
 _INTEGER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits only: str.isdigit took "²", which int() refused (a 500)
 _MAX_MICROS = 2**62
 _NARROW = "narrow the query: an indexed field (submitted, started, completed, engine_uuid, client_uuid, label, queue)"
-_EXPORT_TIMEOUT = 1800.0
+_EXPORT_TIMEOUT = 900.0
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -65,6 +65,8 @@ def _errors(handler: Callable[[Server, Request], Any]) -> Callable[[Request], An
             return await handler(server, request)  # type: ignore[no-any-return]
         except QueryTimeout as exc:
             return _json({"error": exc.args[0], "hint": _NARROW}, 503)
+        except ReaderLost as exc:
+            return _json({"error": exc.args[0]}, 503)
         except LookupError as exc:
             return _json({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
         except WorkerFailed as exc:
@@ -188,10 +190,12 @@ async def api_export(server: Server, request: Request) -> Response:
     os.close(fd)
     try:
         log = await server.run("log_path")
-        if log is not None:  # in a child: a million tasks took the reader for half a minute
-            await _export_child(log, query, keys, fmt, path)
+        # In a process of its own: a million tasks held the one reader, so every page, for half a
+        # minute; stopped when the page goes away or the server stops.
+        if log is not None:
+            await _export_child(server, request, log, query, keys, fmt, path)
         else:
-            await server.run("export", timeout=_EXPORT_TIMEOUT, query=query, keys=keys, fmt=fmt, path=path)
+            await _export_reader(server, request, dict(query=query, keys=keys, fmt=fmt, path=path))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -199,23 +203,65 @@ async def api_export(server: Server, request: Request) -> Response:
     return FileResponse(path, filename=f"tasks.{fmt}", background=BackgroundTask(os.unlink, path))
 
 
-async def _export_child(log: str, query: dict[str, Any], keys: list[str] | None, fmt: str, path: str) -> None:
+async def _until_done(request: Request, job: Any, abort: Callable[[], None]) -> Any:
+    """``job``'s result; ``abort()`` and ReaderLost if the page goes away first (Starlette goes on with
+    a request whose client left: an abandoned download ran its export to the end)."""
+    task = asyncio.ensure_future(job)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                abort()
+                raise ReaderLost("the download's page went away")
+    except asyncio.CancelledError:
+        abort()
+        raise
+
+
+async def _export_child(server: Server, request: Request, log: str, query: dict[str, Any], keys: list[str] | None,
+                        fmt: str, path: str) -> None:
     """``tasklog export`` of ``query`` into ``path``; its one-line error as an InterfaceError."""
     args = [sys.executable, "-m", "tasklog", "export", dumps(query), "--log", log, "--format", fmt, "-o", path]
     proc = await asyncio.create_subprocess_exec(*args, *(["--keys", ",".join(keys)] if keys else []),
                                                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.PIPE)
+
+    def abort() -> None:
+        if proc.returncode is None:
+            proc.terminate()  # SIGTERM: the export removes its half-written file
+    server.aborts.add(abort)
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), _EXPORT_TIMEOUT)
+        _, err = await _until_done(request, asyncio.wait_for(proc.communicate(), _EXPORT_TIMEOUT), abort)
     except asyncio.TimeoutError:
+        abort()
         raise QueryTimeout(f"the export took longer than {_EXPORT_TIMEOUT:g} s and was stopped") from None
     finally:
-        if proc.returncode is None:  # timed out, or the page went away
-            proc.kill()
-            await proc.wait()
+        server.aborts.discard(abort)
+        if proc.returncode is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+            if proc.returncode is None:
+                proc.kill()
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         raise InterfaceError(lines[-1] if lines else f"tasklog export failed ({proc.returncode})")
+
+
+async def _export_reader(server: Server, request: Request, kwargs: dict[str, Any]) -> None:
+    """An export from a stream-fed projection, by a reader of its own (the shared one stays free)."""
+    reader = Worker(*server.worker.args)
+
+    def abort() -> None:
+        reader.stop(closing=True)
+    server.aborts.add(abort)
+    loop = asyncio.get_running_loop()
+    try:
+        await _until_done(request, loop.run_in_executor(None, reader.call, "export", kwargs, _EXPORT_TIMEOUT), abort)
+    finally:
+        server.aborts.discard(abort)
+        abort()
 
 
 async def live(server: Server, request: Request) -> Response:
@@ -224,7 +270,11 @@ async def live(server: Server, request: Request) -> Response:
 
     async def events() -> AsyncIterator[str]:
         try:
-            yield f"event: commit\ndata: {max(server.seq, 0)}\n\n"
+            first = server.seq
+            if first < 0:  # nothing watched yet: the page hears where the log is now, not 0
+                with contextlib.suppress(TaskLogError):
+                    first = await server.run("refresh")
+            yield f"event: commit\ndata: {max(first, 0)}\n\n"
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
                     seq = await asyncio.wait_for(queue.get(), _KEEPALIVE)

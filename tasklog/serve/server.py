@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import TaskLogError
@@ -42,6 +43,8 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_request = 0.0
         self.seq = -1  # what pages were last told
+        #: How to stop each export running now (a download the server stops, or its page left).
+        self.aborts: set[Callable[[], None]] = set()
         self._failing: str | None = None  # why the last refresh failed
 
     async def run(self, op: str, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -71,9 +74,13 @@ class Server:
             queue.put_nowait(seq)
 
     def closing(self) -> None:
-        """Tell every listening page the server stops (from a signal handler: thread-safe)."""
+        """The server stops (from a signal handler): end the live feeds, the reader and every export,
+        so that no request is left for uvicorn to wait on (or to cancel, with a traceback)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._tell, CLOSED)
+        self.worker.stop(closing=True)
+        for abort in list(self.aborts):
+            abort()
 
     def _watched(self) -> bool:
         return bool(self._listeners) or time.monotonic() - self._last_request < _IDLE
@@ -89,7 +96,8 @@ class Server:
             try:
                 # Only the source: the task table is brought up to it by the reads that chart it (a
                 # tasks page listening needs none of it).
-                seq = await self._loop.run_in_executor(self._pool, self.worker.call, "refresh", {}, None)
+                seq = await self._loop.run_in_executor(self._pool, self.worker.call, "refresh", {},
+                                                       self._refresh_timeout)
             except TaskLogError as exc:  # said (once), and tried again
                 why = exc.args[0] if exc.args else str(exc)
                 if why != self._failing:
@@ -102,7 +110,15 @@ class Server:
                 self.seq, last_notice = seq, time.monotonic()
                 self._tell(seq)
 
+    @property
+    def _refresh_timeout(self) -> float:
+        # Bounded, or a stopped reader hung every read behind it; longer than a query's, since
+        # catching up a backlog is work a new reader would start again.
+        return max(3 * self.query_timeout, 10.0)
+
     def close(self) -> None:
-        """Stop the worker."""
-        self._pool.submit(self.worker.stop).result()
-        self._pool.shutdown()
+        """Stop the reader (at once, from this thread: the pool may be waiting on it) and every export."""
+        self.worker.stop(closing=True)
+        for abort in list(self.aborts):
+            abort()
+        self._pool.shutdown(wait=False)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import sqlite3
+import threading
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import TaskLogError
 
-__all__ = ["Worker", "QueryTimeout", "Refused", "WorkerFailed"]
+__all__ = ["Worker", "QueryTimeout", "Refused", "WorkerFailed", "ReaderLost"]
 
 # The first read of a new worker opens the source (a cold start builds the read model).
 _OPEN_TIMEOUT = 3600.0
@@ -34,6 +35,10 @@ class Refused(TaskLogError):
 
 class WorkerFailed(TaskLogError):
     """The worker failed reading: a bug (its traceback is on the server's standard error)."""
+
+
+class ReaderLost(TaskLogError):
+    """The worker ended before it answered (killed, or the server stops): the next read starts one."""
 
 
 def main(conn: Connection, log_dir: str | None, spec: str | None) -> None:
@@ -79,21 +84,28 @@ class Worker:
         self._ctx = multiprocessing.get_context("spawn")  # the server has threads: never fork it
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._lock = threading.Lock()  # stop() comes from a signal's thread as well as the reads'
+        #: Set once the server stops: no reader is started again.
+        self.closed = False
 
     def call(self, op: str, kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Answer read ``op`` (blocking); QueryTimeout past ``timeout`` seconds of its own (the child killed)."""
-        if self._conn is None or not self._proc.is_alive():
+        if self.closed:
+            raise ReaderLost("tasklog serve is stopping")
+        if self._proc is None or not self._proc.is_alive():
             self._start()
-        assert self._conn is not None
-        self._conn.send((op, kwargs))
-        if not self._conn.poll(timeout):
-            self.stop()
-            raise QueryTimeout(f"the read took longer than {timeout:g} s and was stopped")
+        conn = self._conn
+        assert conn is not None
         try:
-            kind, value = self._conn.recv()
-        except (EOFError, OSError):
+            conn.send((op, kwargs))
+            if not conn.poll(timeout):
+                self.stop()
+                raise QueryTimeout(f"the read took longer than {timeout:g} s and was stopped")
+            kind, value = conn.recv()
+        except (EOFError, OSError):  # killed (by stop(), or from outside), or its pipe closed under it
             self.stop()
-            raise WorkerFailed("tasklog serve's reader ended unexpectedly (see its standard error)") from None
+            why = "tasklog serve is stopping" if self.closed else "tasklog serve's reader ended before it answered"
+            raise ReaderLost(why) from None
         if kind == "ok":
             return value
         if kind == "missing":
@@ -102,6 +114,8 @@ class Worker:
 
     def _start(self) -> None:
         self.stop()
+        if self._conn is not None:
+            self._conn.close()
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=main, args=(child, *self.args), name="tasklog-serve-reader",
                                        daemon=True)
@@ -110,11 +124,12 @@ class Worker:
         self._conn = parent
         self.call("refresh", {}, _OPEN_TIMEOUT)
 
-    def stop(self) -> None:
-        """End the child (killed: it only reads)."""
-        if self._proc is not None and self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-        if self._conn is not None:
-            self._conn.close()
-        self._proc, self._conn = None, None
+    def stop(self, closing: bool = False) -> None:
+        """End the child (killed: it only reads); ``closing``: for good, from any thread."""
+        self.closed = self.closed or closing
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.is_alive():
+                proc.kill()
+                proc.join()
+        # The pipe is closed by the thread that reads it (a close under its poll() could hang it).

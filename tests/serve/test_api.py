@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.parse
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -315,3 +316,81 @@ def _open_files(pid: int) -> list[str]:
             with contextlib.suppress(OSError):
                 out.append(os.readlink(f"/proc/{p}/fd/{fd}"))
     return out
+
+
+def _reader_of(pid: int) -> int:
+    """The server's reader process (a child of one of its threads)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline") as cmd:
+                    if "spawn_main" in cmd.read():
+                        return int(child)
+    raise AssertionError("no reader process")
+
+
+def _children(pid: int) -> list[str]:
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline") as cmd:
+                    out.append(cmd.read().replace("\0", " "))
+    return out
+
+
+def test_a_stopped_reader_holds_no_read_for_long(demo_log: str) -> None:
+    with serving("--log", demo_log, "--query-timeout", "1") as s:
+        assert s.api("/api/tasks", q="{}")["records"]
+        reader = _reader_of(s.proc.pid)
+        os.kill(reader, signal.SIGSTOP)
+        try:
+            stuck = s.get("/api/tasks", {"q": "{}"}, timeout=60)
+            assert stuck.status == 503, stuck.body  # its time, or the refresh's, ran out: the reader was killed
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(reader, signal.SIGCONT)
+        assert s.api("/api/tasks", q="{}")["records"]  # a new reader
+        assert _reader_of(s.proc.pid) != reader
+
+
+def test_a_signal_during_a_read_ends_it_at_once(tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    run_cli("demo", "--log", log, "--tasks", "30", "--seed", "3", "--projection", "none", check=True)
+    with TaskLog.open(log) as writer:
+        writer.append(Submit("slow", {"msg_id": "slow"}, {}, {}, [], "c", "task", utcnow(), "a" * 40 + "!"))
+    with serving("--log", log, "--query-timeout", "600") as s:
+        answers: list[Any] = []
+        query = {"q": dumps({"label": {"$regex": "^(a+)+$"}})}
+        asking = threading.Thread(target=lambda: answers.append(s.get("/api/tasks", query)), daemon=True)
+        asking.start()
+        time.sleep(1)
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) in (0, 130)  # not the 600 s the read was allowed
+        asking.join(10)
+        err = s.proc.stderr.read() if s.proc.stderr else ""
+        assert "Traceback" not in err and "CancelledError" not in err, err
+        assert not answers or answers[0].status == 503
+
+
+def test_a_download_whose_page_went_away_is_stopped(tmp_path: Path) -> None:
+    import socket
+
+    log = str(tmp_path / "log")
+    run_cli("demo", "--log", log, "--tasks", "30", "--seed", "3", "--projection", "none", check=True)
+    with TaskLog.open(log) as writer:
+        writer.append(Submit("slow", {"msg_id": "slow"}, {}, {}, [], "c", "task", utcnow(), "a" * 40 + "!"))
+    with serving("--log", log) as s:
+        host, port = s.base[len("http://"):].split(":")
+        q = urllib.parse.quote(dumps({"label": {"$regex": "^(a+)+$"}}))
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(f"GET /api/export?format=csv&q={q} HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+            deadline = time.monotonic() + 30
+            while not any(" export " in c for c in _children(s.proc.pid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert any(" export " in c for c in _children(s.proc.pid))
+        deadline = time.monotonic() + 30
+        while any(" export " in c for c in _children(s.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(" export " in c for c in _children(s.proc.pid))  # stopped, not run to its end
