@@ -191,19 +191,32 @@ def test_a_commit_reaches_an_open_feed_and_the_next_page(served: Served, demo_lo
     assert row["label"] == "<img src=x onerror=alert(1)>" and row["engine_uuid"] == "engine-live"
 
 
+#: A query Python's re answers in hours on the label below (nested quantifiers backtrack).
+BACKTRACKING = {"q": dumps({"label": {"$regex": "^(a+)+$"}})}
+
+
+def _log_with_a_backtracking_label(tmp_path: Path) -> str:
+    log = str(tmp_path / "log")
+    run_cli("demo", "--log", log, "--tasks", "30", "--seed", "3", "--projection", "none", check=True)
+    with TaskLog.open(log) as writer:
+        writer.append(Submit("slow", {"msg_id": "slow"}, {}, {}, [], "c", "task", utcnow(), "a" * 40 + "!"))
+    return log
+
+
+def _asking(server: Served, path: str, params: dict[str, str]) -> tuple[threading.Thread, list[Any]]:
+    """A request in a thread of its own, started; its answer in the list when it comes."""
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(server.get(path, params)), daemon=True)
+    thread.start()
+    return thread, answers
+
+
 def test_a_query_past_the_time_allowed_is_stopped_and_nothing_waits_on_it(tmp_path: Path) -> None:
     """A regular expression that backtracks for hours, evaluated in Python: the reader is killed at
     --query-timeout, and meanwhile the server answers everything that does not read."""
-    log = str(tmp_path / "log")
-    run_cli("demo", "--log", log, "--tasks", "50", "--seed", "2", "--projection", "none", check=True)
-    with TaskLog.open(log) as writer:
-        writer.append(Submit("backtracking", {"msg_id": "backtracking"}, {}, {}, [], "c", "task", utcnow(),
-                             "a" * 40 + "!"))
+    log = _log_with_a_backtracking_label(tmp_path)
     with serving("--log", log, "--query-timeout", "2") as slow:
-        answers: list[Any] = []
-        query = {"q": dumps({"label": {"$regex": "^(a+)+$"}})}
-        asking = threading.Thread(target=lambda: answers.append(slow.get("/api/tasks", query)), daemon=True)
-        asking.start()
+        asking, answers = _asking(slow, "/api/tasks", BACKTRACKING)
         time.sleep(0.5)
         assert slow.get("/static/tasklog.css").status == 200 and slow.get("/", token=None).status == 403
         assert not answers  # answered while the query still ran
@@ -355,15 +368,8 @@ def test_a_stopped_reader_holds_no_read_for_long(demo_log: str) -> None:
 
 
 def test_a_signal_during_a_read_ends_it_at_once(tmp_path: Path) -> None:
-    log = str(tmp_path / "log")
-    run_cli("demo", "--log", log, "--tasks", "30", "--seed", "3", "--projection", "none", check=True)
-    with TaskLog.open(log) as writer:
-        writer.append(Submit("slow", {"msg_id": "slow"}, {}, {}, [], "c", "task", utcnow(), "a" * 40 + "!"))
-    with serving("--log", log, "--query-timeout", "600") as s:
-        answers: list[Any] = []
-        query = {"q": dumps({"label": {"$regex": "^(a+)+$"}})}
-        asking = threading.Thread(target=lambda: answers.append(s.get("/api/tasks", query)), daemon=True)
-        asking.start()
+    with serving("--log", _log_with_a_backtracking_label(tmp_path), "--query-timeout", "600") as s:
+        asking, answers = _asking(s, "/api/tasks", BACKTRACKING)
         time.sleep(1)
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) in (0, 130)  # not the 600 s the read was allowed
@@ -376,13 +382,9 @@ def test_a_signal_during_a_read_ends_it_at_once(tmp_path: Path) -> None:
 def test_a_download_whose_page_went_away_is_stopped(tmp_path: Path) -> None:
     import socket
 
-    log = str(tmp_path / "log")
-    run_cli("demo", "--log", log, "--tasks", "30", "--seed", "3", "--projection", "none", check=True)
-    with TaskLog.open(log) as writer:
-        writer.append(Submit("slow", {"msg_id": "slow"}, {}, {}, [], "c", "task", utcnow(), "a" * 40 + "!"))
-    with serving("--log", log) as s:
+    with serving("--log", _log_with_a_backtracking_label(tmp_path)) as s:
         host, port = s.base[len("http://"):].split(":")
-        q = urllib.parse.quote(dumps({"label": {"$regex": "^(a+)+$"}}))
+        q = urllib.parse.quote(BACKTRACKING["q"])
         with socket.create_connection((host, int(port))) as conn:
             conn.sendall(f"GET /api/export?format=csv&q={q} HTTP/1.1\r\nHost: x\r\n"
                          f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "PROCS", "run_cli", "make_demo_log", "projection_spec", "stored", "mounted_tmpfs", "readonly_bind",
-           "child_env"]
+__all__ = ["REPO", "PROCS", "run_cli", "make_demo_log", "ended", "projection_spec", "stored", "mounted_tmpfs",
+           "readonly_bind", "child_env"]
 
 #: The repository's root; a child process started by a test finds tasklog and tests there.
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +41,16 @@ def run_cli(*args: str, check: bool = False, timeout: float = 120) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"tasklog {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def ended(proc: subprocess.Popen[Any], wait: float) -> None:
+    """Stop a server a test started: SIGTERM, then SIGKILL past ``wait`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def make_demo_log(factory: pytest.TempPathFactory, name: str, tasks: int, seed: int) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pymongo
 
+from . import ended
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -41,11 +43,7 @@ def start_server(directory: Path, attempts: int = 3) -> Iterator[str]:
             try:
                 yield uri
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                ended(proc, 10)
                 logf.close()
             return
         proc.kill()

@@ -17,7 +17,7 @@ from typing import Any
 
 from tasklog.views.jsonfmt import loads
 
-from . import child_env
+from . import child_env, ended
 
 __all__ = ["TOKEN", "Served", "Answer", "serving"]
 
@@ -88,9 +88,4 @@ def serving(*args: str, token: str = TOKEN, wait: float = 60) -> Iterator[Served
             raise AssertionError(f"tasklog serve did not start: {line!r} {proc.stderr.read()[-2000:]}")
         yield Served(line.split("/?token=")[0], line, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        ended(proc, 15)
