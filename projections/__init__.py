@@ -28,8 +28,8 @@ from .errors import ProjectionError, QueryError
 from .fold import RECORD_KEYS, fold
 from .parse import parse
 
-__all__ = ["open", "replay", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold", "parse",
-           "QueryError", "ProjectionError", "SPEC_HELP"]
+__all__ = ["open", "replay", "local_file", "Projection", "DictProjection", "NoProjection", "RECORD_KEYS", "fold",
+           "parse", "QueryError", "ProjectionError", "SPEC_HELP"]
 
 SPEC_HELP = "dict[?record_limit=N&size_limit=BYTES&cull_fraction=F], sqlite:///path/tasks.db, " \
             "mongodb://host:port/dbname, or none; any of them with buffers=inline to keep buffers in the " \
@@ -75,6 +75,12 @@ def _build(spec: str, options: dict[str, Any]) -> Projection:
     proj = _backend(spec, options)
     proj.buffers = buffers
     return proj
+
+
+def local_file(spec: str) -> str | None:
+    """The file a projection spec keeps its records in (SQLite's; None for the others and memory)."""
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else None
+    return None if path in (None, "", ":memory:") else path
 
 
 def _backend(spec: str, options: dict[str, Any]) -> Projection:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
+from projections import local_file  # the file a failing command removes, if it made it
 from projections.errors import QueryError
 from projections.readmodel import ReadModel, damaged, open_read_model
 
@@ -93,12 +94,6 @@ def read_query(text: str) -> dict[str, Any]:
     if not isinstance(query, dict):
         raise QueryError("QUERY must be a JSON object")
     return query
-
-
-def local_file(spec: str) -> str | None:
-    """The file a projection spec creates when it is new (SQLite), so a failing command can remove it."""
-    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else None
-    return None if path in (None, "", ":memory:") else path
 
 
 @contextmanager

@@ -25,8 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     require_extra()
     from ..serve.app import build_app
-    from ..serve.guard import TOKEN_ENV, new_token
-    from ..serve.run import check_token, listen, serve
+    from ..serve.run import TOKEN_ENV, check_token, listen, new_token, serve
     from ..serve.server import Server
 
     terminating_interrupts()

@@ -170,8 +170,6 @@ def hubs(source: Source) -> dict[str, Any]:
     """For a stream-fed projection: each hub's checkpoint and how long since it last moved."""
     proj = source.projection
     now = time.time()
-    rows = []
-    for identity, (name, seq) in sorted(proj.hubs.items(), key=lambda kv: kv[1][0]):
-        moved = source.hub_moved.get(identity, (seq, now))[1]
-        rows.append({"hub": name, "log": identity, "checkpoint": seq, "still_s": round(now - moved, 3)})
+    rows = [{"hub": name, "log": identity, "checkpoint": seq, "still_s": round(source.still_for(identity, now), 3)}
+            for identity, (name, seq) in sorted(proj.hubs.items(), key=lambda kv: kv[1][0])]
     return {"hubs": rows, "fed": bool(rows), "folded_seq": proj.last_seq}

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -28,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from projections.errors import QueryError
-from projections.paging import MAX_LIMIT, Cursor
+from projections.paging import Cursor
 
 from ..errors import InterfaceError, TaskLogError
 from ..fields import at_micros, micros, utcnow
@@ -120,7 +119,7 @@ def _limit(request: Request) -> int:
     text = request.query_params.get("limit", "100")
     if not _INTEGER.fullmatch(text) or not 1 <= int(text) <= PAGE_LIMIT:
         raise QueryError(f"limit must be a whole number from 1 to {PAGE_LIMIT} (an export has no limit)")
-    return min(int(text), MAX_LIMIT)
+    return int(text)
 
 
 async def api_tasks(server: Server, request: Request) -> Response:
@@ -305,5 +304,4 @@ def build_app(server: Server, token: str) -> Guard:
                Route("/metrics", _errors(metrics)), Mount("/static", StaticFiles(directory=STATIC))]
     app = Starlette(routes=routes)
     app.state.server = server
-    app.state.started = time.time()
     return Guard(app, token)

@@ -9,13 +9,12 @@ so it stays out of the history and of any Referer. Scripts (a Prometheus scraper
 from __future__ import annotations
 
 import hmac
-import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
 
-__all__ = ["Guard", "new_token", "COOKIE", "HEADERS", "TOKEN_ENV"]
+__all__ = ["Guard", "COOKIE", "HEADERS"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,8 +25,6 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: The cookie's name, with the server's port after it: one per server on a host (a shared name
 #: made two dashboards on one machine log each other out).
 COOKIE = "tasklog-token"
-#: The environment variable that sets the token (``--token`` wins).
-TOKEN_ENV = "TASKLOG_SERVE_TOKEN"
 # Everything the pages need ships in the package: nothing from elsewhere, no inline script or style,
 # no frames around them (the log's text is shown with textContent only, never as markup).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -35,11 +32,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
            (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
            (b"cache-control", b"no-store")]
-
-
-def new_token() -> str:
-    """A random token (as Jupyter's: 48 hex digits)."""
-    return secrets.token_hex(24)
 
 
 class Guard:

@@ -122,6 +122,6 @@ def _hub_families(source: Source) -> Iterator[Any]:
     now = time.time()
     for identity, (name, seq) in sorted(source.projection.hubs.items()):
         checkpoint.add_metric([name, identity], seq)
-        age.add_metric([name, identity], now - source.hub_moved.get(identity, (seq, now))[1])
+        age.add_metric([name, identity], source.still_for(identity, now))
     yield checkpoint
     yield age

@@ -12,6 +12,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -21,9 +22,10 @@ from typing import Any, TextIO
 
 from ..errors import InterfaceError, MissingExtraError
 
-__all__ = ["serve", "listen", "check_token", "require_extra", "ServeChild", "LOOPBACK"]
+__all__ = ["serve", "listen", "check_token", "new_token", "require_extra", "ServeChild", "TOKEN_ENV"]
 
-LOOPBACK = "127.0.0.1"
+#: The environment variable that sets the token (``--token`` wins).
+TOKEN_ENV = "TASKLOG_SERVE_TOKEN"
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 
@@ -32,6 +34,11 @@ def check_token(token: str) -> str:
     if not _TOKEN.fullmatch(token):
         raise InterfaceError("a token is 16 to 256 characters among A-Z a-z 0-9 . _ ~ -")
     return token
+
+
+def new_token() -> str:
+    """A random token (as Jupyter's: 48 hex digits)."""
+    return secrets.token_hex(24)
 
 
 def require_extra() -> None:
@@ -117,7 +124,7 @@ class ServeChild:
                         "--port", str(port), "--stop-on-eof"]
         self.env = dict(os.environ)
         if token:
-            self.env["TASKLOG_SERVE_TOKEN"] = check_token(token)  # not in argv: ps shows argv to every user
+            self.env[TOKEN_ENV] = check_token(token)  # not in argv: ps shows argv to every user
         self.logger = logger
         self.url: str | None = None
         self._proc: subprocess.Popen[str] | None = None

@@ -78,6 +78,10 @@ class Server:
         so that no request is left for uvicorn to wait on (or to cancel, with a traceback)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._tell, CLOSED)
+        self._stop_reads()
+
+    def _stop_reads(self) -> None:
+        """Kill the reader for good and stop every export, from whichever thread."""
         self.worker.stop(closing=True)
         for abort in list(self.aborts):
             abort()
@@ -118,7 +122,5 @@ class Server:
 
     def close(self) -> None:
         """Stop the reader (at once, from this thread: the pool may be waiting on it) and every export."""
-        self.worker.stop(closing=True)
-        for abort in list(self.aborts):
-            abort()
+        self._stop_reads()  # not closing(): the event loop is gone by now
         self._pool.shutdown(wait=False)

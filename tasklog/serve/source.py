@@ -1,8 +1,7 @@
-"""What the server reads: a log's read model, or a projection folded from a stream of hubs,
-opened again whenever something new was committed, so every answer is as of one commit.
+"""What the server reads: a log's read model with the commits since folded in memory over it, or
+a projection folded from a stream of hubs, opened again when its file changes.
 
-All of it runs on one worker thread (``tasklog.serve.worker``): a projection is not shared
-between threads, and one query at a time is what two cores can give without slowing a Hub.
+All of it lives in the reader process (``tasklog.serve.worker``), one read at a time.
 """
 
 from __future__ import annotations
@@ -77,10 +76,10 @@ class Source:
             self._swap_out()
             log.close()
             raise InterfaceError(f"the log at {log.path} was removed while it was served")
-        last = log.last_seq
-        if self.model is not None and last == self.model.last_seq and not self._rebase.ready():
+        last, moved_on = log.last_seq, self._rebase.ready()
+        if self.model is not None and last == self.model.last_seq and not moved_on:
             return False
-        if self.model is None or self._rebase.ready() or self._rebase.due(self.model.last_seq):
+        if self.model is None or moved_on or self._rebase.due(self.model.last_seq):
             self._open(log)
         else:
             for chunk in log.read_chunks(self.model.last_seq + 1, last + 1):
@@ -113,7 +112,7 @@ class Source:
 
     def _refresh_projection(self) -> bool:
         assert self.spec is not None
-        path = self.spec[len("sqlite:///"):] if self.spec.startswith("sqlite:///") else None
+        path = projections.local_file(self.spec)
         if path is not None:  # a file another process (tasklog follow) keeps: read-only, reopened when it moves
             mark = _file_mark(path)
             if self.model is not None and mark == self._file_mark:
@@ -129,6 +128,10 @@ class Source:
             if self.hub_moved.get(identity, (None, 0.0))[0] != seq:
                 self.hub_moved[identity] = (seq, now)
         return True
+
+    def still_for(self, identity: str, now: float) -> float:
+        """Seconds since hub ``identity``'s checkpoint last moved (0 for one not seen moving yet)."""
+        return now - self.hub_moved.get(identity, (None, now))[1]
 
     def _swap(self, fresh: Projection) -> None:
         old, self.model = self.model, fresh
