@@ -51,9 +51,6 @@ class Derived:
                       limit: int = 100, after: Cursor | None = None) -> Page:
             """One page of a query's matches (``Projection``'s)."""
 
-    def interrupt(self) -> None:
-        """Stop a query running in another thread (it raises there); a no-op where a backend cannot."""
-
     def iter_records(self, query: Any = None, keys: Any = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every match of ``query`` by msg_id, read a page at a time (bounded memory where the backend pages)."""
         after: Cursor | None = None

@@ -352,14 +352,15 @@ class SQLiteProjection(Projection):
         # filtered field's index and sorts all its matches (250 ms for a client's 70,000 tasks of
         # a million events): walking the sort field's index instead finds a page of a common
         # value in a few hundred rows, so that is tried first, for a bounded number of steps.
-        if self._where(node, True)[0] != self._where(node)[0]:
+        walk, plain = self._where(node, True), self._where(node)
+        if walk[0] != plain[0]:
             with suppress(OverBudget), budget(self._db, _WALK_STEPS):
-                return self._page_by(node, sort, descending, limit, after, True)
-        return self._page_by(node, sort, descending, limit, after, False)
+                return self._page_by(walk, node, sort, descending, limit, after)
+        return self._page_by(plain, node, sort, descending, limit, after)
 
-    def _page_by(self, node: Logical, sort: str, descending: bool, limit: int, after: Cursor | None,
-                 unindexed: bool) -> Page:
-        where, params, exact = self._where(node, unindexed)
+    def _page_by(self, compiled: tuple[str, list[Any], bool], node: Logical, sort: str, descending: bool, limit: int,
+                 after: Cursor | None) -> Page:
+        where, params, exact = compiled
         if after is not None:
             more, values = keyset(sort, after, descending)
             where, params = f"{where} AND ({more})", [*params, *values]
@@ -376,10 +377,6 @@ class SQLiteProjection(Projection):
                 if len(found) > limit:
                     break
         return cut(found, sort, limit)
-
-    def interrupt(self) -> None:
-        """Stop the query this file runs in another thread (it raises sqlite3.OperationalError there)."""
-        self._db.interrupt()
 
     def _count(self, node: Logical) -> int:
         where, params, exact = self._where(node)

@@ -142,6 +142,6 @@ def budget(db: sqlite3.Connection, steps: int) -> Iterator[None]:
     except sqlite3.OperationalError:
         if spent[0] > steps:
             raise OverBudget() from None
-        raise  # another thread's interrupt(): the caller's timeout
+        raise  # not the budget's: the caller's to see
     finally:
         db.set_progress_handler(None, 0)
