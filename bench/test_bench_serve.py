@@ -31,7 +31,7 @@ from tasklog.demo import simulate
 from tasklog.ipyparallel import TaskLogDB
 from tasklog.views.jsonfmt import dumps
 from tests.support import child_env, run_cli
-from tests.support.served import TOKEN, Served, serving
+from tests.support.served import TOKEN, Served, children, serving
 
 PAGE_MS, OVERVIEW_MS, VISIBLE_MS, RSS_MB = 200, 300, 1000, 300
 _WRITER = """
@@ -165,10 +165,7 @@ def test_the_server_peak_rss(benchmark: Any, served: tuple[Served, str, int]) ->
     """Last of the module: the server's high-water mark after every request above (its process and
     its reader's, summed)."""
     server, _, n = served
-    pids = [server.proc.pid]
-    for tid in os.listdir(f"/proc/{server.proc.pid}/task"):
-        with open(f"/proc/{server.proc.pid}/task/{tid}/children") as f:
-            pids += [int(p) for p in f.read().split()]
+    pids = [server.proc.pid, *children(server.proc.pid)]
     hwm = 0
     for pid in pids:
         with open(f"/proc/{pid}/status") as f:

@@ -23,7 +23,7 @@ from tasklog import Start, Submit, TaskLog
 from tasklog.fields import utcnow
 from tasklog.views.jsonfmt import dumps, loads
 from tests.support import run_cli
-from tests.support.served import TOKEN, Served, serving
+from tests.support.served import TOKEN, Served, children, serving
 
 KEYS = "msg_id,submitted,completed,engine_uuid,label"
 
@@ -320,11 +320,8 @@ def test_a_log_removed_while_served_is_said_and_let_go(tmp_path: Path) -> None:
 
 def _open_files(pid: int) -> list[str]:
     """The files ``pid`` and its children hold open."""
-    out, kids = [], []
-    for tid in os.listdir(f"/proc/{pid}/task"):  # the reader is started from a thread: its child
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            kids += [int(k) for k in f.read().split()]
-    for p in [pid, *kids]:
+    out = []
+    for p in [pid, *children(pid)]:
         for fd in os.listdir(f"/proc/{p}/fd"):
             with contextlib.suppress(OSError):
                 out.append(os.readlink(f"/proc/{p}/fd/{fd}"))
@@ -332,24 +329,10 @@ def _open_files(pid: int) -> list[str]:
 
 
 def _reader_of(pid: int) -> int:
-    """The server's reader process (a child of one of its threads)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            for child in f.read().split():
-                with open(f"/proc/{child}/cmdline") as cmd:
-                    if "spawn_main" in cmd.read():
-                        return int(child)
-    raise AssertionError("no reader process")
-
-
-def _children(pid: int) -> list[str]:
-    out = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            for child in f.read().split():
-                with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline") as cmd:
-                    out.append(cmd.read().replace("\0", " "))
-    return out
+    """The server's reader process."""
+    readers = [child for child, cmd in children(pid).items() if "spawn_main" in cmd]
+    assert readers, "no reader process"
+    return readers[0]
 
 
 def test_a_stopped_reader_holds_no_read_for_long(demo_log: str) -> None:
@@ -389,10 +372,10 @@ def test_a_download_whose_page_went_away_is_stopped(tmp_path: Path) -> None:
             conn.sendall(f"GET /api/export?format=csv&q={q} HTTP/1.1\r\nHost: x\r\n"
                          f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
             deadline = time.monotonic() + 30
-            while not any(" export " in c for c in _children(s.proc.pid)) and time.monotonic() < deadline:
+            while not any(" export " in c for c in children(s.proc.pid).values()) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert any(" export " in c for c in _children(s.proc.pid))
+            assert any(" export " in c for c in children(s.proc.pid).values())
         deadline = time.monotonic() + 30
-        while any(" export " in c for c in _children(s.proc.pid)) and time.monotonic() < deadline:
+        while any(" export " in c for c in children(s.proc.pid).values()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(" export " in c for c in _children(s.proc.pid))  # stopped, not run to its end
+        assert not any(" export " in c for c in children(s.proc.pid).values())  # stopped, not run to its end

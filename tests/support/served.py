@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import select
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from tasklog.views.jsonfmt import loads
 
 from . import child_env, ended
 
-__all__ = ["TOKEN", "Served", "Answer", "serving"]
+__all__ = ["TOKEN", "Served", "Answer", "serving", "children"]
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -71,6 +73,18 @@ class Served:
         answer = self.get(path, {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()})
         assert answer.status == 200, (path, answer.status, answer.body[:300])
         return answer.json()
+
+
+def children(pid: int) -> dict[int, str]:
+    """The processes ``pid`` started, with their command lines (its reader is started from a thread:
+    a thread's children are its own)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline") as cmd:
+                    out[int(child)] = cmd.read().replace("\0", " ")
+    return out
 
 
 @contextmanager
