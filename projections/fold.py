@@ -20,6 +20,7 @@ from tasklog.errors import LogClosedError
 from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
 from tasklog.fields import OUTPUT_NAMES
 from tasklog.lifecycle import TaskState
+from tasklog.records import RECORD_KEYS
 
 from .errors import ProjectionError
 
@@ -52,12 +53,6 @@ __all__ = [
     "Records",
 ]
 
-RECORD_KEYS: tuple[str, ...] = (
-    "msg_id", "header", "metadata", "content", "buffers", "submitted", "client_uuid", "engine_uuid",
-    "started", "completed", "resubmitted", "received", "result_header", "result_metadata",
-    "result_content", "result_buffers", "queue", "execute_input", "execute_result", "display_data",
-    "error", "stdout", "stderr", "label", "resubmitted_from",
-)
 # What a submit sets, and what a resubmitted task inherits of it (all but its own time).
 _SUBMIT_FIELDS = Submit._fields[1:]
 REQUEST_KEYS = tuple(f for f in _SUBMIT_FIELDS if f != "submitted")

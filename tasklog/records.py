@@ -1,11 +1,20 @@
-"""What the readers of task records share: the fields every projection indexes and the reply
-statuses that count as failures."""
+"""What the readers of task records share: a record's fields, those every projection indexes and
+the reply statuses that count as failures."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-__all__ = ["FAILED_STATUSES", "INDEXED_FIELDS"]
+__all__ = ["FAILED_STATUSES", "INDEXED_FIELDS", "RECORD_KEYS"]
+
+#: A TaskRecord's fields, in the order documents and exports keep them (ipyparallel's record keys,
+#: with the link a resubmitted task keeps to its original).
+RECORD_KEYS: tuple[str, ...] = (
+    "msg_id", "header", "metadata", "content", "buffers", "submitted", "client_uuid", "engine_uuid",
+    "started", "completed", "resubmitted", "received", "result_header", "result_metadata",
+    "result_content", "result_buffers", "queue", "execute_input", "execute_result", "display_data",
+    "error", "stdout", "stderr", "label", "resubmitted_from",
+)
 
 # The reply statuses that mean a task failed (ipyparallel's engines send "error"; "aborted" when
 # a task never ran): stats, the timeline and the report all count failures by this one table.

@@ -49,22 +49,16 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
 from ..errors import InterfaceError, MissingExtraError
+from ..records import RECORD_KEYS
 from .jsonfmt import dumps
 
-__all__ = ["FORMATS", "BATCH", "IRREGULAR", "RECORD_KEYS", "check_format", "columns", "write_records"]
+__all__ = ["FORMATS", "BATCH", "IRREGULAR", "check_format", "columns", "write_records"]
 
 FORMATS = ("parquet", "jsonl", "csv")
 #: Records read, converted and written at a time: a Parquet row group each.
 BATCH = 2000
 #: The column of the values that did not fit their own (see the module's docstring).
 IRREGULAR = "_irregular"
-#: The fields of a record, in column order (``projections.fold.RECORD_KEYS``: views never import projections).
-RECORD_KEYS: tuple[str, ...] = (
-    "msg_id", "header", "metadata", "content", "buffers", "submitted", "client_uuid", "engine_uuid",
-    "started", "completed", "resubmitted", "received", "result_header", "result_metadata",
-    "result_content", "result_buffers", "queue", "execute_input", "execute_result", "display_data",
-    "error", "stdout", "stderr", "label", "resubmitted_from",
-)
 _TIMES = frozenset({"submitted", "started", "completed", "received"})
 _TEXTS = frozenset({"msg_id", "client_uuid", "engine_uuid", "queue", "label", "resubmitted", "resubmitted_from",
                     "stdout", "stderr"})
