@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 
-def _rate(b: dict[str, Any]) -> float:
-    return float(b["extra_info"]["events"]) / float(b["stats"]["median"])
+def _rate(b: dict[str, Any], unit: str = "events") -> float:
+    info = b["extra_info"]
+    # A row in events/s that also counts its tasks compares in tasks/s with a row in tasks/s.
+    work = info["tasks"] if unit == "tasks" and info.get("unit", "events") != "tasks" else info["events"]
+    return float(work) / float(b["stats"]["median"])
 
 
 def _find(benches: list[dict[str, Any]], role: str, events: int | None = None) -> dict[str, Any] | None:
@@ -43,7 +46,10 @@ def _ratios(benches: list[dict[str, Any]], b: dict[str, Any]) -> list[str]:
         base = _find(benches, role, info.get("baseline_events", info["events"]))
         if base is not None and base is not b:
             label = base["extra_info"].get("series") or base["name"]
-            out.append(f"{_rate(b) / _rate(base):.2f}x {label}")
+            unit = base["extra_info"].get("unit", "events")
+            if unit == "tasks" and info.get("unit", "events") != "tasks":
+                label = f"{label} (tasks/s)"
+            out.append(f"{_rate(b, unit) / _rate(base):.2f}x {label}")
     return out
 
 

@@ -100,8 +100,11 @@ def _hub(path: str, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], in
 @pytest.mark.parametrize("n", sizes("events"))
 def test_hub_pattern_async(benchmark: Any, fresh_dir: Callable[[], str], n: int) -> None:
     calls = hub_calls(n)
+    # Against the ceiling (events/s) and, in tasks/s, ipyparallel's SQLiteDB in the Hub's pattern
+    # (bench/test_bench_ipyparallel.py, same run): issue 24's targets.
     record(benchmark, len(calls), "async (5 ms commit interval, flushed at the end)", "hub",
-           role="hub_pattern",
+           role="hub_pattern", baseline="ceiling",
+           also=["hub_db_SQLiteDB"], tasks=sum(name == "submit" for name, _, _ in calls),
            scenario="hub pattern, async (events/s)", series="no projection")
     benchmark.pedantic(_hub, setup=lambda: ((fresh_dir(), calls, 0.005), {}), rounds=ROUNDS)
 

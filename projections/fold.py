@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from tasklog.errors import LogClosedError
 from tasklog.events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids
@@ -54,10 +54,12 @@ __all__ = [
 ]
 
 # What a submit sets, and what a resubmitted task inherits of it (all but its own time).
-_SUBMIT_FIELDS = Submit._fields[1:]
-REQUEST_KEYS = tuple(f for f in _SUBMIT_FIELDS if f != "submitted")
-HIDDEN = frozenset({"_seq", "_dropped"})
-_DEFAULTS: dict[str, Any] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
+# Final: compiled (tasklog.native), a constant is a C static, not a lookup in the module's dict per use.
+_SUBMIT_FIELDS: Final = Submit._fields[1:]
+_COMPLETE_FIELDS: Final = Complete._fields[1:]
+REQUEST_KEYS: Final = tuple(f for f in _SUBMIT_FIELDS if f != "submitted")
+HIDDEN: Final = frozenset({"_seq", "_dropped"})
+_DEFAULTS: Final[dict[str, Any]] = {k: None for k in RECORD_KEYS} | {"stdout": "", "stderr": ""}
 
 Anomalies = Counter[str]
 #: A projection's records by msg_id (None: no record, or one to delete).
@@ -154,7 +156,7 @@ def _output(rec: dict[str, Any], ev: Output) -> None:
         rec[ev.name] = ev.content
         return
     so_far = rec.get(ev.name) or ""
-    if so_far.__class__ is _Text:
+    if type(so_far) is _Text:
         rec[ev.name] = so_far.plus(ev.text)
     elif isinstance(so_far, str):
         rec[ev.name] = _Text([so_far, ev.text])
@@ -177,12 +179,12 @@ def settle(records: dict[str, dict[str, Any] | None], msg_ids: Iterable[str]) ->
 def _join(rec: dict[str, Any]) -> None:
     for name in OUTPUT_NAMES:
         value = rec.get(name)
-        if value.__class__ is _Text:
+        if type(value) is _Text:
             rec[name] = str(value)
 
 
 def _complete(rec: dict[str, Any], ev: Complete) -> None:
-    for key, value in zip(Complete._fields[1:], ev[1:]):
+    for key, value in zip(_COMPLETE_FIELDS, ev[1:]):
         if value is not None:
             rec[key] = value
 
@@ -191,8 +193,8 @@ def _annotate(rec: dict[str, Any], ev: Annotate) -> None:
     rec.update(ev.fields)
 
 
-_APPLY = {Submit: _submit, Start: _start, Output: _output, Complete: _complete, Annotate: _annotate}
-_ONE_TASK = frozenset(_APPLY)  # the events that change their own msg_id's record and no other
+_APPLY: Final = {Submit: _submit, Start: _start, Output: _output, Complete: _complete, Annotate: _annotate}
+_ONE_TASK: Final = frozenset(_APPLY)  # the events that change their own msg_id's record and no other
 
 
 def fold(record: dict[str, Any] | None, event: Event, seq: int, *, msg_id: str | None = None,

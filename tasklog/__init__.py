@@ -8,7 +8,8 @@ The modules at the top of this package are the log core, bottom up: ``errors`` (
 log's databases hold and how they change), ``store`` (the directory, its locks and shared LMDB
 environment), ``groupcommit``/``asynccommit`` (the writer of each durability mode), ``reader``
 and ``schema``, ``appending``, ``log`` (``TaskLog``, the facade), then ``retention`` and
-``verify``. The core never imports ``projections``.
+``verify``. The core never imports ``projections``. ``native`` names the modules mypyc compiles
+(``compiled()`` says which are in use; ``TASKLOG_PURE_PYTHON=1`` imports their sources).
 
 The edges are sub-packages above ``projections``: ``views`` (report, timeline, story, JSON),
 ``stream`` (NATS JetStream), ``demo`` (the simulated hub), ``ipyparallel`` (``TaskLogDB``) and
@@ -17,6 +18,9 @@ The edges are sub-packages above ``projections``: ``views`` (report, timeline, s
 
 from __future__ import annotations
 
+# First: importing native puts its guard on sys.meta_path before a compiled module (codec, fields)
+# is imported, so that TASKLOG_PURE_PYTHON=1, or a source newer than its build, imports the .py.
+from . import native
 from .codec import SCHEMA_VERSION
 from .errors import (
     CommitError,
@@ -53,6 +57,7 @@ from .events import (
     validate,
 )
 from .log import DURABILITY, Receipt, TaskLog
+from .native import compiled
 
 __version__ = "0.1.0"
 
@@ -72,6 +77,8 @@ __all__ = [
     "make",
     "task_ids",
     "validate",
+    "compiled",
+    "native",
     "TaskLogError",
     "InterfaceError",
     "EventError",

@@ -285,14 +285,16 @@ class AsyncCommitter:
 
     def _commit(self, batch: list[Pending], size: int) -> None:
         store = self._store
-        pairs = [(codec.pack_key(seq), payload) for seq, payload, _, _ in batch]
-        rows = store.index_rows((seq, ev) for seq, _, _, ev in batch)
+        pack = codec.pack_key
+        pairs = [(pack(seq), payload) for seq, payload, _, _ in batch]
+        rows = store.index_rows(zip([key for key, _ in pairs], [ev for _, _, _, ev in batch]))
 
         def body(txn: lmdb.Transaction) -> None:
-            # py-lmdb releases the GIL around every put; with a producer thread running, each
-            # put then waits for the GIL (BENCHMARKS.md, "Design notes moved from the code").
-            # Holding the condition parks producers on a lock, so the puts run uncontended;
-            # the sync at commit happens after, outside it.
+            # py-lmdb releases the GIL around every get and put; with a producer thread running,
+            # each then waits for the GIL, up to a switch interval (BENCHMARKS.md, "Design notes
+            # moved from the code"; numbering the index's tasks outside the lock took a tenth of
+            # the hub pattern, issue 24). Holding the condition parks producers on a lock, so
+            # the calls run uncontended; the sync at commit happens after, outside it.
             with self._cond:
                 cur = txn.cursor(db=store.events)
                 last = codec.unpack_key(cur.key()) if cur.last() else 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -31,15 +32,17 @@ __all__ = [
     "event_type",
 ]
 
-SCHEMA_VERSION = 1  # of each stored event (its first byte)
-# Of the log directory as a whole. 2: the stream index (msg_id -> its events) and kept events.
-# A log of schema 1 is indexed by the first writer that opens it; an older tasklog refuses schema 2.
-LOG_SCHEMA = 2
+SCHEMA_VERSION: Final = 1  # of each stored event (its first byte)
+# Of the log directory as a whole. 2: the stream index (msg_id -> its events) and kept events;
+# 3: the stream index keyed by task number (``streamindex``). A log of schema 1 or 2 is indexed
+# again by the first writer that opens it; an older tasklog refuses a newer schema.
+LOG_SCHEMA = 3
 TYPE_CODES: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES, start=1)}
-_CLASSES = {code: EVENT_TYPES[name] for name, code in TYPE_CODES.items()}
-_HEAD = struct.Struct(">BI")
-_KEY = struct.Struct(">Q")
-pack_key = _KEY.pack
+# Final: compiled (tasklog.native), a constant is a C static, not a lookup in the module's dict per use.
+_CLASSES: Final = {code: EVENT_TYPES[name] for name, code in TYPE_CODES.items()}
+_HEAD: Final = struct.Struct(">BI")
+_KEY: Final = struct.Struct(">Q")
+pack_key: Final[Callable[[int], bytes]] = _KEY.pack
 
 
 def unpack_key(key: bytes | memoryview) -> int:
@@ -57,7 +60,7 @@ def _default(obj: Any) -> Any:
 
 
 # A Packer keeps state between calls, so each appending thread needs its own.
-_local = threading.local()
+_local: Final = threading.local()
 
 
 def _packer() -> msgpack.Packer:
@@ -86,9 +89,9 @@ def unpack_value(value: bytes | memoryview, seq: int = 0) -> Any:
         raise CorruptEventError(seq, f"undecodable payload ({exc})") from None
 
 
-_CODE_BY_CLASS = {cls: TYPE_CODES[name] for name, cls in EVENT_TYPES.items()}
-_crc32 = zlib.crc32
-_head = _HEAD.pack
+_CODE_BY_CLASS: Final = {cls: TYPE_CODES[name] for name, cls in EVENT_TYPES.items()}
+_crc32: Final = zlib.crc32
+_head: Final = _HEAD.pack
 
 
 def encode(event: Event) -> bytes:
@@ -112,7 +115,7 @@ def _bad_field(event: Event) -> str | None:
     return None
 
 
-_NAMES = {code: name for name, code in TYPE_CODES.items()}
+_NAMES: Final = {code: name for name, code in TYPE_CODES.items()}
 
 
 def event_type(value: bytes, seq: int = 0) -> str:
@@ -139,4 +142,4 @@ def decode(value: bytes | memoryview, seq: int = 0) -> Event:
     return ev
 
 
-_new_tuple = tuple.__new__
+_new_tuple: Final = tuple.__new__

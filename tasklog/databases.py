@@ -10,7 +10,7 @@ import lmdb
 from .committimes import CommitTimes
 from .diskspace import full_disk
 from .errors import CommitError, StorageError
-from .streamindex import StreamIndex
+from .streamindex import LegacyStreams, StreamIndex
 
 __all__ = ["Databases", "open_databases", "append_past_end"]
 
@@ -23,12 +23,14 @@ class Databases:
     events: Any
     #: Idempotency keys of async appends -> their sequence numbers.
     keys: Any
-    #: schema, identity, fork, start_seq, indexed_to.
+    #: schema, identity, fork, start_seq, task_marks, task_index_to.
     meta: Any
     #: Commit times, keyed by each commit's first sequence number: "what did the hub know at T".
     times: CommitTimes
-    #: Each task's stream (schema 2); None for a schema-1 log opened read-only (events_of scans).
+    #: Each task's stream (schema 3); None for an older log opened read-only.
     index: StreamIndex | None
+    #: Schema 2's stream index, while a log of that schema is not upgraded (read-only, or mid-upgrade).
+    legacy: LegacyStreams | None
     #: Events a prune removed from the log whose bytes a snapshot's records still refer to
     #: (their buffers); None as for ``index``.
     kept: Any | None
@@ -43,10 +45,13 @@ def open_databases(env: lmdb.Environment, path: str, *, create: bool) -> Databas
         times = env.open_db(b"times", create=create)
     except lmdb.Error as exc:
         raise _open_error(exc, path) from None
-    # dupsort: a task's numbers sit together, in order.
-    streams = _optional_db(env, path, b"streams", create, dupsort=True, dupfixed=True)
+    tasks = _optional_db(env, path, b"tasks", create)
+    rows = _optional_db(env, path, b"task_rows", create)
+    index = None if tasks is None or rows is None else StreamIndex(tasks, rows, meta)
+    legacy = _optional_db(env, path, b"streams", False, dupsort=True, dupfixed=True)  # schema 2's
     kept = _optional_db(env, path, b"kept", create)
-    return Databases(events, keys, meta, CommitTimes(times), None if streams is None else StreamIndex(streams), kept)
+    return Databases(events, keys, meta, CommitTimes(times), index,
+                     None if legacy is None else LegacyStreams(legacy), kept)
 
 
 def _optional_db(env: lmdb.Environment, path: str, name: bytes, create: bool,

@@ -3,7 +3,7 @@
 Each event is a ``NamedTuple`` so the codec can pack it as a plain msgpack
 array and rebuild it with ``_make`` -- no per-field dict on the hot path.
 Each field is declared once, with its check from ``tasklog.fields``
-(``Annotated[type, check.x]``); the table of checks, the generated validators,
+(``Annotated[type, check.x]``); the table of checks, the validators' codes,
 the typed appenders, the ipyparallel adapter's key lists and the fold's request
 keys all come from these classes.
 """
@@ -154,16 +154,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
 
 # Derived from the classes above, where each field is declared once with its type and check.
 CHECKS: dict[str, tuple[check.Check, ...]] = {name: check.checks_of(cls) for name, cls in EVENT_TYPES.items()}
-_BY_CLASS = {EVENT_TYPES[name]: (name, check.compile_validator(EVENT_TYPES[name], checks))
-             for name, checks in CHECKS.items()}
-
-
-def _check_output(ev: Output) -> None:
-    if ev.name in check.STREAMS:
-        if ev.text is None or ev.content is not None:
-            raise EventError("output", "text", f"a {ev.name} chunk needs text (str) and no content")
-    elif ev.text is not None or ev.content is None:
-        raise EventError("output", "content", f"{ev.name} output needs content and no text")
+_VALIDATORS = check.Validators(EVENT_TYPES, {"output": check.stream_or_content})
 
 
 def task_ids(event: Event) -> list[str]:
@@ -178,18 +169,7 @@ def task_ids(event: Event) -> list[str]:
 
 def validate(event: Any) -> Event:
     """Return a normalised copy of ``event``, or raise :class:`EventError` naming the field."""
-    entry = _BY_CLASS.get(event.__class__)
-    if entry is None:
-        raise EventError(str(getattr(event, "type", type(event).__name__)), None,
-                         f"unknown event type; expected one of {sorted(EVENT_TYPES)}")
-    name, fast = entry
-    try:
-        ev: Event = fast(event)
-    except ValueError:
-        check.name_bad_field(name, CHECKS[name], event)
-        raise
-    if name == "output":
-        _check_output(ev)  # type: ignore[arg-type]
+    ev: Event = _VALIDATORS.validate(event)
     return ev
 
 

@@ -1,17 +1,18 @@
-"""The checks an event field is declared with, and the validators generated from them.
+"""The checks an event field is declared with, and the validators driven by them.
 
 Each check takes a field's value and returns it normalised, or raises ``ValueError`` saying what
 is wrong (``KeyProblem`` when a document holds a key that is not a str). ``tasklog.events``
-declares each field once as ``Annotated[type, check]``; ``compile_validator`` turns a class's
-checks into one function that tests already-normal values inline.
+declares each field once as ``Annotated[type, check]``; ``Validators`` reads a class's checks
+into a table of codes (``fast_codes``) and tests already-normal values inline, one loop for
+every class (``normalised``). Compiled with mypyc (``tasklog.native``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, get_type_hints
+from typing import Any, Final, get_type_hints
 
 from .errors import EncodeError, EventError, InterfaceError
 
@@ -31,15 +32,20 @@ __all__ = [
     "micros",
     "at_micros",
     "checks_of",
-    "compile_validator",
+    "fast_codes",
+    "normalised",
+    "Rule",
+    "Validators",
     "name_bad_field",
+    "stream_or_content",
 ]
 
-QUEUES = frozenset({"mux", "task", "broadcast"})
-STREAMS = frozenset({"stdout", "stderr"})
+# Final: compiled, a constant is a C static rather than a lookup in the module's dict per use.
+QUEUES: Final = frozenset({"mux", "task", "broadcast"})
+STREAMS: Final = frozenset({"stdout", "stderr"})
 # LMDB keys hold at most 511 bytes, and every msg_id is a key of the log's stream index.
-MAX_ID_BYTES = 511
-OUTPUT_NAMES = STREAMS | {"error", "execute_input", "execute_result", "display_data"}
+MAX_ID_BYTES: Final = 511
+OUTPUT_NAMES: Final = STREAMS | {"error", "execute_input", "execute_result", "display_data"}
 
 Check = Callable[[Any], Any]
 
@@ -50,8 +56,10 @@ def utcnow() -> datetime:
 
 
 #: Times kept as whole numbers count MICROSECONDs since EPOCH (SQLite's columns, the views' arrays).
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MICROSECOND = timedelta(microseconds=1)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROSECOND: Final = timedelta(microseconds=1)
+_UTC: Final = timezone.utc
+_DATETIME: Final = datetime
 
 
 def micros(when: datetime) -> int:
@@ -105,31 +113,41 @@ class KeyProblem(ValueError):
 
 
 def str_keys(value: Any) -> bool:
-    """True when every dict inside ``value`` (nested in dicts and lists) has only str keys."""
-    cls = value.__class__
+    """True when every dict inside ``value`` (nested in dicts, lists and tuples) has only str keys."""
+    cls = type(value)
     if cls is dict:
         return _dict_keys(value)
-    if cls is list or cls is tuple:
-        return _item_keys(value)
+    if cls is list:
+        return _list_keys(value)
+    if cls is tuple:
+        return _tuple_keys(value)
     return True
 
 
-# Plain loops with the common cases inline: they run on every submit and complete (three
-# header-like dicts each), where a generic recursive walk was slower (BENCHMARKS.md, design notes).
+# One loop per container type, exact types only: these run on every submit and complete (three
+# header-like dicts each), and compiled (tasklog.native) each is a native loop over the container.
 def _dict_keys(d: dict[Any, Any]) -> bool:
-    for k in d:
-        if k.__class__ is not str:
+    for k, v in d.items():
+        if type(k) is not str:
             return False
-    return _item_keys(d.values())
+        cls = type(v)
+        if (cls is dict or cls is list or cls is tuple) and v and not str_keys(v):
+            return False
+    return True
 
 
-def _item_keys(items: Iterable[Any]) -> bool:
+def _list_keys(items: list[Any]) -> bool:
     for v in items:
-        cls = v.__class__
-        if cls is dict:
-            if v and not _dict_keys(v):
-                return False
-        elif (cls is list or cls is tuple) and v and not _item_keys(v):
+        cls = type(v)
+        if (cls is dict or cls is list or cls is tuple) and v and not str_keys(v):
+            return False
+    return True
+
+
+def _tuple_keys(items: tuple[Any, ...]) -> bool:
+    for v in items:
+        cls = type(v)
+        if (cls is dict or cls is list or cls is tuple) and v and not str_keys(v):
             return False
     return True
 
@@ -233,7 +251,17 @@ def annotated_fields(v: Any) -> dict[str, Any]:
     return _check_keys(dict(v))  # type: ignore[no-any-return]
 
 
-# -- validators generated from the checks
+def stream_or_content(ev: Any) -> None:
+    """An output's rule across its fields: a stream chunk has text and no content, others the reverse."""
+    name = ev.name
+    if name in STREAMS:
+        if ev.text is None or ev.content is not None:
+            raise EventError("output", "text", f"a {name} chunk needs text (str) and no content")
+    elif ev.text is not None or ev.content is None:
+        raise EventError("output", "content", f"{name} output needs content and no text")
+
+
+# -- validators driven by the checks
 
 
 def checks_of(cls: type[Any]) -> tuple[Check, ...]:
@@ -242,49 +270,94 @@ def checks_of(cls: type[Any]) -> tuple[Check, ...]:
     return tuple(hints[name].__metadata__[0] for name in cls._fields)
 
 
-# An expression per check that is true when the value is already normal, so the
-# common case costs one inlined test per field instead of a function call.
-_ALREADY_NORMAL: dict[Check, str] = {
-    msg_id: "{x}.__class__ is str and 0 < len({x}) <= 127",
-    opt_str: "{x} is None or {x}.__class__ is str",
-    document: "{x}.__class__ is dict and _dict_keys({x})",
-    opt_document: "{x} is None or ({x}.__class__ is dict and _dict_keys({x}))",
-    buffers: "{x}.__class__ is list and _all_bytes({x})",
-    opt_buffers: "{x} is None or ({x}.__class__ is list and _all_bytes({x}))",
-    opt_time: "{x} is None or ({x}.__class__ is datetime and {x}.tzinfo is UTC)",
-    time_or_now: "{x}.__class__ is datetime and {x}.tzinfo is UTC",
-    queue: "{x} is None or {x} in QUEUES",
-    output_name: "{x} in OUTPUT_NAMES",
-    any_value: "_str_keys({x})",
-}
+# The checks whose already-normal values ``normalised`` tests inline, so the common case costs one
+# test per field instead of a call; any other check is always called (code 0).
+_FAST: Final[dict[Check, int]] = {msg_id: 1, opt_str: 2, document: 3, opt_document: 4, buffers: 5, opt_buffers: 6,
+                                  opt_time: 7, time_or_now: 8, queue: 9, output_name: 10, any_value: 11,
+                                  new_msg_id: 12}
+
+
+def fast_codes(checks: tuple[Check, ...]) -> tuple[int, ...]:
+    """The code ``normalised`` tests each field by, in field order (0: always call the check)."""
+    return tuple(_FAST.get(c, 0) for c in checks)
+
+
+_SHORT_ID: Final = MAX_ID_BYTES // 4  # so short that it fits the key, whatever its characters
 
 
 def _all_bytes(items: list[Any]) -> bool:
-    # A plain loop: all() over a generator is slower on this hot path (BENCHMARKS.md, design notes).
-    for b in items:  # noqa: SIM110
-        if b.__class__ is not bytes:
+    for b in items:  # noqa: SIM110 (a native loop, compiled)
+        if type(b) is not bytes:
             return False
     return True
 
 
-def compile_validator(cls: type[Any], checks: tuple[Check, ...]) -> Callable[[Any], Any]:
-    """Generate the validator of one event class from its fields' checks: the event itself when
-    every value is already normal, else a normalised copy; ValueError from a failing check."""
-    env: dict[str, Any] = {"datetime": datetime, "UTC": timezone.utc, "QUEUES": QUEUES, "OUTPUT_NAMES": OUTPUT_NAMES,
-                           "_all_bytes": _all_bytes, "_str_keys": str_keys, "_dict_keys": _dict_keys, "cls": cls}
-    args = [f"a{i}" for i in range(len(checks))]
-    lines = ["def fast(event):", f"    {', '.join(args)}, = event", "    changed = False"]
-    for i, check in enumerate(checks):
-        env[f"c{i}"] = check
-        test = _ALREADY_NORMAL.get(check)
-        if test is None:
-            lines.append(f"    a{i} = c{i}(a{i}); changed = True")
+def normalised(values: tuple[Any, ...], codes: tuple[int, ...], checks: tuple[Check, ...]) -> list[Any] | None:
+    """None when each of ``values`` is already normal, else the values each check returned;
+    ValueError from the first check that refuses its value."""
+    # Each code's test of an already-normal value, inline: one test a field, no call (interpreted,
+    # a call a field cost more than the tests themselves).
+    out: list[Any] | None = None
+    for i, x in enumerate(values):
+        code = codes[i]
+        if code == 1 or code == 12:  # msg_id, new_msg_id (whose None its check makes a new uuid)
+            normal = type(x) is str and 0 < len(x) <= _SHORT_ID
+        elif code == 2:
+            normal = x is None or type(x) is str
+        elif code == 3 or code == 4:
+            normal = (code == 4 and x is None) or (type(x) is dict and _dict_keys(x))
+        elif code == 8 or code == 7:
+            normal = (code == 7 and x is None) or (type(x) is _DATETIME and x.tzinfo is _UTC)
+        elif code == 9:
+            normal = x is None or x in QUEUES
+        elif code == 5 or code == 6:
+            normal = (code == 6 and x is None) or (type(x) is list and _all_bytes(x))
+        elif code == 10:
+            normal = x in OUTPUT_NAMES
         else:
-            lines.append(f"    if not ({test.format(x=f'a{i}')}): a{i} = c{i}(a{i}); changed = True")
-    lines.append(f"    return cls({', '.join(args)}) if changed else event")
-    exec("\n".join(lines), env)
-    fast: Callable[[Any], Any] = env["fast"]
-    return fast
+            normal = code == 11 and str_keys(x)
+        if not normal:
+            if out is None:
+                out = list(values)
+            out[i] = checks[i](x)
+    return out
+
+
+Rule = Callable[[Any], None]
+_Entry = tuple[str, tuple[int, ...], tuple[Check, ...], Rule | None]
+
+
+class Validators:
+    """The validators of a family of ``NamedTuple`` classes (by name), from their fields' checks.
+
+    ``rules`` adds, by class name, a test of a whole normalised value (fields that depend on
+    each other); it raises what it finds.
+    """
+
+    def __init__(self, classes: Mapping[str, type[Any]], rules: Mapping[str, Rule]) -> None:
+        self.entries: dict[type[Any], _Entry] = {}
+        for name, cls in classes.items():
+            checks = checks_of(cls)
+            self.entries[cls] = (name, fast_codes(checks), checks, rules.get(name))
+        self.unknown = f"unknown event type; expected one of {sorted(classes)}"
+
+    def validate(self, event: Any) -> Any:
+        """The event itself when every value is already normal, else a normalised copy; EventError
+        (EncodeError for a key that is not a str) naming the first field refused."""
+        cls = type(event)
+        entry = self.entries.get(cls)
+        if entry is None:
+            raise EventError(str(getattr(event, "type", cls.__name__)), None, self.unknown)
+        name, codes, checks, rule = entry
+        try:
+            values = normalised(event, codes, checks)
+        except ValueError:
+            name_bad_field(name, checks, event)
+            raise
+        ev = event if values is None else cls._make(values)
+        if rule is not None:
+            rule(ev)
+        return ev
 
 
 def name_bad_field(name: str, checks: tuple[Check, ...], event: Any) -> None:
@@ -293,7 +366,7 @@ def name_bad_field(name: str, checks: tuple[Check, ...], event: Any) -> None:
     for field, check, value in zip(event._fields, checks, event):
         try:
             check(value)
-        except KeyProblem as exc:
-            raise EncodeError(name, field, str(exc)) from None
+        except KeyProblem as problem:  # its own name: compiled, one name has one type
+            raise EncodeError(name, field, str(problem)) from None
         except ValueError as exc:
             raise EventError(name, field, str(exc)) from None

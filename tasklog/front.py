@@ -8,6 +8,7 @@ import lmdb
 
 from . import codec
 from .databases import Databases
+from .streamindex import Row, pruned_rows
 
 __all__ = ["drop_front", "release_kept"]
 
@@ -20,15 +21,17 @@ def drop_front(txn: lmdb.Transaction, dbs: Databases, start: int, stop: int, kee
     """
     cur = txn.cursor(db=dbs.events)
     n = 0
+    rows: list[Row] = []  # the index's rows of the deleted events, taken out of it at once
     if cur.set_range(codec.pack_key(start)):
         while cur.key() and codec.unpack_key(cur.key()) < stop:
             seq, raw = codec.unpack_key(cur.key()), bytes(cur.value())
-            if dbs.index is not None:
-                dbs.index.remove(txn, seq, raw)
+            rows += pruned_rows(seq, raw)
             if seq in keep:
                 txn.put(codec.pack_key(seq), raw, db=dbs.kept)
             cur.delete()
             n += 1
+    if dbs.index is not None:
+        dbs.index.remove(txn, rows)
     # The start moves with the deletions: a prune killed between transactions leaves a sound log.
     txn.put(b"start_seq", str(stop).encode(), db=dbs.meta)
     return n

@@ -23,7 +23,11 @@ __all__ = ["GroupCommit", "Item", "NothingPending"]
 
 Item = tuple[bytes, bytes | None, Event]  # (stored bytes, idempotency key, the validated event)
 Notify = Callable[[Sequence[tuple[int, Event]]], None]
-_LINGER = 0.0002  # seconds a group-commit leader waits for the last batch's callers: half a sync
+# A leader waits for the callers of the last few batches to rejoin for at most half its last
+# commit (a wait as long as the commit would halve the rate), and at least _LINGER.
+_LINGER = 0.0002
+_MAX_LINGER = 0.002
+_CALLERS_SEEN = 8  # batches over which the callers to wait for are counted
 
 
 class _Batch:
@@ -66,7 +70,8 @@ class GroupCommit(NothingPending):
         self._filling = _Batch()  # the batch being filled
         self._committing = False  # whether a leader is writing
         self._lingering = False
-        self._last_callers = 1
+        self._callers: list[int] = [1]  # of the last few batches: a leader waits for their most
+        self._commit_time = 0.0  # seconds the last commit took
 
     def append_one(self, payload: bytes, event: Event) -> int | None:
         """No shortcut here: None sends one event down the general path, ``append``."""
@@ -95,7 +100,7 @@ class GroupCommit(NothingPending):
                 self._committing = True
                 self._linger(batch)
                 self._filling = _Batch()
-                self._last_callers = batch.callers
+                self._callers = [*self._callers[1 - _CALLERS_SEEN:], batch.callers]
                 self._cond.release()
                 try:
                     self._commit_batch(batch)
@@ -111,12 +116,14 @@ class GroupCommit(NothingPending):
     def _linger(self, batch: _Batch) -> None:
         # The callers of the last batch are only now returning from it; a leader that commits at
         # once commits alone and every other batch holds one event (measured: 8 threads averaged
-        # 4 events per commit). Waiting a fraction of a sync for them to rejoin fills the batch.
-        if batch.callers >= self._last_callers:
+        # 4 events per commit). Waiting a fraction of a commit for them to rejoin fills the batch;
+        # waiting for the last batch's count only kept batches at the size they had (issue 24).
+        want = max(self._callers)
+        if batch.callers >= want:
             return
         self._lingering = True
-        deadline = time.monotonic() + _LINGER
-        while batch.callers < self._last_callers:
+        deadline = time.monotonic() + min(max(_LINGER, self._commit_time / 2), _MAX_LINGER)
+        while batch.callers < want:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -124,13 +131,22 @@ class GroupCommit(NothingPending):
         self._lingering = False
 
     def _commit_batch(self, batch: _Batch) -> None:
+        start = time.monotonic()
         try:
-            batch.seqs, written = self._store.write(lambda txn: self._numbered(txn, batch.items))
+            batch.seqs, written = self._store.write(lambda txn: self._under_lock(txn, batch.items))
         except StorageError as exc:
             batch.error = exc
             return
+        self._commit_time = time.monotonic() - start
         if written:
             self._notify(written)
+
+    def _under_lock(self, txn: lmdb.Transaction, items: list[Item]) -> tuple[list[int], list[tuple[int, Event]]]:
+        # py-lmdb releases the GIL around every put: with the next batch's callers running, each
+        # put waited for the GIL again. Holding the condition parks them on a lock while the puts
+        # run; they queue during the sync at commit, which happens after, outside it.
+        with self._cond:
+            return self._numbered(txn, items)
 
     def _numbered(self, txn: lmdb.Transaction, items: list[Item]) -> tuple[list[int], list[tuple[int, Event]]]:
         """Number and put ``items`` past the log's end; return every seq and the events written."""
@@ -139,11 +155,12 @@ class GroupCommit(NothingPending):
         last = codec.unpack_key(cur.key()) if cur.last() else 0
         if all(key is None for _, key, _ in items):
             seqs = list(range(last + 1, last + 1 + len(items)))
-            append_past_end(cur, [(codec.pack_key(s), payload) for s, (payload, _, _) in zip(seqs, items)])
+            keys = list(map(codec.pack_key, seqs))
+            append_past_end(cur, list(zip(keys, [payload for payload, _, _ in items])))
             store.record_commit_time(txn, seqs[0])
-            events = [(s, ev) for s, (_, _, ev) in zip(seqs, items)]
-            store.index(txn, store.index_rows(events))
-            return seqs, events
+            evs = [ev for _, _, ev in items]
+            store.index(txn, store.index_rows(zip(keys, evs)))
+            return seqs, list(zip(seqs, evs))
         seqs = []
         written: list[tuple[int, Event]] = []
         seen: dict[bytes, int] = {}
@@ -167,7 +184,7 @@ class GroupCommit(NothingPending):
             written.append((last, event))
         if written:
             store.record_commit_time(txn, written[0][0])
-            store.index(txn, store.index_rows(written))
+            store.index(txn, store.index_rows((codec.pack_key(seq), ev) for seq, ev in written))
         return seqs, written
 
     def close(self) -> None:

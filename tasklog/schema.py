@@ -1,4 +1,5 @@
-"""The schema upgrade at open: a log an older tasklog wrote (schema 1) gets its stream index."""
+"""The schema upgrade at open: a log an older tasklog wrote (schema 1 or 2) gets the stream index
+of the current schema, once, resumably."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ __all__ = ["upgrade"]
 
 
 def upgrade(store: Store) -> None:
-    """Index a writable log without a stream index, once, with a progress bar on a terminal."""
+    """Index a writable log of an older schema, once, with a progress bar on a terminal."""
     if store.readonly or store.indexed:
         return
     try:

@@ -38,7 +38,7 @@ from .errors import (
     StorageFullError,
     file_error,
 )
-from .streamindex import index_rows
+from .streamindex import LegacyStreams, StreamIndex, index_rows
 from .verbatim import put_verbatim
 
 __all__ = ["Store", "DURABILITY", "MARKER", "open_here"]
@@ -219,7 +219,7 @@ def _new_env(path: str, mode: _Mode, readonly: bool, map_size: int) -> lmdb.Envi
         # A reader goes on as before (its slot is most likely on a page in use already).
         raise StorageFullError(f"cannot open {path}: no space left on device for LMDB's lock file")
     try:
-        env = lmdb.open(path, map_size=size, max_dbs=8, max_readers=_MAX_READERS, subdir=True,
+        env = lmdb.open(path, map_size=size, max_dbs=12, max_readers=_MAX_READERS, subdir=True,
                         sync=mode.sync, metasync=mode.metasync, writemap=False,
                         readonly=readonly, lock=lock, readahead=False)
     except lmdb.Error as exc:
@@ -324,14 +324,13 @@ class Store:
         self.dbs: Databases = open_databases(self.env, self.path, create=not self.readonly)
         # The raw handles, for the readers, the writers and verify.
         self.events, self.keys, self.meta, self.kept = self.dbs.events, self.dbs.keys, self.dbs.meta, self.dbs.kept
-        self.streams: Any = None if self.dbs.index is None else self.dbs.index.db
 
     def _check_schema(self) -> str | None:
         """Check the stored schema; a writer marks a new log and gives it its identity. Return it."""
         with self.env.begin() as txn:
             stored = txn.get(b"schema", db=self.meta)
             identity = txn.get(b"identity", db=self.meta)
-        #: The schema the log was written with (1: no stream index yet; a writer builds it).
+        #: The schema the log was written with (below 3: an older stream index; a writer builds it).
         self.schema = codec.LOG_SCHEMA if stored is None else int(stored)
         if self.schema > codec.LOG_SCHEMA:
             raise SchemaVersionError(f"{self.path} was written with schema version {self.schema}; "
@@ -342,7 +341,7 @@ class Store:
         new = str(uuid.uuid4())
 
         def mark(txn: lmdb.Transaction) -> str:
-            # A new log is schema 2 at once; an older log keeps its number until it is indexed.
+            # A new log has the current schema at once; an older log keeps its number until indexed.
             txn.put(b"schema", str(self.schema).encode(), db=self.meta, overwrite=stored is None)
             if not txn.put(b"identity", new.encode(), db=self.meta, overwrite=False):
                 return bytes(txn.get(b"identity", db=self.meta) or b"").decode()  # another writer was first
@@ -438,8 +437,13 @@ class Store:
 
     @property
     def indexed(self) -> bool:
-        """Whether the log has its stream index (schema 2)."""
-        return self.schema >= 2 and self.dbs.index is not None
+        """Whether the log has its stream index (schema 3)."""
+        return self.schema >= 3 and self.dbs.index is not None
+
+    @property
+    def stream_index(self) -> StreamIndex | LegacyStreams | None:
+        """The index ``events_of`` and ``verify`` read: schema 3's, else schema 2's, else None (scan)."""
+        return self.dbs.index if self.indexed else self.dbs.legacy
 
     index_rows = staticmethod(index_rows)
 
@@ -452,9 +456,14 @@ class Store:
         self.dbs.times.record_now(txn, first_seq)
 
     def build_index(self, progress: Callable[[int], None] | None = None) -> int:
-        """Index a schema-1 log (resuming where an interrupted build stopped); mark it schema 2."""
-        done: int = self.dbs.index.build(self.write, self.events, self.meta, progress)  # type: ignore[union-attr]
-        self.write(lambda txn: txn.put(b"schema", str(codec.LOG_SCHEMA).encode(), db=self.meta))
+        """Index a log of an older schema (resuming where an interrupted build stopped); mark it
+        with the current schema and drop what the older schema kept instead."""
+        def finish(txn: lmdb.Transaction) -> None:
+            if self.dbs.legacy is not None:
+                txn.drop(self.dbs.legacy.db, delete=True)
+            txn.delete(b"indexed_to", db=self.meta)  # an interrupted schema-1 build's progress
+            txn.put(b"schema", str(codec.LOG_SCHEMA).encode(), db=self.meta)
+        done: int = self.dbs.index.build(self.write, self.events, finish, progress)  # type: ignore[union-attr]
         self.schema = codec.LOG_SCHEMA
         _write_marker(self.path, self.schema, self.identity)
         return done

@@ -25,7 +25,7 @@ def put_verbatim(dbs: Databases, events: list[tuple[int, bytes]], commits: list[
     original) and this copy's ``fork``; every later one must continue the log densely, and name
     the identity the log has (``own_identity``) if it names one.
     """
-    rows = index_rows((seq, codec.decode(raw, seq)) for seq, raw in events)
+    rows = index_rows((codec.pack_key(seq), codec.decode(raw, seq)) for seq, raw in events)
 
     def body(txn: lmdb.Transaction) -> None:
         cur = txn.cursor(db=dbs.events)

@@ -138,35 +138,41 @@ def check_index(log: TaskLog) -> list[str]:
     """Check the stream index against the events: every entry names an event that names its task,
     and there are as many entries as the events name tasks (so none is missing)."""
     store = log.store
-    if not store.indexed:
+    index = store.stream_index
+    if index is None:
         return [] if log.readonly else ["the log has no stream index (a writer builds it on open)"]
-    problems: list[str] = []
     with store.reader() as txn:  # one transaction: a live writer cannot make the two sides disagree
-        expected = 0
-        for key, raw in txn.cursor(db=store.events):
-            seq = codec.unpack_key(key)
-            with contextlib.suppress(TaskLogError):  # a corrupt event: verify's own pass reports it
-                expected += len(set(task_ids(codec.decode(raw, seq))))
-        entries = 0
-        for key, value in txn.cursor(db=store.streams):
-            entries += 1
-            msg_id, seq = bytes(key).decode(), codec.unpack_key(value)
-            stored = txn.get(value, db=store.events)
-            if stored is None:
-                problems.append(f"stream index: {msg_id!r} lists event {seq}, which is not in the log")
-                continue
-            try:
-                named = task_ids(codec.decode(stored, seq))
-            except TaskLogError:
-                entries -= 1  # a corrupt event: verify's own pass reports it, and it is not counted above
-                continue
-            if msg_id not in named:
-                problems.append(f"stream index: {msg_id!r} lists event {seq}, which does not name it")
-        if entries != expected:
-            problems.append(f"stream index: {entries} entries, but the events name tasks {expected} times")
+        problems = _index_problems(txn, store, index)
         for key, raw in txn.cursor(db=store.kept) if store.kept is not None else ():
             try:
                 codec.decode(raw, codec.unpack_key(key))
             except TaskLogError as exc:
                 problems.append(f"kept {exc}")
     return problems[:100]
+
+
+def _index_problems(txn: Any, store: Any, index: Any) -> list[str]:
+    """What the stream index ``index`` says that the events do not."""
+    expected = 0
+    for key, raw in txn.cursor(db=store.events):
+        seq = codec.unpack_key(key)
+        with contextlib.suppress(TaskLogError):  # a corrupt event: verify's own pass reports it
+            expected += len(set(task_ids(codec.decode(raw, seq))))
+    problems: list[str] = list(index.inconsistencies(txn))
+    entries = 0
+    for msg_id, seq in index.entries(txn):
+        entries += 1
+        stored = txn.get(codec.pack_key(seq), db=store.events)
+        if stored is None:
+            problems.append(f"stream index: {msg_id!r} lists event {seq}, which is not in the log")
+            continue
+        try:
+            named = task_ids(codec.decode(stored, seq))
+        except TaskLogError:
+            entries -= 1  # a corrupt event: verify's own pass reports it, and it is not counted above
+            continue
+        if msg_id not in named:
+            problems.append(f"stream index: {msg_id!r} lists event {seq}, which does not name it")
+    if entries != expected:
+        problems.append(f"stream index: {entries} entries, but the events name tasks {expected} times")
+    return problems

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .. import __version__, native
 from ..errors import TaskLogError
 from .common import Command
 from .feed_commands import FOLLOW
@@ -43,6 +44,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tasklog`` command, with every subcommand."""
     parser = _Parser(prog="tasklog", description="An append-only event log of task lifecycles.")
+    parser.add_argument("--version", action="version", version=f"tasklog {__version__}, {native.describe()}",
+                        help="show the version, and whether its hot path is compiled (mypyc) or pure Python")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)

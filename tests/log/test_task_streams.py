@@ -216,9 +216,10 @@ def test_prune_and_compaction_keep_streams_and_the_buffers_snapshots_refer_to(tm
 
 def _make_schema_1(path: str) -> None:
     """Turn a log into what an older tasklog wrote: no stream index, schema 1."""
-    env = lmdb.open(path, max_dbs=8)
+    env = lmdb.open(path, max_dbs=12)
     with env.begin(write=True) as txn:
-        txn.drop(env.open_db(b"streams", txn=txn, dupsort=True, dupfixed=True), delete=True)
+        txn.drop(env.open_db(b"tasks", txn=txn), delete=True)
+        txn.drop(env.open_db(b"task_rows", txn=txn), delete=True)
         txn.drop(env.open_db(b"kept", txn=txn), delete=True)
         txn.put(b"schema", b"1", db=env.open_db(b"meta", txn=txn))
     env.close()
@@ -256,10 +257,10 @@ def test_a_newer_log_schema_is_refused(tmp_path: Path) -> None:
     marker = os.path.join(path, "TASKLOG")
     with open(marker) as f:
         meta = json.load(f)
-    assert meta["schema"] == LOG_SCHEMA == 2  # what an older tasklog (schema 1) refuses
+    assert meta["schema"] == LOG_SCHEMA == 3  # what an older tasklog (schema 1 or 2) refuses
     with open(marker, "w") as f:
         json.dump({**meta, "schema": LOG_SCHEMA + 1}, f)
-    with pytest.raises(SchemaVersionError, match="schema version 3"):
+    with pytest.raises(SchemaVersionError, match="schema version 4"):
         TaskLog.open(path)
 
 
