@@ -35,6 +35,7 @@ from .errors import (
 from .events import Event, task_ids
 from .groupcommit import Item
 from .store import Store
+from .streamindex import index_rows
 
 __all__ = ["AsyncCommitter", "Receipt", "DEFAULT_QUEUE_BYTES", "MAX_COMMIT_INTERVAL", "check_options"]
 
@@ -287,14 +288,12 @@ class AsyncCommitter:
         store = self._store
         pack = codec.pack_key
         pairs = [(pack(seq), payload) for seq, payload, _, _ in batch]
-        rows = store.index_rows(zip([key for key, _ in pairs], [ev for _, _, _, ev in batch]))
+        rows = index_rows(zip([key for key, _ in pairs], [ev for _, _, _, ev in batch]))
 
         def body(txn: lmdb.Transaction) -> None:
-            # py-lmdb releases the GIL around every get and put; with a producer thread running,
-            # each then waits for the GIL, up to a switch interval (BENCHMARKS.md, "Design notes
-            # moved from the code"; numbering the index's tasks outside the lock took a tenth of
-            # the hub pattern, issue 24). Holding the condition parks producers on a lock, so
-            # the calls run uncontended; the sync at commit happens after, outside it.
+            # py-lmdb releases the GIL around every get and put: beside a running producer each
+            # waited for it again (BENCHMARKS.md, design notes; issue 24: the index's gets). With
+            # the condition held, producers wait on a lock instead; the sync comes after, outside.
             with self._cond:
                 cur = txn.cursor(db=store.events)
                 last = codec.unpack_key(cur.key()) if cur.last() else 0

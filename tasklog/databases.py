@@ -12,7 +12,7 @@ from .diskspace import full_disk
 from .errors import CommitError, StorageError
 from .streamindex import LegacyStreams, StreamIndex
 
-__all__ = ["Databases", "open_databases", "append_past_end"]
+__all__ = ["Databases", "open_databases", "append_past_end", "mark_indexed"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,11 @@ def append_past_end(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
     consumed, added = cur.putmulti(pairs, append=True)
     if consumed != len(pairs) or added != len(pairs):
         raise CommitError(f"only {added} of {len(pairs)} events went past the end of the log")
+
+
+def mark_indexed(txn: lmdb.Transaction, dbs: Databases, schema: int) -> None:
+    """Mark a log whose stream index was just built with ``schema``; drop what older schemas kept."""
+    if dbs.legacy is not None:
+        txn.drop(dbs.legacy.db, delete=True)
+    txn.delete(b"indexed_to", db=dbs.meta)  # an interrupted schema-1 build's progress
+    txn.put(b"schema", str(schema).encode(), db=dbs.meta)

@@ -18,6 +18,7 @@ from .databases import append_past_end
 from .errors import CommitError, LogClosedError, StorageError
 from .events import Event
 from .store import Store
+from .streamindex import index_rows
 
 __all__ = ["GroupCommit", "Item", "NothingPending"]
 
@@ -159,7 +160,7 @@ class GroupCommit(NothingPending):
             append_past_end(cur, list(zip(keys, [payload for payload, _, _ in items])))
             store.record_commit_time(txn, seqs[0])
             evs = [ev for _, _, ev in items]
-            store.index(txn, store.index_rows(zip(keys, evs)))
+            store.index(txn, index_rows(zip(keys, evs)))
             return seqs, list(zip(seqs, evs))
         seqs = []
         written: list[tuple[int, Event]] = []
@@ -184,7 +185,7 @@ class GroupCommit(NothingPending):
             written.append((last, event))
         if written:
             store.record_commit_time(txn, written[0][0])
-            store.index(txn, store.index_rows((codec.pack_key(seq), ev) for seq, ev in written))
+            store.index(txn, index_rows((codec.pack_key(seq), ev) for seq, ev in written))
         return seqs, written
 
     def close(self) -> None:

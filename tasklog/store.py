@@ -22,12 +22,13 @@ import weakref
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import lmdb
 
 from . import codec, front
-from .databases import Databases, open_databases
+from .databases import Databases, mark_indexed, open_databases
 from .diskspace import back_lock_file, full_disk, storage_error
 from .errors import (
     LogBusyError,
@@ -38,7 +39,7 @@ from .errors import (
     StorageFullError,
     file_error,
 )
-from .streamindex import LegacyStreams, StreamIndex, index_rows
+from .streamindex import LegacyStreams, StreamIndex
 from .verbatim import put_verbatim
 
 __all__ = ["Store", "DURABILITY", "MARKER", "open_here"]
@@ -445,8 +446,6 @@ class Store:
         """The index ``events_of`` and ``verify`` read: schema 3's, else schema 2's, else None (scan)."""
         return self.dbs.index if self.indexed else self.dbs.legacy
 
-    index_rows = staticmethod(index_rows)
-
     def index(self, txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]]) -> None:
         """Add events to the streams of the tasks they name, in the transaction that writes them."""
         self.dbs.index.add(txn, rows)  # type: ignore[union-attr]  # a writer always has the index
@@ -458,11 +457,7 @@ class Store:
     def build_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Index a log of an older schema (resuming where an interrupted build stopped); mark it
         with the current schema and drop what the older schema kept instead."""
-        def finish(txn: lmdb.Transaction) -> None:
-            if self.dbs.legacy is not None:
-                txn.drop(self.dbs.legacy.db, delete=True)
-            txn.delete(b"indexed_to", db=self.meta)  # an interrupted schema-1 build's progress
-            txn.put(b"schema", str(codec.LOG_SCHEMA).encode(), db=self.meta)
+        finish = partial(mark_indexed, dbs=self.dbs, schema=codec.LOG_SCHEMA)
         done: int = self.dbs.index.build(self.write, self.events, finish, progress)  # type: ignore[union-attr]
         self.schema = codec.LOG_SCHEMA
         _write_marker(self.path, self.schema, self.identity)
