@@ -71,6 +71,7 @@ class GroupCommit(NothingPending):
         self._filling = _Batch()  # the batch being filled
         self._committing = False  # whether a leader is writing
         self._lingering = False
+        self._want = 1  # the callers a lingering leader waits for
         self._callers: list[int] = [1]  # of the last few batches: a leader waits for their most
         self._commit_time = 0.0  # seconds the last commit took
 
@@ -92,8 +93,8 @@ class GroupCommit(NothingPending):
             first = len(batch.items)
             batch.items.extend(items)
             batch.callers += 1
-            if self._lingering:
-                self._cond.notify_all()
+            if self._lingering and batch.callers >= self._want:
+                self._cond.notify_all()  # the leader waits for this many: waking it sooner made it wait again
             while not batch.done:
                 if self._committing:
                     self._cond.wait()
@@ -119,7 +120,7 @@ class GroupCommit(NothingPending):
         # once commits alone and every other batch holds one event (measured: 8 threads averaged
         # 4 events per commit). Waiting a fraction of a commit for them to rejoin fills the batch;
         # waiting for the last batch's count only kept batches at the size they had (issue 24).
-        want = max(self._callers)
+        want = self._want = max(self._callers)
         if batch.callers >= want:
             return
         self._lingering = True
