@@ -12,7 +12,7 @@ from .diskspace import full_disk
 from .errors import CommitError, StorageError
 from .streamindex import LegacyStreams, StreamIndex
 
-__all__ = ["Databases", "open_databases", "append_past_end", "mark_indexed"]
+__all__ = ["Databases", "open_databases", "append_past_end", "indexed", "mark_indexed"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ def append_past_end(cur: lmdb.Cursor, pairs: list[tuple[bytes, bytes]]) -> None:
     consumed, added = cur.putmulti(pairs, append=True)
     if consumed != len(pairs) or added != len(pairs):
         raise CommitError(f"only {added} of {len(pairs)} events went past the end of the log")
+
+
+def indexed(txn: lmdb.Transaction, dbs: Databases, schema: int) -> bool:
+    """Whether the log is marked with ``schema`` (another writer finished its upgrade)."""
+    return txn.get(b"schema", db=dbs.meta) == str(schema).encode()
 
 
 def mark_indexed(txn: lmdb.Transaction, dbs: Databases, schema: int) -> None:

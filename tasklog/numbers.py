@@ -11,6 +11,7 @@ from typing import Any
 import lmdb
 
 from . import codec
+from .errors import StorageError
 
 __all__ = ["NAME", "Marks", "NumberCache", "last_number"]
 
@@ -35,6 +36,9 @@ class Marks:
         raw = txn.get(_MARKS, db=self.meta)
         if raw is None:
             return 0, 0
+        if len(raw) != _TWO.size:  # checked: struct's error said nothing of where (review of issue 24)
+            raise StorageError(f"the stream index's counters are damaged ({len(raw)} bytes, not {_TWO.size}); "
+                               "`tasklog verify` says what else is")
         gen, merged = _TWO.unpack(raw)
         return int(gen), int(merged)
 
@@ -46,7 +50,11 @@ class Marks:
 def last_number(txn: lmdb.Transaction, rows: Any) -> int:
     """The last task number given (0: none), read from the last row's key."""
     cur = txn.cursor(db=rows)
-    return codec.unpack_key(cur.key()[:8]) if cur.last() else 0
+    if not cur.last():
+        return 0
+    if len(cur.key()) != 16:
+        raise StorageError("the stream index's last row is malformed; `tasklog verify` says what else is")
+    return codec.unpack_key(cur.key()[:8])
 
 
 class NumberCache:

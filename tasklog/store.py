@@ -28,7 +28,7 @@ from typing import Any
 import lmdb
 
 from . import codec, front
-from .databases import Databases, mark_indexed, open_databases
+from .databases import Databases, indexed, mark_indexed, open_databases
 from .diskspace import back_lock_file, full_disk, storage_error
 from .errors import (
     LogBusyError,
@@ -39,7 +39,7 @@ from .errors import (
     StorageFullError,
     file_error,
 )
-from .streamindex import LegacyStreams, StreamIndex
+from .streamindex import LegacyStreams, StreamIndex, Upgrade
 from .verbatim import put_verbatim
 
 __all__ = ["Store", "DURABILITY", "MARKER", "open_here"]
@@ -457,8 +457,9 @@ class Store:
     def build_index(self, progress: Callable[[int], None] | None = None) -> int:
         """Index a log of an older schema (resuming where an interrupted build stopped); mark it
         with the current schema and drop what the older schema kept instead."""
-        finish = partial(mark_indexed, dbs=self.dbs, schema=codec.LOG_SCHEMA)
-        done: int = self.dbs.index.build(self.write, self.events, finish, progress)  # type: ignore[union-attr]
+        upgrade = Upgrade(partial(indexed, dbs=self.dbs, schema=codec.LOG_SCHEMA),
+                          partial(mark_indexed, dbs=self.dbs, schema=codec.LOG_SCHEMA))
+        done: int = self.dbs.index.build(self.write, self.events, upgrade, progress)  # type: ignore[union-attr]
         self.schema = codec.LOG_SCHEMA
         _write_marker(self.path, self.schema, self.identity)
         return done

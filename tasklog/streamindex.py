@@ -27,7 +27,7 @@ from .errors import CorruptEventError
 from .events import Drop, Event, Resubmit, task_ids
 from .numbers import NAME, Marks, NumberCache, last_number
 
-__all__ = ["StreamIndex", "LegacyStreams", "Plan", "index_rows", "pruned_rows", "Row"]
+__all__ = ["StreamIndex", "LegacyStreams", "Plan", "Upgrade", "index_rows", "pruned_rows", "Row"]
 
 _CHUNK = 20_000  # events indexed per transaction when a log of an older schema is upgraded
 _BUILT_TO = b"task_index_to"  # meta: the last event an interrupted upgrade indexed
@@ -61,6 +61,13 @@ def pruned_rows(seq: int, raw: bytes) -> list[Row]:
         return []
 
 
+class Upgrade(NamedTuple):
+    """How ``StreamIndex.build`` ends: whether another writer finished it, and what marks it done."""
+
+    done: Callable[[lmdb.Transaction], bool]
+    finish: Callable[[lmdb.Transaction], None]
+
+
 class Plan(NamedTuple):
     """What ``StreamIndex.write`` puts: the rows, sorted, and whether it numbered tasks."""
 
@@ -90,7 +97,9 @@ class StreamIndex:
     def plan(self, txn: lmdb.Transaction, rows: list[Row]) -> Plan:
         """Number the tasks ``rows`` name as of ``txn`` (nothing written): what ``write`` puts."""
         gen, merged = self.marks.read(txn)
-        count = last_number(txn, self.rows)
+        # Past the merged numbers too: a prune may have taken the highest ones away, and a number
+        # at or below the merge point would be looked for in ``tasks`` only (review of issue 24).
+        count = max(last_number(txn, self.rows), merged)
         tail, get, tasks, pack = self.cache.tail(txn), _getter(txn), self.tasks, codec.pack_key
         fresh: dict[bytes, bytes] = {}  # numbered here: the cache learns them once this commits
         out: list[Row] = []
@@ -148,40 +157,53 @@ class StreamIndex:
 
     def entries(self, txn: lmdb.Transaction) -> Iterator[tuple[str, int]]:
         """Every ``(msg_id, seq)`` the index holds, for ``verify`` (a row without its task's name
-        row is given the name "?")."""
+        row is given the name "?"; a malformed row is left to ``inconsistencies``)."""
         num, name = b"", "?"
         for key, value in txn.cursor(db=self.rows):
+            if len(key) != 16:
+                continue
             if key[:8] != num:
                 num, name = bytes(key[:8]), "?"
             if key[8:] == NAME:
-                name = bytes(value).decode()
+                name = bytes(value).decode(errors="replace")
             else:
                 yield name, codec.unpack_key(key[8:])
 
     def inconsistencies(self, txn: lmdb.Transaction) -> list[str]:
         """What the index's databases say that cannot all be true (``verify``)."""
         _, merged = self.marks.read(txn)
-        out, in_map, named = [], 0, 0
+        out: list[str] = []
+        in_map = named = 0
+        tail: set[bytes] = set()  # a msg_id twice in the tail; twice merged is a wrong map entry
         for key, value in txn.cursor(db=self.rows):
+            if len(key) != 16:
+                out.append(f"stream index: a row with a malformed key ({bytes(key)!r:.40})")
+                continue
             if key[8:] != NAME:
                 continue
-            n, num, named = codec.unpack_key(key[:8]), bytes(key[:8]), named + 1
+            n, num, name, named = codec.unpack_key(key[:8]), bytes(key[:8]), bytes(value), named + 1
             in_map += n <= merged
-            if txn.get(bytes(value), db=self.tasks) != (num if n <= merged else None):
-                out.append(f"stream index: task {n} ({bytes(value).decode()!r}) is not where its number says")
+            shown = name.decode(errors="replace")
+            if txn.get(name, db=self.tasks) != (num if n <= merged else None):
+                out.append(f"stream index: task {n} ({shown!r}) is not where its number says")
+            elif n > merged and name in tail:
+                out.append(f"stream index: {shown!r} has two numbers")
+            if n > merged:
+                tail.add(name)
         mapped = int(txn.stat(self.tasks)["entries"])
         if mapped != in_map:
             out.append(f"stream index: {mapped} msg_ids mapped, but {in_map} of the {named} tasks are merged")
         return out[:20]
 
-    def build(self, write: Callable[[Callable[[lmdb.Transaction], int]], int], events: Any,
-              finish: Callable[[lmdb.Transaction], None], progress: Callable[[int], None] | None = None) -> int:
+    def build(self, write: Callable[[Callable[[lmdb.Transaction], int]], int], events: Any, upgrade: Upgrade,
+              progress: Callable[[int], None] | None = None) -> int:
         """Index a log of an older schema in transactions run by ``write``, resuming where an
-        interrupted build stopped; ``finish`` runs in the transaction that finds nothing left
-        (so an event appended meanwhile is either indexed or stops it). Return the events indexed."""
+        interrupted build stopped; ``upgrade.finish`` runs in the transaction that finds nothing
+        left (so an event appended meanwhile is either indexed or stops it), and a build stops
+        when ``upgrade.done`` (another writer finished it). Return the events indexed."""
         done = 0
         while True:
-            count = write(lambda txn: self._step(txn, events, finish))
+            count = write(lambda txn: 0 if upgrade.done(txn) else self._step(txn, events, upgrade.finish))
             if not count:
                 return done
             done += count

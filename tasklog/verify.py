@@ -142,7 +142,10 @@ def check_index(log: TaskLog) -> list[str]:
     if index is None:
         return [] if log.readonly else ["the log has no stream index (a writer builds it on open)"]
     with store.reader() as txn:  # one transaction: a live writer cannot make the two sides disagree
-        problems = _index_problems(txn, store, index)
+        try:
+            problems = _index_problems(txn, store, index)
+        except TaskLogError as exc:  # counters too damaged to read: said, not a traceback
+            problems = [f"stream index: {exc}"]
         for key, raw in txn.cursor(db=store.kept) if store.kept is not None else ():
             try:
                 codec.decode(raw, codec.unpack_key(key))

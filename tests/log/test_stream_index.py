@@ -16,7 +16,7 @@ import lmdb
 import pytest
 
 import projections
-from tasklog import Resubmit, Submit, TaskLog, schema, streamindex, task_ids
+from tasklog import Resubmit, StorageError, Submit, TaskLog, schema, streamindex, task_ids
 from tasklog.codec import LOG_SCHEMA, pack_key, unpack_key
 from tasklog.demo import simulate
 from tasklog.numbers import NAME, last_number
@@ -40,7 +40,8 @@ def _numbers(log: TaskLog) -> dict[str, int]:
     index = log.store.dbs.index
     assert index is not None
     with log.store.reader() as txn:
-        return {bytes(v).decode(): unpack_key(k[:8]) for k, v in txn.cursor(db=index.rows) if k[8:] == NAME}
+        return {bytes(v).decode(errors="replace"): unpack_key(k[:8]) for k, v in txn.cursor(db=index.rows)
+                if k[8:] == NAME}
 
 
 def test_tasks_are_numbered_in_the_order_the_log_first_names_them(tmp_path: Path) -> None:
@@ -197,3 +198,72 @@ def test_writers_in_two_processes_number_each_task_once(tmp_path: Path) -> None:
         assert len(numbers) == len(set(numbers.values())) == 97 + 2 * 100
         for m in [f"shared-{i}" for i in range(97)] + ["a-0", "b-297"]:
             assert log.events_of(m) == _scan(log, m)
+
+
+def test_after_a_prune_took_the_highest_numbers_new_tasks_are_numbered_past_the_merge_point(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found in review: the next number came from the last row left, at or below the merge point,
+    # where only ``tasks`` is looked in: the new task's events were then found by no one.
+    monkeypatch.setattr(streamindex, "MERGE", 50)
+    with TaskLog.open(str(tmp_path / "log")) as log:
+        for i in range(60):
+            log.submit(f"task-{i}")
+        log.annotate("task-0", label="kept")  # the one event left names the lowest number
+        log.store.drop_front(1, log.last_seq)
+        assert set(_numbers(log)) == {"task-0"}
+        log.submit("fresh")
+        log.complete("fresh", result_content={"status": "ok"})
+        log.submit("task-5")
+        assert [ev.type for _, ev in log.events_of("fresh")] == ["submit", "complete"]
+        assert [ev.type for _, ev in log.events_of("task-5")] == ["submit"]
+        assert _numbers(log)["fresh"] == 51 and verify(log) == []  # 51..60 were pruned away whole
+
+
+def test_a_writer_whose_upgrade_another_writer_finished_stops(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found in review: a second writer opening a log being upgraded started again from event 1
+    # once the first had finished, then dropped schema 2's index through a closed handle.
+    path = _schema_2_copy(tmp_path)
+    monkeypatch.setattr(streamindex, "_CHUNK", 100)
+    chunks: list[int] = []
+    stores: list[Any] = []
+
+    class OtherWriterFinishes(schema.Progress):
+        """After our first chunk, the other writer marks the log upgraded (as its last step does)."""
+
+        def update(self, n: int = 1) -> None:
+            chunks.append(n)
+            if len(chunks) == 1:
+                store = stores[0]
+                store.write(lambda txn: txn.put(b"schema", str(LOG_SCHEMA).encode(), db=store.meta))
+    monkeypatch.setattr(schema, "Progress", OtherWriterFinishes)
+    real = schema.upgrade
+    monkeypatch.setattr(schema, "upgrade", lambda store: (stores.append(store), real(store))[1])
+    from tasklog import log as log_module
+    monkeypatch.setattr(log_module, "upgrade", schema.upgrade)
+    with TaskLog.open(path) as log:
+        assert chunks == [100] and log.store.schema == LOG_SCHEMA
+        env = log.store.env
+        with env.begin() as txn:  # schema 2's index left to the writer that finished (it drops it)
+            assert txn.get(b"streams") is not None
+
+
+def test_verify_reports_damage_it_cannot_read_past(tmp_path: Path) -> None:
+    with TaskLog.open(str(tmp_path / "log")) as log:
+        log.append_many(list(simulate(10, seed=4)))
+        index = log.store.dbs.index
+        assert index is not None
+        log.store.write(lambda txn: txn.put(b"task_marks", b"short", db=index.marks.meta))
+        assert verify(log) == ["stream index: the stream index's counters are damaged (5 bytes, not 16); "
+                               "`tasklog verify` says what else is"]
+        with pytest.raises(StorageError, match="counters are damaged"):
+            log.submit("more")
+        log.store.write(lambda txn: txn.delete(b"task_marks", db=index.marks.meta))
+        log.store.write(lambda txn: txn.put(pack_key(1) + b"\xff", b"", db=index.rows))  # a short key
+        log.store.write(lambda txn: txn.put(pack_key(2) + NAME, b"\xff\xfe", db=index.rows))  # not UTF-8
+        problems = verify(log)
+        assert any("a row with a malformed key" in p for p in problems)
+        assert any("'\ufffd\ufffd' lists event" in p for p in problems)
+        name = next(m for m, n in _numbers(log).items() if n == 3)
+        log.store.write(lambda txn: txn.put(pack_key(99) + NAME, name.encode(), db=index.rows))  # a second number
+        assert f"stream index: {name!r} has two numbers" in verify(log)
