@@ -171,9 +171,16 @@ _WALL_CLOCK = {f"TestAsyncResult::test_{name}" for name in (
     "elapsed_multi")}
 
 
+# A race in ipyparallel's client, not the Hub's: ``amr.wait(timeout=10)`` returns once the map's
+# own future is done, but ``wait(return_when=...)`` looks at the futures of ``split()``'s
+# children, which their own done-callbacks resolve a moment later; on a loaded machine the
+# assertion that none is pending ran first (1 run in 7, issue 24's clean run, the machine busy).
+_CLIENT_RACES = {"TestAsyncResult::test_map_wait_first_exception"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect ipyparallel's wall-clock assertions (above)."""
-    timed = [item for item in items if item.nodeid.split("::", 1)[-1] in _WALL_CLOCK]
+    """Deselect ipyparallel's wall-clock assertions and its client's race (above)."""
+    timed = [item for item in items if item.nodeid.split("::", 1)[-1] in _WALL_CLOCK | _CLIENT_RACES]
     if timed:
         config.hook.pytest_deselected(items=timed)
         items[:] = [item for item in items if item not in timed]
