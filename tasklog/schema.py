@@ -3,10 +3,23 @@ of the current schema, once, resumably."""
 
 from __future__ import annotations
 
-from .progress import Progress
-from .store import Store
+import json
+import os
 
-__all__ = ["upgrade"]
+from .progress import Progress
+from .store import MARKER, Store
+
+__all__ = ["upgrade", "written_with"]
+
+
+def written_with(path: str) -> int | None:
+    """The log schema the marker of the log at ``path`` names (None: no readable marker), read
+    without opening the log: a caller can say an upgrade is coming before the open blocks on it."""
+    try:
+        with open(os.path.join(path, MARKER)) as f:
+            return int(json.load(f)["schema"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def upgrade(store: Store) -> None:

@@ -32,9 +32,11 @@ from projections.fold import BUFFER_KEYS, ref_seq
 from projections.maintenance import Maintenance, Policy
 from projections.writebehind import WriteBehind
 
+from ..codec import LOG_SCHEMA
 from ..errors import LogBusyError, StorageError, same_kind
 from ..events import Annotate, Complete, Drop, Event, Output, Resubmit, Start, Submit, task_ids, validate
 from ..log import DURABILITY, TaskLog
+from ..schema import written_with
 from ..serve.run import ServeChild
 from ..stream.ship import Shipping
 
@@ -188,6 +190,10 @@ class TaskLogDB(BaseDB):  # type: ignore[misc]
                       self.tasklog.start_seq, self.tasklog.last_seq, spec, self.durability)
 
     def _open_log(self, path: str) -> TaskLog:
+        older = written_with(path)
+        if older is not None and older < LOG_SCHEMA:  # the open indexes it first: say why it waits
+            self.log.warning("tasklog at %s was written with log schema %d: indexing its streams for "
+                             "schema %d once, before the controller starts", path, older, LOG_SCHEMA)
         # A controller restarted at once (ipcluster, ipyparallel's own tests) finds the old one still
         # exiting with the log held: wait for it, saying so, rather than fail the new controller.
         try:

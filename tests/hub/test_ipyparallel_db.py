@@ -305,3 +305,24 @@ def test_a_hub_can_serve_its_dashboard_from_a_child(tmp_path: Any, caplog: Any) 
     finally:
         db.close()
     assert db.serving.returncode is not None
+
+
+def test_a_controller_on_an_older_log_says_it_indexes_it_first(tmp_path: Any, caplog: Any) -> None:
+    import logging
+    import shutil
+
+    from tests.support import SCHEMA_2_LOG
+
+    shutil.copytree(SCHEMA_2_LOG, tmp_path / "tasklog")
+    log = logging.getLogger("tasklog-test")
+    with caplog.at_level(logging.INFO, logger="tasklog-test"):
+        db = TaskLogDB(location=str(tmp_path), log=log)
+    try:
+        assert "written with log schema 2: indexing its streams for schema 3 once" in caplog.text
+        assert db.tasklog.store.indexed and db.find_records({})
+    finally:
+        db.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tasklog-test"):
+        TaskLogDB(location=str(tmp_path), log=log).close()
+    assert "indexing" not in caplog.text  # once

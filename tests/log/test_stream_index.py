@@ -21,13 +21,12 @@ from tasklog.codec import LOG_SCHEMA, pack_key, unpack_key
 from tasklog.demo import simulate
 from tasklog.numbers import NAME, last_number
 from tasklog.verify import verify
-
-SCHEMA_2 = Path(__file__).parent / "data" / "schema2-log"
+from tests.support import SCHEMA_2_LOG
 
 
 def _schema_2_copy(tmp_path: Path) -> str:
     path = str(tmp_path / "old")
-    shutil.copytree(SCHEMA_2, path)
+    shutil.copytree(SCHEMA_2_LOG, path)
     return path
 
 

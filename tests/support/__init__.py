@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "PROCS", "run_cli", "make_demo_log", "ended", "projection_spec", "stored", "mounted_tmpfs",
+__all__ = ["REPO", "PROCS", "SCHEMA_2_LOG", "run_cli", "make_demo_log", "ended", "projection_spec", "stored", "mounted_tmpfs",
            "readonly_bind", "child_env"]
 
 #: The repository's root; a child process started by a test finds tasklog and tests there.
 REPO = Path(__file__).resolve().parents[2]
 #: The helper processes tests start by path (a writer to kill, a Hub, a fork holder).
 PROCS = Path(__file__).resolve().parent / "procs"
+#: A log the tasklog of commit d5235e5 wrote (schema 2, its index keyed by msg_id): copy it before use.
+SCHEMA_2_LOG = REPO / "tests" / "log" / "data" / "schema2-log"
 
 
 def child_env() -> dict[str, str]:
