@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPO", "PROCS", "SCHEMA_2_LOG", "run_cli", "make_demo_log", "ended", "projection_spec", "stored", "mounted_tmpfs",
-           "readonly_bind", "child_env"]
+__all__ = ["REPO", "PROCS", "SCHEMA_2_LOG", "run_cli", "make_demo_log", "ended", "projection_spec", "stored",
+           "mounted_tmpfs", "readonly_bind", "child_env"]
 
 #: The repository's root; a child process started by a test finds tasklog and tests there.
 REPO = Path(__file__).resolve().parents[2]
