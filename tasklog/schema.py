@@ -3,11 +3,10 @@ of the current schema, once, resumably."""
 
 from __future__ import annotations
 
-import json
-import os
-
+from .errors import NotATaskLogError
+from .marker import read_schema
 from .progress import Progress
-from .store import MARKER, Store
+from .store import Store
 
 __all__ = ["upgrade", "written_with"]
 
@@ -16,9 +15,8 @@ def written_with(path: str) -> int | None:
     """The log schema the marker of the log at ``path`` names (None: no readable marker), read
     without opening the log: a caller can say an upgrade is coming before the open blocks on it."""
     try:
-        with open(os.path.join(path, MARKER)) as f:
-            return int(json.load(f)["schema"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_schema(path)
+    except NotATaskLogError:
         return None
 
 

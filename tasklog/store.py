@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import os
 import shutil
 import threading
@@ -37,14 +36,13 @@ from .errors import (
     SchemaVersionError,
     StorageError,
     StorageFullError,
-    file_error,
 )
+from .marker import MARKER, read_schema, write_marker
 from .streamindex import LegacyStreams, StreamIndex, Upgrade
 from .verbatim import put_verbatim
 
 __all__ = ["Store", "DURABILITY", "MARKER", "open_here"]
 
-MARKER = "TASKLOG"
 _LMDB_FILES = ("data.mdb", "lock.mdb")
 _OWN_FILES = frozenset({MARKER, "writer.lock", "users.lock", *_LMDB_FILES})
 _MAX_READERS = 512
@@ -171,12 +169,7 @@ def _check_path(path: str) -> str | None:
         raise NotATaskLogError(f"{path} is not a tasklog: it is a file, not a directory")
     names = set(os.listdir(path))
     if MARKER in names:
-        try:
-            with open(os.path.join(path, MARKER)) as f:
-                meta = json.load(f)
-            version = int(meta["schema"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise NotATaskLogError(f"{path} has an unreadable {MARKER} file ({exc})") from None
+        version = read_schema(path)
         if version > codec.LOG_SCHEMA:
             raise SchemaVersionError(
                 f"{path} was written with schema version {version}; this tasklog reads {codec.LOG_SCHEMA}")
@@ -241,20 +234,6 @@ def _unshare_env(path: str, shared: _SharedEnv) -> None:
         if shared.users == 0:
             _ENVS.pop(path, None)
             shared.env.close()
-
-
-def _write_marker(path: str, schema: int, identity: str | None) -> None:
-    """Write the TASKLOG marker file of the log at ``path`` (atomically: a new file renamed)."""
-    marker = os.path.join(path, MARKER)
-    tmp = f"{marker}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump({"format": "tasklog", "schema": schema, "identity": identity}, f)
-        os.replace(tmp, marker)
-    except OSError as exc:  # a full disk raised a bare OSError from `tasklog demo` (issue 20)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise file_error(exc, f"cannot write {marker}") from None
 
 
 class Store:
@@ -348,7 +327,7 @@ class Store:
                 return bytes(txn.get(b"identity", db=self.meta) or b"").decode()  # another writer was first
             return new
         fresh: str = self.write(mark)  # a write like any: a full disk is StorageFullError (issue 20)
-        _write_marker(self.path, self.schema, fresh)
+        write_marker(self.path, self.schema, fresh)
         return fresh
 
     def leave_to_parent(self) -> None:
@@ -461,7 +440,7 @@ class Store:
                           partial(mark_indexed, dbs=self.dbs, schema=codec.LOG_SCHEMA))
         done: int = self.dbs.index.build(self.write, self.events, upgrade, progress)  # type: ignore[union-attr]
         self.schema = codec.LOG_SCHEMA
-        _write_marker(self.path, self.schema, self.identity)
+        write_marker(self.path, self.schema, self.identity)
         return done
 
     def commits(self, txn: lmdb.Transaction, start: int, stop: int) -> list[tuple[int, float]]:
@@ -481,7 +460,7 @@ class Store:
         self.write(put_verbatim(self.dbs, events, commits, identity=identity, fork=fork, own_identity=self.identity))
         if identity is not None and identity != self.identity:
             self.identity = identity
-            _write_marker(self.path, self.schema, identity)
+            write_marker(self.path, self.schema, identity)
 
     @property
     def fork(self) -> str | None:
