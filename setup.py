@@ -54,11 +54,11 @@ class _OptionalBuildExt(build_ext):
         except Exception as exc:  # no compiler, a failed compile: the .py sources still work
             self.failure = self.failure or exc
         if self.failure is not None:
+            _remove_earlier_builds()  # those of this build in the tree too
             for ext in self.extensions:
-                name = self.get_ext_filename(ext.name)
-                for path in (os.path.join(HERE, name), os.path.join(self.build_lib, name)):
-                    if os.path.exists(path):
-                        os.remove(path)
+                path = os.path.join(self.build_lib, self.get_ext_filename(ext.name))
+                if os.path.exists(path):
+                    os.remove(path)
             _warn(self.failure)
 
     def build_extension(self, ext: Any) -> None:
@@ -75,8 +75,8 @@ _BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "in
 
 
 def _remove_earlier_builds() -> None:
-    """Delete the compiled modules an earlier build left in the tree: a build that compiles
-    nothing must not leave an older build's .so files to be imported beside new sources."""
+    """Delete the compiled modules in the tree (an earlier build's, or a failed one's): a build
+    that compiles nothing must not leave .so files to be imported beside new sources."""
     for name in COMPILED:
         folder, _, module = os.path.join(HERE, *name.split(".")).rpartition(os.sep)
         for entry in os.listdir(folder):

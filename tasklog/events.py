@@ -154,7 +154,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
 
 # Derived from the classes above, where each field is declared once with its type and check.
 CHECKS: dict[str, tuple[check.Check, ...]] = {name: check.checks_of(cls) for name, cls in EVENT_TYPES.items()}
-_VALIDATORS = check.Validators(EVENT_TYPES, {"output": check.stream_or_content})
+_VALIDATORS = check.Validators(EVENT_TYPES, CHECKS, {"output": check.stream_or_content})
 
 
 def task_ids(event: Event) -> list[str]:

@@ -328,17 +328,18 @@ _Entry = tuple[str, tuple[int, ...], tuple[Check, ...], Rule | None]
 
 
 class Validators:
-    """The validators of a family of ``NamedTuple`` classes (by name), from their fields' checks.
+    """The validators of a family of ``NamedTuple`` classes (by name), from their fields' checks
+    (``checks``, by class name, as ``checks_of`` reads them).
 
     ``rules`` adds, by class name, a test of a whole normalised value (fields that depend on
     each other); it raises what it finds.
     """
 
-    def __init__(self, classes: Mapping[str, type[Any]], rules: Mapping[str, Rule]) -> None:
+    def __init__(self, classes: Mapping[str, type[Any]], checks: Mapping[str, tuple[Check, ...]],
+                 rules: Mapping[str, Rule]) -> None:
         self.entries: dict[type[Any], _Entry] = {}
         for name, cls in classes.items():
-            checks = checks_of(cls)
-            self.entries[cls] = (name, fast_codes(checks), checks, rules.get(name))
+            self.entries[cls] = (name, fast_codes(checks[name]), checks[name], rules.get(name))
         self.unknown = f"unknown event type; expected one of {sorted(classes)}"
 
     def validate(self, event: Any) -> Any:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 
 from . import codec
 from .errors import StorageError
 
-__all__ = ["NAME", "Marks", "NumberCache", "last_number"]
+__all__ = ["NAME", "Marks", "NumberCache", "Tail", "last_number"]
 
 #: The sequence-number half of the key of a task's name row (events are numbered from 1).
 NAME = codec.pack_key(0)
@@ -57,6 +57,16 @@ def last_number(txn: lmdb.Transaction, rows: Any) -> int:
     return codec.unpack_key(cur.key()[:8])
 
 
+class Tail(NamedTuple):
+    """The tail as a transaction sees it: msg_id -> packed number (read, never changed, by
+    callers), and the counters read with it."""
+
+    numbers: dict[bytes, bytes]
+    gen: int
+    merged: int
+    last: int  # the last number given
+
+
 class NumberCache:
     """msg_id -> packed number for the tail, read from the index's name rows as transactions show it.
 
@@ -74,8 +84,8 @@ class NumberCache:
         self._count = 0
         self._numbers: dict[bytes, bytes] = {}
 
-    def tail(self, txn: lmdb.Transaction) -> dict[bytes, bytes]:
-        """The tail's msg_id -> number map, up to date with ``txn`` (read, never changed, by callers)."""
+    def tail(self, txn: lmdb.Transaction) -> Tail:
+        """The tail up to date with ``txn``, with the counters it was read by (once a transaction)."""
         state = self._marks.read(txn)
         count = last_number(txn, self._rows)
         with self._lock:
@@ -89,8 +99,8 @@ class NumberCache:
                         if len(value):  # a name row; the others are its events'
                             numbers[bytes(value)] = bytes(key[:8])
                 self._count = count
-            return self._numbers
+            return Tail(self._numbers, *state, count)
 
     def lookup(self, txn: lmdb.Transaction, name: bytes) -> bytes | None:
         """The packed number of ``name`` if it is in the tail as of ``txn``."""
-        return self.tail(txn).get(name)
+        return self.tail(txn).numbers.get(name)

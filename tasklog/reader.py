@@ -123,22 +123,21 @@ class Reader:
 
     def events_of(self, msg_id: str) -> list[tuple[int, Event]]:
         """The committed events naming ``msg_id``, in order (a scan of the whole log if it is unindexed)."""
-        store = self._store
-        index = store.stream_index
-        out = []
+        store, index = self._store, self._store.stream_index
         if index is not None:
             with store.reader() as txn:
                 try:
                     seqs = index.seqs(txn, msg_id)
                 except lmdb.Error:  # schema 2's index, dropped by a writer's upgrade since this opened
-                    index = None
-                for seq in seqs if index is not None else ():
-                    raw = txn.get(codec.pack_key(seq), db=store.events)
-                    if raw is not None:  # a stale entry (an unreadable pruned event) is reported by verify
-                        out.append((seq, codec.decode(raw, seq)))
-        if index is None:
-            return [(seq, ev) for chunk in self.read_chunks() for seq, ev in chunk if msg_id in task_ids(ev)]
-        return out
+                    seqs = None
+                if seqs is not None:
+                    out = []
+                    for seq in seqs:
+                        raw = txn.get(codec.pack_key(seq), db=store.events)
+                        if raw is not None:  # a stale entry (an unreadable pruned event) is reported by verify
+                            out.append((seq, codec.decode(raw, seq)))
+                    return out
+        return [(seq, ev) for chunk in self.read_chunks() for seq, ev in chunk if msg_id in task_ids(ev)]
 
     def raw_chunks(self, start: int, stop: int | None) -> Iterator[list[tuple[int, bytes]]]:
         """``(seq, stored bytes)`` for start <= seq < stop, a few thousand per read transaction."""

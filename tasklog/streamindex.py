@@ -25,7 +25,7 @@ import lmdb
 from . import codec
 from .errors import CorruptEventError
 from .events import Drop, Event, Resubmit, task_ids
-from .numbers import NAME, Marks, NumberCache, last_number
+from .numbers import NAME, Marks, NumberCache
 
 __all__ = ["StreamIndex", "LegacyStreams", "Plan", "Upgrade", "index_rows", "pruned_rows", "Row"]
 
@@ -96,22 +96,22 @@ class StreamIndex:
 
     def plan(self, txn: lmdb.Transaction, rows: list[Row]) -> Plan:
         """Number the tasks ``rows`` name as of ``txn`` (nothing written): what ``write`` puts."""
-        gen, merged = self.marks.read(txn)
+        tail = self.cache.tail(txn)
         # Past the merged numbers too: a prune may have taken the highest ones away, and a number
         # at or below the merge point would be looked for in ``tasks`` only (review of issue 24).
-        count = max(last_number(txn, self.rows), merged)
-        tail, get, tasks, pack = self.cache.tail(txn), _getter(txn), self.tasks, codec.pack_key
+        count = max(tail.last, tail.merged)
+        numbers, get, tasks, pack = tail.numbers, _getter(txn), self.tasks, codec.pack_key
         fresh: dict[bytes, bytes] = {}  # numbered here: the cache learns them once this commits
         out: list[Row] = []
         for m, key in rows:
-            num = tail.get(m) or fresh.get(m) or get(m, db=tasks)
+            num = numbers.get(m) or fresh.get(m) or get(m, db=tasks)
             if num is None:
                 count += 1
                 num = fresh[m] = pack(count)
                 out.append((num + NAME, m))
             out.append((num + key, b""))
         out.sort()  # in key order: the cursor walks forward through the last pages of the tree
-        return Plan(out, bool(fresh), (gen, merged, count))
+        return Plan(out, bool(fresh), (tail.gen, tail.merged, count))
 
     def write(self, txn: lmdb.Transaction, plan: Plan) -> None:
         """Put what ``plan`` numbered (in the transaction it was planned in)."""
@@ -130,7 +130,7 @@ class StreamIndex:
         tail, gone = self.cache.tail(txn), False  # one look at the tail: numbers do not change here
         cur, get = txn.cursor(db=self.rows), _getter(txn)
         for name, key in rows:
-            num = tail.get(name) or get(name, db=self.tasks)
+            num = tail.numbers.get(name) or get(name, db=self.tasks)
             if num is None:
                 continue
             txn.delete(num + key, db=self.rows)
@@ -138,9 +138,8 @@ class StreamIndex:
                 txn.delete(num + NAME, db=self.rows)
                 txn.delete(name, db=self.tasks)
                 gone = True
-        if gone:
-            gen, merged = self.marks.read(txn)
-            self.marks.write(txn, gen + 1, merged)  # every process's cache of the tail starts again
+        if gone:  # every process's cache of the tail starts again
+            self.marks.write(txn, tail.gen + 1, tail.merged)
 
     def seqs(self, txn: lmdb.Transaction, msg_id: str) -> list[int]:
         """The sequence numbers of the events naming ``msg_id``, in order."""

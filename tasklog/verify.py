@@ -18,6 +18,8 @@ from .events import task_ids
 from .lifecycle import STATES, Lifecycle
 from .log import TaskLog
 from .progress import Progress
+from .store import Store
+from .streamindex import LegacyStreams, StreamIndex
 
 __all__ = ["LogStats", "STATES", "stats", "with_log_figures", "verify", "check_index", "event_types"]
 
@@ -154,7 +156,7 @@ def check_index(log: TaskLog) -> list[str]:
     return problems[:100]
 
 
-def _index_problems(txn: Any, store: Any, index: Any) -> list[str]:
+def _index_problems(txn: lmdb.Transaction, store: Store, index: StreamIndex | LegacyStreams) -> list[str]:
     """What the stream index ``index`` says that the events do not."""
     expected = 0
     for key, raw in txn.cursor(db=store.events):
