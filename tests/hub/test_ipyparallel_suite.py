@@ -67,7 +67,11 @@ _BREAKERS = '''
 import signal
 import time
 
-from ipyparallel.tests import launchers
+import psutil
+import pytest
+from ipyparallel import Client
+from ipyparallel.tests import add_engines, launchers
+from tests.support import ipp_plugin
 from ipyparallel.tests.clienttest import ClusterTestCase
 from ipyparallel.tests.conftest import Context, cluster, ipython_dir  # noqa: F401
 
@@ -90,6 +94,46 @@ class TestAfterAFailure(ClusterTestCase):
     def test_4_runs_on_a_working_cluster(self):
         assert self.client[:].apply_sync(lambda: 4) == [4] * len(self.client)
         assert self.client.hub_history()
+
+    def test_5_fails_leaving_its_schedulers_dead(self):
+        _kill_the_schedulers()
+        with pytest.raises(RuntimeError, match="a scheduler of the test controller exited"):
+            add_engines(1)  # found at once, not after the engines' 120 s
+        raise AssertionError("on purpose")
+
+    def test_6_runs_on_a_working_cluster(self):
+        assert self.client.broadcast_view().apply_sync(lambda: 6) == [6] * len(self.client)
+
+    def test_7_a_failed_start_is_tried_again(self):
+        starts = []
+
+        def start_with_dead_schedulers():
+            starts.append(len(starts))
+            real_start()
+            if len(starts) == 1:
+                _kill_the_schedulers()
+                add_engines(1)
+
+        real_start, ipp_plugin._start_cluster = ipp_plugin._start_cluster, start_with_dead_schedulers
+        try:
+            ipp_plugin.teardown()
+            ipp_plugin.setup()
+        finally:
+            ipp_plugin._start_cluster = real_start
+        assert len(starts) == 2 and "setup: new cluster after a scheduler" in " ".join(ipp_plugin._restarts)
+        with Client(profile="iptest") as client:
+            client.wait_for_engines(1, timeout=60)
+            assert client.broadcast_view().apply_sync(lambda: 7) == [7] * len(client)
+
+
+def _kill_the_schedulers():
+    controller = psutil.Process(launchers[0].process.pid)
+    schedulers = controller.children()
+    for scheduler in schedulers:
+        scheduler.kill()
+    deadline = time.monotonic() + 10
+    while not all(s.status() == psutil.STATUS_ZOMBIE for s in schedulers) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a zombie, not gone: the controller does not reap it
 '''
 
 
@@ -109,9 +153,10 @@ def test_a_failed_test_leaves_the_next_one_a_working_cluster(tmp_path: Path) -> 
     """Issue 20: one test that timed out made every later test of its module fail or error."""
     (tmp_path / "test_breakers.py").write_text(_BREAKERS)
     code, summary = _run_with_tasklog("sqlite", tmp_path, "test_breakers.py")
-    assert code == 1 and re.search(r"\b2 failed, 2 passed in", summary), summary
-    assert "FAILED test_breakers.py::TestAfterAFailure::test_1_" in summary
-    assert "FAILED test_breakers.py::TestAfterAFailure::test_3_" in summary
+    assert code == 1 and re.search(r"\b3 failed, 4 passed in", summary), summary
+    for failed in ("test_1_", "test_3_", "test_5_"):
+        assert re.search(rf"FAILED test_breakers.py::TestAfterAFailure::{failed}.* - AssertionError: on purpose",
+                         summary), summary
     # The stopped controller was killed; what it had forked (schedulers, heart monitor) is gone too.
     deadline = time.monotonic() + 30
     while (left := _survivors(tmp_path / "db")) and time.monotonic() < deadline:
