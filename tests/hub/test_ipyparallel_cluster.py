@@ -12,10 +12,13 @@ from typing import Any
 import ipyparallel as ipp  # a test dependency (make test installs it): missing is a failure, not a skip
 import pytest
 
+from tests.support.ports import controller_ports
+
 
 @contextmanager
 def _cluster(tmp: Path, location: Path, n: int) -> Iterator[Any]:
-    args = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB", f"--TaskLogDB.location={location}"]
+    args = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB", f"--TaskLogDB.location={location}",
+            controller_ports()]
     cluster = ipp.Cluster(n=n, profile_dir=str(tmp / "profile"), controller_args=args,
                           controller_ip="127.0.0.1", log_level=30)
     rc = cluster.start_and_connect_sync(activate=False)
@@ -139,8 +142,8 @@ def test_a_controller_killed_with_sigkill_can_be_started_again(tmp_path: Path) -
 
     location = tmp_path / "db"
     args = ["--IPController.db_class=tasklog.ipyparallel.TaskLogDB", f"--TaskLogDB.location={location}"]
-    first = ipp.Cluster(n=1, profile_dir=str(tmp_path / "p1"), controller_args=args, controller_ip="127.0.0.1",
-                        log_level=30)
+    first = ipp.Cluster(n=1, profile_dir=str(tmp_path / "p1"), controller_args=[*args, controller_ports()],
+                        controller_ip="127.0.0.1", log_level=30)
     rc = first.start_and_connect_sync(activate=False)
     orphans: list[psutil.Process] = []
     try:
@@ -160,7 +163,7 @@ def test_a_controller_killed_with_sigkill_can_be_started_again(tmp_path: Path) -
             first.stop_engines_sync()
         # No waiting allowed: a lock still held by an orphan would fail this controller at once.
         again = ipp.Cluster(n=1, profile_dir=str(tmp_path / "p2"), controller_ip="127.0.0.1", log_level=30,
-                            controller_args=[*args, "--TaskLogDB.writer_timeout=0"])
+                            controller_args=[*args, "--TaskLogDB.writer_timeout=0", controller_ports()])
         rc2 = again.start_and_connect_sync(activate=False)
         try:
             rc2.wait_for_engines(1, timeout=60)

@@ -165,14 +165,16 @@ def test_a_failed_test_leaves_the_next_one_a_working_cluster(tmp_path: Path) -> 
 
 
 def test_the_harness_teardown_never_waits_on_unsent_messages() -> None:
-    # ipyparallel's teardown destroyed its context with the sockets' own linger: after a test timed
-    # out with a request in flight, the suite sat in zmq's term until its 30-minute timeout.
+    # ipyparallel's teardown destroyed its context after the client's IO thread had closed the
+    # sockets with their default linger (for ever): after a test timed out with a request in
+    # flight, or sent one towards a scheduler that had died, the suite sat in zmq's term until its
+    # 30-minute timeout.
     code = ("import zmq, tests.support.ipp_plugin\n"
             "context = zmq.Context()\n"
             "push = context.socket(zmq.PUSH)\n"
-            "push.setsockopt(zmq.LINGER, -1)\n"
             "push.connect('tcp://127.0.0.1:1')\n"  # nobody listens: the message can never leave
             "push.send(b'unsent')\n"
+            "push.close()\n"  # as the IO thread closes it: its own linger
             "context.destroy()\n"
             "print('destroyed')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import time
 from collections.abc import Generator
 from concurrent import futures
@@ -44,6 +42,8 @@ import zmq
 from ipyparallel import Client, error
 from ipyparallel.cluster.launcher import ipcontroller_cmd_argv, ipengine_cmd_argv
 from ipyparallel.tests import clienttest
+
+from tests.support.ports import controller_ports
 
 START_TIMEOUT = float(os.environ.get("TASKLOG_IPP_START_TIMEOUT", "120"))
 TEST_TIMEOUT = int(os.environ.get("TASKLOG_IPP_TEST_TIMEOUT", "120"))
@@ -93,32 +93,6 @@ def _a_scheduler_exited() -> bool:
         forked = psutil.Process(ipp_tests.launchers[0].process.pid).children()
         return any(child.status() == psutil.STATUS_ZOMBIE for child in forked)
     return False
-
-
-# A controller picks free ports, then its schedulers bind them a moment later; among the ephemeral
-# ports (Linux: 32768-60999) the suite's own connections to its servers take their source ports,
-# and one took a scheduler's in between (CI, issue 24's stop). Below that range only listeners
-# bind, so each controller gets a block there that was free a moment before.
-_PORT_BLOCK = 32
-_PORT_BLOCKS = range(20_000, 32_000, _PORT_BLOCK)
-
-
-def _free_ports() -> str:
-    """A block of ports below the ephemeral range that are free now, as ``first-last``."""
-    for first in random.sample(_PORT_BLOCKS, len(_PORT_BLOCKS)):
-        if all(map(_free, range(first, first + _PORT_BLOCK))):
-            return f"{first}-{first + _PORT_BLOCK - 1}"
-    raise RuntimeError(f"no block of {_PORT_BLOCK} free ports in {_PORT_BLOCKS}")
-
-
-def _free(port: int) -> bool:
-    """Whether nothing is bound to ``port`` on loopback."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def add_engines(n: int = 1, profile: str = "iptest", total: bool = False) -> list[Any]:
@@ -188,7 +162,7 @@ def _start_cluster() -> None:
         if os.path.exists(path):
             os.remove(path)  # a previous controller's: the new one writes its own
     controller = _launch([*ipcontroller_cmd_argv, "--profile=iptest", LOG_LEVEL, "--ping=250",
-                          f"--IPController.ports={_free_ports()}", *_tasklog_args()])
+                          controller_ports(), *_tasklog_args()])
     _wait(lambda: all(map(os.path.exists, files)), [controller], "the test controller")
     add_engines(1)
 
