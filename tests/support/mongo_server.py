@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,7 @@ from typing import Any
 import pymongo
 
 from . import ended
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .ports import listen_ports
 
 
 def _server_command() -> list[str]:
@@ -33,7 +27,7 @@ def _server_command() -> list[str]:
 def start_server(directory: Path, attempts: int = 3) -> Iterator[str]:
     """Run a server until the block ends; yield its URI."""
     for _ in range(attempts):
-        port = _free_port()
+        port = listen_ports(1)[0]
         logf = open(directory / f"server-{port}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen([*_server_command(), "--host", "127.0.0.1", "--port", str(port),
                                  "--storage-path", str(directory / f"data-{port}"), "--log-level", "WARNING"],

@@ -13,16 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from .ports import listen_ports
 
 
 def server_binary() -> str:
@@ -38,7 +29,7 @@ class NatsCluster:
     def __init__(self, directory: Path, size: int = 3) -> None:
         self.directory = directory
         self.size = size
-        ports = _free_ports(2 * size)
+        ports = listen_ports(2 * size)
         self.client_ports, self.route_ports = ports[:size], ports[size:]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
 
