@@ -16,7 +16,8 @@ errored one after another for the rest of the module, on the module's one contro
   register, and a test ``TASKLOG_IPP_TEST_TIMEOUT`` (default 120) before ipyparallel's alarm;
 * after a test fails or errors, the next one starts on a new controller and new engines (every
   process the harness started is stopped first), so one failure stays one failure; so does a
-  test whose engines do not all answer a control request before it starts (listed at the end);
+  test whose engines do not all answer its setup's clear within CHECK_TIMEOUT seconds (each new
+  cluster is listed at the end);
 * a teardown also kills what a controller it stopped had forked (schedulers, heart monitor);
 * a start that fails (a scheduler that exited, found at once, or a controller that did not start)
   is stopped and tried again on new ports, up to START_ATTEMPTS times;
@@ -33,6 +34,7 @@ import time
 from collections.abc import Generator
 from concurrent import futures
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any
 
 import ipyparallel.tests as ipp_tests
@@ -47,7 +49,7 @@ from tests.support.ports import controller_ports
 
 START_TIMEOUT = float(os.environ.get("TASKLOG_IPP_START_TIMEOUT", "120"))
 TEST_TIMEOUT = int(os.environ.get("TASKLOG_IPP_TEST_TIMEOUT", "120"))
-CHECK_TIMEOUT = 30.0
+CHECK_TIMEOUT = float(os.environ.get("TASKLOG_IPP_CHECK_TIMEOUT", "30"))
 # ipyparallel's harness logs at DEBUG (10): every message the Hub routes, formatted, which cost the
 # suite's processes CPU the tests need on 2 cores. TASKLOG_IPP_LOG_LEVEL=10 brings it back.
 LOG_LEVEL = f"--log-level={int(os.environ.get('TASKLOG_IPP_LOG_LEVEL', '20'))}"
@@ -175,7 +177,6 @@ def teardown() -> None:
     # Its teardown SIGKILLs a controller that has not exited 0.25 s after SIGTERM; one that had not
     # run its signal handler by then (stopped, or starved of CPU) leaves its forked schedulers and
     # heart monitor running for good, orphaned.
-    _close_checker()
     children = []
     for launcher in ipp_tests.launchers:
         with contextlib.suppress(psutil.Error):
@@ -248,43 +249,57 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-# One client per cluster, on a context of its own (the harness destroys the shared one after each
-# test), so a check costs one round trip, not a connection.
-_checker: list[tuple[Client, zmq.Context[Any]]] = []
-
-
-def _close_checker() -> None:
-    while _checker:
-        rc, context = _checker.pop()
-        rc.close()
-        context.destroy()
-
-
-def _engines_answer() -> bool:
-    """Whether every engine the Hub lists answers a control request within CHECK_TIMEOUT seconds."""
-    if not _checker:
-        context: zmq.Context[Any] = zmq.Context()
-        _checker.append((Client(profile="iptest", context=context), context))
-    return bool(futures.wait([_checker[0][0].clear(block=False)], CHECK_TIMEOUT).done)
-
-
 @pytest.fixture(autouse=True)
 def _a_working_cluster(request: pytest.FixtureRequest) -> None:
-    """Start a new cluster (every process the harness started stopped first) after a failed test,
-    or when an engine does not answer."""
+    """Start a new cluster (every process the harness started stopped first) after a failed test."""
     name = request.module.__name__
-    if "cluster" not in request.fixturenames:
-        return
-    # Seen once in about ten runs on a busy machine: an engine the Hub lists, its heart beating,
-    # never answered the clear_request of a test's setup (the control path does not touch the
-    # Hub's database), so the setup waited out the alarm, and every later setup too.
-    if name in _failed_in or not _engines_answer():
-        why = "a failed test" if name in _failed_in else f"an engine silent for {CHECK_TIMEOUT:g} s"
+    if "cluster" in request.fixturenames and name in _failed_in:
         _failed_in.discard(name)
-        _restarts.append(f"{request.node.nodeid}: new cluster after {why}")
-        signal.alarm(0)  # a failed teardown_method leaves ipyparallel's alarm set
-        teardown()
-        setup()
+        _new_cluster(f"{request.node.nodeid}: new cluster after a failed test")
+
+
+def _new_cluster(why: str) -> None:
+    """Stop every process the harness started and start a new cluster, noting ``why``."""
+    _restarts.append(why)
+    signal.alarm(0)  # a failed teardown_method leaves ipyparallel's alarm set
+    teardown()
+    setup()
+
+
+def _setup_method(self: Any, method: Any = None) -> None:
+    """ClusterTestCase's ``setup_method``, whose clear of the engines' namespaces gets an answer
+    within CHECK_TIMEOUT seconds or the test a new cluster (once)."""
+    # Seen once in about ten runs on a busy machine, and once right after a cluster restart: an
+    # engine the Hub lists, its heart beating, never answered the clear_request of a test's setup
+    # (the control path does not touch the Hub's database), so the setup waited out the alarm.
+    for attempt in (1, 2):
+        self.context = zmq.Context.instance()
+        signal.signal(signal.SIGALRM, partial(_alarm, self.test_timeout))
+        signal.alarm(self.test_timeout)
+        add_engines(self.engine_count, total=True)
+        self.client = self.connect_client()
+        cleared = self.client.clear(block=False)
+        if futures.wait([cleared], CHECK_TIMEOUT).done:
+            break
+        self.client.close()
+        self.context.destroy()
+        unanswered = f"a clear unanswered for {CHECK_TIMEOUT:g} s"
+        if attempt == 2:
+            raise TimeoutError(f"{unanswered}, on a new cluster too")
+        name = f"{type(self).__name__}::{getattr(method, '__name__', '?')}"
+        _new_cluster(f"{name}: new cluster after {unanswered}")
+    for reply in cleared.result():
+        assert reply["content"]["status"] == "ok", reply["content"]
+    self.base_engine_count = len(self.client.ids)
+    self.engines = []
+
+
+def _alarm(seconds: int, signum: int, frame: Any) -> None:
+    """ipyparallel's alarm: a test, its setup included, gets ``seconds`` seconds."""
+    raise TimeoutError(f"test did not finish in {seconds} seconds")
+
+
+clienttest.ClusterTestCase.setup_method = _setup_method
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
