@@ -40,7 +40,10 @@ class _TaskLogLabelTest(TaskLabelTest):
         # ipyparallel's tearDown calls the async stop_engines() and stop_controller() without awaiting
         # them ("coroutine ... was never awaited"): its controllers run on, serving, until the Cluster
         # is collected. A log has one async writer, so stop them as the test means to; a controller
-        # still exiting when the next starts is then waited for (TaskLogDB.writer_timeout).
+        # still exiting when the next starts is then waited for (TaskLogDB.writer_timeout). Its
+        # client was left open too, reconnecting for good to ports a later test's controller may
+        # bind ("Invalid Signature" logged in an unrelated test of the same worker).
+        self.rc.close()
         self.cluster.stop_cluster_sync()
 
 
