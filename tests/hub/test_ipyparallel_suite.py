@@ -166,12 +166,17 @@ def test_a_failed_test_leaves_the_next_one_a_working_cluster(tmp_path: Path) -> 
     with pytest.warns(UserWarning) as restarts:
         code, summary = _run_with_tasklog("sqlite", tmp_path, "test_breakers.py", TASKLOG_IPP_CHECK_TIMEOUT="10")
     assert code == 1 and re.search(r"\b3 failed, 6 passed in", summary), summary
-    assert [str(w.message).split(": ", 1)[1] for w in restarts] == [
+    seen = [str(w.message).split(": ", 1)[1] for w in restarts]
+    expected = [
         "test_breakers.py::TestAfterAFailure::test_2_runs_on_a_working_cluster: new cluster after a failed test",
         "test_breakers.py::TestAfterAFailure::test_4_runs_on_a_working_cluster: new cluster after a failed test",
         "test_breakers.py::TestAfterAFailure::test_6_runs_on_a_working_cluster: new cluster after a failed test",
         "setup: new cluster after a scheduler of the test controller exited while 1 test engine(s) started",
         "TestAfterAFailure::test_9_runs_on_a_working_cluster: new cluster after a clear unanswered for 10 s"]
+    assert [line for line in seen if line in expected] == expected, seen
+    for line in seen:
+        if line not in expected:  # a busy machine's: never hidden
+            warnings.warn(f"ipyparallel's suite on sqlite: {line}", stacklevel=1)
     for failed in ("test_1_", "test_3_", "test_5_"):
         assert re.search(rf"FAILED test_breakers.py::TestAfterAFailure::{failed}.* - AssertionError: on purpose",
                          summary), summary
