@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ import pytest
 import tasklog
 import tasklog.fields
 from tasklog import Receipt, TaskLog
+from tasklog.codec import LOG_SCHEMA
 from tasklog.errors import (
     EventError,
     InterfaceError,
@@ -24,8 +27,9 @@ from tasklog.errors import (
     NotATaskLogError,
     SchemaVersionError,
 )
+from tasklog.marker import write_marker
 from tasklog.verify import verify
-from tests.support import PROCS
+from tests.support import PROCS, run_cli
 
 MODES = ["sync", "process", "async"]
 
@@ -218,6 +222,40 @@ def test_newer_schema_is_refused(log_dir: str) -> None:
     with pytest.raises(SchemaVersionError, match="99"):
         TaskLog.open(log_dir)
     assert _snapshot(Path(log_dir)) == before
+
+
+def test_a_marker_that_is_not_a_regular_file_is_refused_and_left(tmp_path: Path) -> None:
+    """A link at the marker was replaced by a writer; a FIFO there blocked every open for good."""
+    log_dir = tmp_path / "log"
+    with TaskLog.open(str(log_dir)) as log:
+        log.start("a")
+    marker, real = log_dir / "TASKLOG", tmp_path / "real"
+    os.replace(marker, real)
+    marker.symlink_to(real)
+    before = real.read_bytes()
+    for readonly in (True, False):
+        with pytest.raises(NotATaskLogError, match="not a regular file"):
+            TaskLog.open(str(log_dir), readonly=readonly)
+    assert marker.is_symlink() and real.read_bytes() == before
+    marker.unlink()
+    os.mkfifo(marker)
+    out = run_cli("verify", "--log", str(log_dir), timeout=60)  # a subprocess: a hang is a failure
+    assert out.returncode != 0 and "not a regular file" in out.stdout + out.stderr
+    assert stat.S_ISFIFO(os.lstat(marker).st_mode)
+
+
+def test_the_new_marker_is_never_written_through_a_link(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    with TaskLog.open(str(log_dir)) as log:
+        log.start("a")
+    victim, marker = tmp_path / "victim", log_dir / "TASKLOG"
+    victim.write_text("keep")
+    left = log_dir / f"TASKLOG.{os.getpid()}.tmp"  # where a crashed writer of this pid left its file
+    left.symlink_to(victim)
+    identity = json.loads(marker.read_text())["identity"]
+    write_marker(str(log_dir), LOG_SCHEMA, identity)
+    assert victim.read_text() == "keep" and not os.path.lexists(left)
+    assert json.loads(marker.read_text()) == {"format": "tasklog", "schema": LOG_SCHEMA, "identity": identity}
 
 
 def test_map_grows_without_the_user_choosing_a_size(log_dir: str) -> None:
